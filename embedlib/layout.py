@@ -1,0 +1,105 @@
+"""Where a run keeps its things, and which paths are acceptable at all.
+
+Every path a run reads or writes is derived here from ``<output_dir>/<name>``
+(one object, as horovod's ``Store`` does), and every user-supplied path passes
+:func:`check_path` before any I/O touches it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+__all__ = ["ALLOWED_SCHEMES", "PathError", "RunLayout", "check_path", "join"]
+
+#: URI schemes a path may carry; a plain path (no scheme) is a local or default-FS path.
+ALLOWED_SCHEMES = frozenset(
+    {"file", "dbfs", "hdfs", "s3", "s3a", "gs", "abfs", "abfss", "wasb", "wasbs", "volumes"}
+)
+
+
+class PathError(ValueError):
+    """A path is refused before any I/O (traversal, odd scheme, fragment...)."""
+
+
+def check_path(path: str, *, what: str = "path") -> str:
+    """Return ``path`` if it is acceptable, else raise :class:`PathError` naming ``what``.
+
+    Refused: empty paths, ``..`` segments, NUL bytes, ``#`` fragments and ``?``
+    queries, unknown URI schemes, and ``file://host/...`` forms that name a host.
+    """
+    if not isinstance(path, str) or not path.strip():
+        raise PathError(f"{what}: the path is empty")
+    if "\x00" in path:
+        raise PathError(f"{what}: the path {path!r} contains a NUL byte")
+    if "#" in path or "?" in path:
+        raise PathError(f"{what}: the path {path!r} contains '#' or '?'; give a plain path")
+    parts = urlsplit(path)
+    scheme = parts.scheme.lower()
+    if len(scheme) == 1:  # a Windows drive letter, c:/...
+        scheme = ""
+    if scheme and scheme not in ALLOWED_SCHEMES:
+        raise PathError(
+            f"{what}: the path {path!r} has an unknown scheme '{scheme}:'; "
+            f"use a plain path or one of {', '.join(sorted(ALLOWED_SCHEMES))}"
+        )
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise PathError(
+                f"{what}: the path {path!r} names a host after file://; use file:///absolute/path"
+            )
+    segments = (parts.path if scheme else path).replace("\\", "/").split("/")
+    if ".." in segments:
+        raise PathError(f"{what}: the path {path!r} contains a '..' segment; give a direct path")
+    return path
+
+
+def has_scheme(path: str) -> bool:
+    scheme = urlsplit(path).scheme
+    return len(scheme) > 1
+
+
+def local_path(path: str) -> str | None:
+    """The local filesystem path for ``path`` if it is local, else ``None``."""
+    if not has_scheme(path):
+        return os.path.abspath(path)
+    parts = urlsplit(path)
+    if parts.scheme.lower() == "file":
+        return parts.path
+    return None
+
+
+def join(base: str, *parts: str) -> str:
+    """Join path segments with ``/`` whatever the scheme."""
+    out = base.rstrip("/")
+    for part in parts:
+        out = f"{out}/{part.strip('/')}"
+    return out
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """All paths of one run: ``<output_dir>/<name>/...``.
+
+    A relative local ``output_dir`` is made absolute against the working
+    directory, so Spark and delta-rs see the same place.
+    """
+
+    output_dir: str
+    name: str
+
+    @property
+    def root(self) -> str:
+        base = self.output_dir if has_scheme(self.output_dir) else os.path.abspath(self.output_dir)
+        return check_path(join(base, self.name), what="run directory")
+
+    @property
+    def vocab(self) -> str:
+        """The vocabulary Delta table ``(column, value, index, count)``."""
+        return join(self.root, "vocab")
+
+    @property
+    def work(self) -> str:
+        """Scratch space of a run (encoded shards, checkpoints)."""
+        return join(self.root, "_work")

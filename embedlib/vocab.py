@@ -1,0 +1,592 @@
+"""Vocabularies and numeric statistics, built in one distributed pass.
+
+Index convention (the one place it is defined; every other module imports it):
+
+* ``NULL_INDEX = 0`` — the value is null / missing.
+* ``OOV_INDEX = 1`` — out of vocabulary: values seen fewer than ``min_count``
+  times at build time, values cut by ``max_size``, and values never seen at
+  scoring time. Rare values are what train this row, so an unseen value lands on
+  a trained vector, not a random one.
+* ``FIRST_INDEX = 2`` … ``K + 1`` — the vocabulary, ordered by count descending,
+  then value ascending (UTF-8 byte order), which is the same whatever the
+  partitioning of the source.
+
+Values are compared as strings: Spark's ``CAST(x AS STRING)`` for integer and
+boolean columns (Arrow's cast gives the same text), then the configured
+normalisation — none by default; ``trim`` strips ASCII spaces at both ends
+(Spark's ``trim``), ``lowercase`` folds case. The empty string is a value, not a
+null.
+
+The vocabulary table is ``(column, value, index, count)``, one row per index
+including the null row (index 0, its count the number of nulls) and the OOV row
+(index 1, its count the number of values that went there); both have a null
+``value``. Its metadata — source, row count, parameters, build time, numeric
+statistics and a content hash — is the JSON ``userMetadata`` of the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+    from embedlib.config import Config
+
+__all__ = [
+    "FIRST_INDEX",
+    "NULL_INDEX",
+    "OOV_INDEX",
+    "ColumnVocab",
+    "NumericStats",
+    "SchemaError",
+    "Vocabulary",
+    "VocabError",
+    "build_vocabulary",
+    "check_columns",
+    "normalize_arrow",
+    "run_vocab_job",
+]
+
+log = logging.getLogger(__name__)
+
+NULL_INDEX = 0
+OOV_INDEX = 1
+FIRST_INDEX = 2
+SCHEMA_VERSION = 1
+
+VOCAB_SCHEMA = pa.schema(
+    [
+        pa.field("column", pa.string(), nullable=False),
+        pa.field("value", pa.string()),
+        pa.field("index", pa.int32(), nullable=False),
+        pa.field("count", pa.int64(), nullable=False),
+    ]
+)
+
+
+class VocabError(ValueError):
+    """The vocabulary cannot be built or used as asked; the message says why."""
+
+
+class SchemaError(VocabError):
+    """The source's columns do not match what the configuration declares."""
+
+
+# ------------------------------------------------------------------- value objects
+
+
+@dataclass(frozen=True)
+class NumericStats:
+    """Statistics of one numeric column over the source (after optional log1p).
+
+    ``mean``/``std`` are over finite values; ``std`` is the population standard
+    deviation. :attr:`scale` is what standardization divides by: ``std``, or 1.0
+    for a constant or empty column.
+    """
+
+    rows: int
+    nulls: int
+    nans: int
+    pos_inf: int
+    neg_inf: int
+    mean: float
+    std: float
+    min: float | None
+    max: float | None
+    log1p: bool = False
+
+    @property
+    def scale(self) -> float:
+        return self.std if self.std > 0 and math.isfinite(self.std) else 1.0
+
+    @property
+    def missing(self) -> int:
+        return self.nulls + self.nans
+
+
+@dataclass(frozen=True)
+class ColumnVocab:
+    """The vocabulary of one categorical column: ``values[i]`` has index ``i + 2``."""
+
+    name: str
+    values: tuple[str, ...]
+    counts: tuple[int, ...]
+    null_count: int
+    oov_count: int
+    _index: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def size(self) -> int:
+        """Number of embedding rows: the vocabulary plus the null and OOV rows."""
+        return len(self.values) + FIRST_INDEX
+
+    def value_of(self, index: int) -> str | None:
+        """The category value of an index (None for the null and OOV rows)."""
+        return self.values[index - FIRST_INDEX] if index >= FIRST_INDEX else None
+
+    def label_of(self, index: int) -> str:
+        """A readable label: the value, ``<null>`` or ``<other>``."""
+        if index == NULL_INDEX:
+            return "<null>"
+        if index == OOV_INDEX:
+            return "<other>"
+        return self.values[index - FIRST_INDEX]
+
+    def positions(self, uniques: pa.Array) -> np.ndarray:
+        """Index of each (normalised, non-null) unique value; OOV where unseen."""
+        import pandas as pd
+
+        if self._index is None:
+            object.__setattr__(self, "_index", pd.Index(list(self.values), dtype=object))
+        pos = self._index.get_indexer(uniques.to_pandas())
+        return np.where(pos >= 0, pos + FIRST_INDEX, OOV_INDEX).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Vocabularies of the categorical columns plus numeric statistics; no Spark needed."""
+
+    columns: Mapping[str, ColumnVocab]
+    numeric: Mapping[str, NumericStats]
+    meta: Mapping[str, Any]
+
+    # -- lookups -------------------------------------------------------------------
+    @property
+    def categorical(self) -> tuple[str, ...]:
+        return tuple(self.columns)
+
+    @property
+    def numeric_columns(self) -> tuple[str, ...]:
+        return tuple(self.numeric)
+
+    @property
+    def content_hash(self) -> str:
+        return str(self.meta["content_hash"])
+
+    def size(self, column: str) -> int:
+        return self[column].size
+
+    def __getitem__(self, column: str) -> ColumnVocab:
+        try:
+            return self.columns[column]
+        except KeyError:
+            raise VocabError(
+                f"column '{column}' is not in the vocabulary (it has {', '.join(self.columns)})"
+            ) from None
+
+    def lookup(self, column: str, values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Map an Arrow array of raw values to int32 indices in one vectorized call.
+
+        Null → 0, unseen or cut → 1, vocabulary → 2.. . Integer and boolean arrays
+        are compared by their string form, as the build did.
+        """
+        cv = self[column]
+        arr = normalize_arrow(values, trim=self.trim, lowercase=self.lowercase)
+        encoded = pc.dictionary_encode(arr)
+        codes = cv.positions(encoded.dictionary)
+        out = np.full(len(arr), NULL_INDEX, dtype=np.int32)
+        idx = encoded.indices
+        valid = np.asarray(idx.is_valid())
+        if valid.any():
+            out[valid] = codes[np.asarray(idx.drop_null(), dtype=np.int64)]
+        return out
+
+    @property
+    def trim(self) -> bool:
+        return bool(self.meta.get("params", {}).get("trim", False))
+
+    @property
+    def lowercase(self) -> bool:
+        return bool(self.meta.get("params", {}).get("lowercase", False))
+
+    # -- (de)serialisation -----------------------------------------------------------
+    def to_arrow(self) -> pa.Table:
+        """The vocabulary table ``(column, value, index, count)``, reserved rows included."""
+        cols: list[str] = []
+        vals: list[str | None] = []
+        idxs: list[int] = []
+        cnts: list[int] = []
+        for name, cv in self.columns.items():
+            cols += [name, name]
+            vals += [None, None]
+            idxs += [NULL_INDEX, OOV_INDEX]
+            cnts += [cv.null_count, cv.oov_count]
+            cols += [name] * len(cv.values)
+            vals += list(cv.values)
+            idxs += list(range(FIRST_INDEX, cv.size))
+            cnts += list(cv.counts)
+        return pa.table(
+            [pa.array(cols), pa.array(vals, pa.string()), pa.array(idxs, pa.int32()), pa.array(cnts, pa.int64())],
+            schema=VOCAB_SCHEMA,
+        )
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table, meta: Mapping[str, Any]) -> Vocabulary:
+        """Rebuild from the vocabulary table and its metadata, checking the convention."""
+        missing = {"column", "value", "index", "count"} - set(table.column_names)
+        if missing:
+            raise VocabError(f"vocabulary table lacks columns {sorted(missing)}")
+        if "categorical" not in meta:
+            raise VocabError("vocabulary metadata lacks 'categorical'; was it written by embedlib?")
+        rows: dict[str, list[tuple[int, str | None, int]]] = {}
+        for rec in table.select(["column", "value", "index", "count"]).to_pylist():
+            rows.setdefault(rec["column"], []).append((rec["index"], rec["value"], rec["count"]))
+        columns: dict[str, ColumnVocab] = {}
+        for name in meta["categorical"]:
+            entries = sorted(rows.get(name, []), key=lambda r: r[0])
+            if [r[0] for r in entries] != list(range(len(entries))) or len(entries) < FIRST_INDEX:
+                raise VocabError(f"vocabulary of column '{name}' does not number 0, 1, 2, … without gaps")
+            columns[name] = ColumnVocab(
+                name=name,
+                values=tuple(str(r[1]) for r in entries[FIRST_INDEX:]),
+                counts=tuple(int(r[2]) for r in entries[FIRST_INDEX:]),
+                null_count=int(entries[NULL_INDEX][2]),
+                oov_count=int(entries[OOV_INDEX][2]),
+            )
+        numeric = {k: NumericStats(**v) for k, v in meta.get("numeric", {}).items()}
+        return cls(columns=columns, numeric=numeric, meta=dict(meta))
+
+    @classmethod
+    def load(cls, spark: SparkSession, path: str) -> Vocabulary:
+        """Load a vocabulary Delta table through the session (connector or delta-rs)."""
+        from embedlib.tables import commit_metadata, read_table
+
+        meta = commit_metadata(spark, path)
+        return cls.from_arrow(read_table(spark, path).toArrow(), meta)
+
+    @classmethod
+    def load_delta(cls, path: str) -> Vocabulary:
+        """Load a vocabulary Delta table with delta-rs only — no Spark."""
+        from deltalake import DeltaTable
+
+        from embedlib.layout import check_path, local_path
+
+        check_path(path, what="vocabulary table")
+        location = local_path(path) or path
+        if not DeltaTable.is_deltatable(location):
+            raise VocabError(f"no vocabulary table at {path}; run `embedlib vocab` first")
+        table = DeltaTable(location)
+        history = table.history(1)
+        meta = json.loads(history[0].get("userMetadata") or "{}") if history else {}
+        return cls.from_arrow(pa.table(table.to_pyarrow_table()), meta)
+
+    def summary(self) -> list[str]:
+        """Readable lines describing the vocabulary (for the CLI)."""
+        meta = self.meta
+        lines = [
+            f"source: {meta.get('source')}  rows: {meta.get('row_count'):,}  "
+            f"min_count: {meta['params'].get('min_count')}  max_size: {meta['params'].get('max_size')}",
+            f"content hash: {self.content_hash}",
+            "categorical columns (values kept / rows in OOV / nulls; most frequent):",
+        ]
+        for name, cv in self.columns.items():
+            top = ", ".join(f"{v} ({c:,})" for v, c in zip(cv.values[:3], cv.counts[:3]))
+            lines.append(
+                f"  {name:<18} {len(cv.values):>7,} kept {cv.oov_count:>8,} oov {cv.null_count:>8,} null   {top}"
+            )
+        if self.numeric:
+            lines.append("numeric columns (mean ± std [min, max]; missing):")
+        for name, st in self.numeric.items():
+            lines.append(
+                f"  {name:<18} {st.mean:>12.4g} ± {st.std:<10.4g} [{st.min}, {st.max}]; "
+                f"{st.missing:,} missing{' (log1p)' if st.log1p else ''}"
+            )
+        return lines
+
+
+# ------------------------------------------------------------------ normalisation
+
+
+def normalize_arrow(
+    values: pa.Array | pa.ChunkedArray, *, trim: bool = False, lowercase: bool = False
+) -> pa.Array:
+    """String form of categorical values, normalised as at build time (Arrow side)."""
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_decode()
+    if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+        arr = pc.cast(arr, pa.string())
+    if trim:
+        arr = pc.utf8_trim(arr, characters=" ")
+    if lowercase:
+        arr = pc.utf8_lower(arr)
+    return arr
+
+
+def normalize_spark(column: Column, *, trim: bool = False, lowercase: bool = False) -> Column:
+    """The same normalisation as :func:`normalize_arrow`, as a Spark expression."""
+    from pyspark.sql import functions as F
+
+    out = column.cast("string")
+    if trim:
+        out = F.trim(out)
+    if lowercase:
+        out = F.lower(out)
+    return out
+
+
+# ---------------------------------------------------------------- schema checks
+
+_CATEGORICAL_TYPES = ("string", "varchar", "char", "int", "bigint", "smallint", "tinyint", "boolean")
+_NUMERIC_TYPES = ("int", "bigint", "smallint", "tinyint", "float", "double", "decimal")
+
+
+def check_columns(schema: StructType, cfg: Config, table: str) -> None:
+    """Raise :class:`SchemaError` if the declared columns do not fit ``schema``.
+
+    Runs on the schema only — no Spark job.
+    """
+    types = {f.name: f.dataType.simpleString() for f in schema.fields}
+    declared = list(cfg.columns.categorical) + list(cfg.columns.numeric) + list(cfg.columns.id)
+    if not cfg.feature_columns:
+        raise SchemaError("no columns declared: set columns.categorical and/or columns.numeric")
+    missing = [c for c in dict.fromkeys(declared) if c not in types]
+    if missing:
+        raise SchemaError(
+            f"{table} lacks column(s) {', '.join(missing)}; it has: {', '.join(types)}"
+        )
+    for name in cfg.columns.categorical:
+        kind = types[name].split("(")[0]
+        if kind not in _CATEGORICAL_TYPES:
+            raise SchemaError(
+                f"categorical column '{name}' of {table} has type {types[name]}; categoricals must "
+                "be string, integer or boolean (cast it, or declare it numeric)"
+            )
+    for name in cfg.columns.numeric:
+        kind = types[name].split("(")[0]
+        if kind not in _NUMERIC_TYPES:
+            raise SchemaError(
+                f"numeric column '{name}' of {table} has type {types[name]}, which is not numeric; "
+                "cast it to double, or declare it categorical"
+            )
+
+
+# ------------------------------------------------------------------------- build
+
+
+def _signed_log1p(x: Column) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.signum(x) * F.log1p(F.abs(x))
+
+
+def build_vocabulary(
+    spark: SparkSession, df: DataFrame, cfg: Config, *, source: str
+) -> Vocabulary:
+    """Count every categorical and summarise every numeric in **one** pass over ``df``.
+
+    Each row is exploded into one ``(column id, value, x)`` entry per declared
+    column and a single ``groupBy(column id, value)`` aggregates them all:
+    categorical groups give value counts, each numeric column is one group with
+    its count / nulls / NaN / ±inf / mean / std / min / max. The (small) result is
+    cached, cut by ``min_count``/``max_size`` and numbered on the driver.
+    """
+    from pyspark.sql import functions as F
+
+    check_columns(df.schema, cfg, source)
+    cats, nums = cfg.columns.categorical, cfg.columns.numeric
+    trim, lower = cfg.vocab.trim, cfg.vocab.lowercase
+    entries = []
+    for i, name in enumerate(cats):
+        entries.append(
+            F.struct(
+                F.lit(i).alias("cid"),
+                normalize_spark(F.col(f"`{name}`"), trim=trim, lowercase=lower).alias("value"),
+                F.lit(None).cast("double").alias("x"),
+            )
+        )
+    for j, name in enumerate(nums):
+        x = F.col(f"`{name}`").cast("double")
+        if name in cfg.columns.log1p:
+            x = _signed_log1p(x)
+        entries.append(
+            F.struct(F.lit(len(cats) + j).alias("cid"), F.lit(None).cast("string").alias("value"), x.alias("x"))
+        )
+    inf = float("inf")
+    x = F.col("x")
+    finite = F.when(~F.isnan(x) & (F.abs(x) != inf), x)
+    stream = df.select(F.explode(F.array(*entries)).alias("e")).select("e.*")
+    agg = stream.groupBy("cid", "value").agg(
+        F.count(F.lit(1)).alias("n"),
+        F.count(x).alias("n_x"),
+        F.count(F.when(F.isnan(x), 1)).alias("nans"),
+        F.count(F.when(x == inf, 1)).alias("pos_inf"),
+        F.count(F.when(x == -inf, 1)).alias("neg_inf"),
+        F.avg(finite).alias("mean"),
+        F.stddev_pop(finite).alias("std"),
+        F.min(finite).alias("min"),
+        F.max(finite).alias("max"),
+    )
+    agg = agg.persist()
+    try:
+        totals = {r["cid"]: int(r["total"]) for r in agg.groupBy("cid").agg(F.sum("n").alias("total")).collect()}
+        kept = agg.where(
+            (F.col("cid") >= len(cats)) | F.col("value").isNull() | (F.col("n") >= cfg.vocab.min_count)
+        ).toArrow()
+    finally:
+        agg.unpersist()
+    row_count = totals.get(0, 0)
+    if row_count == 0:
+        raise VocabError(f"source {source} has no rows; nothing to build a vocabulary from")
+    return _assemble(cfg, kept, totals, row_count, source)
+
+
+def _assemble(
+    cfg: Config, kept: pa.Table, totals: Mapping[int, int], row_count: int, source: str
+) -> Vocabulary:
+    cats, nums = cfg.columns.categorical, cfg.columns.numeric
+    by_cid: dict[int, list[dict[str, Any]]] = {}
+    for rec in kept.to_pylist():
+        by_cid.setdefault(rec["cid"], []).append(rec)
+    columns: dict[str, ColumnVocab] = {}
+    for i, name in enumerate(cats):
+        recs = by_cid.get(i, [])
+        nulls = sum(int(r["n"]) for r in recs if r["value"] is None)
+        values = sorted(
+            ((str(r["value"]), int(r["n"])) for r in recs if r["value"] is not None),
+            key=lambda vc: (-vc[1], vc[0].encode("utf-8")),
+        )
+        if cfg.vocab.max_size is not None:
+            values = values[: cfg.vocab.max_size]
+        kept_total = sum(c for _, c in values)
+        oov = int(totals.get(i, 0)) - nulls - kept_total
+        columns[name] = ColumnVocab(
+            name=name,
+            values=tuple(v for v, _ in values),
+            counts=tuple(c for _, c in values),
+            null_count=nulls,
+            oov_count=oov,
+        )
+        if len(values) <= 1:
+            log.warning(
+                "categorical column '%s' has %d value(s) in its vocabulary; it carries no information",
+                name,
+                len(values),
+            )
+    numeric: dict[str, NumericStats] = {}
+    for j, name in enumerate(nums):
+        rec = by_cid[len(cats) + j][0]
+        n_x, nans, pinf, ninf = (int(rec[k]) for k in ("n_x", "nans", "pos_inf", "neg_inf"))
+        if (pinf or ninf) and cfg.vocab.inf_policy == "error":
+            raise VocabError(
+                f"numeric column '{name}' of {source} has {pinf + ninf:,} infinite value(s) "
+                f"({pinf:,} +inf, {ninf:,} -inf); clean them, or set vocab.inf_policy=null "
+                "to treat them as missing"
+            )
+        stats = NumericStats(
+            rows=row_count,
+            nulls=row_count - n_x + (pinf + ninf),
+            nans=nans,
+            pos_inf=pinf,
+            neg_inf=ninf,
+            mean=float(rec["mean"]) if rec["mean"] is not None else 0.0,
+            std=float(rec["std"]) if rec["std"] is not None else 0.0,
+            min=rec["min"],
+            max=rec["max"],
+            log1p=name in cfg.columns.log1p,
+        )
+        if stats.std == 0.0:
+            log.warning("numeric column '%s' is constant or empty; it is standardized with scale 1", name)
+        numeric[name] = stats
+    params = {
+        "min_count": cfg.vocab.min_count,
+        "max_size": cfg.vocab.max_size,
+        "trim": cfg.vocab.trim,
+        "lowercase": cfg.vocab.lowercase,
+        "inf_policy": cfg.vocab.inf_policy,
+    }
+    meta: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "source": source,
+        "row_count": row_count,
+        "params": params,
+        "categorical": list(cats),
+        "numeric": {k: asdict(v) for k, v in numeric.items()},
+        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    vocab = Vocabulary(columns=columns, numeric=numeric, meta=meta)
+    meta["content_hash"] = content_hash(vocab)
+    return vocab
+
+
+def _fmt(value: Any) -> Any:
+    if isinstance(value, float):
+        return format(value, ".12g")
+    return value
+
+
+def content_hash(vocab: Vocabulary) -> str:
+    """sha256 of what the vocabulary means: parameters, every (column, value, index,
+    count) row and the numeric statistics (floats to 12 significant digits, so the
+    last bits of a distributed sum cannot change it). Build time and source are
+    not part of it."""
+    h = hashlib.sha256()
+    header = {
+        "schema_version": SCHEMA_VERSION,
+        "row_count": vocab.meta["row_count"],
+        "params": vocab.meta["params"],
+        "categorical": list(vocab.columns),
+        "numeric": {k: {f: _fmt(v) for f, v in asdict(s).items()} for k, s in vocab.numeric.items()},
+    }
+    h.update(json.dumps(header, sort_keys=True).encode())
+    for rec in _iter_rows(vocab):
+        h.update(json.dumps(rec, ensure_ascii=False).encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _iter_rows(vocab: Vocabulary) -> Iterable[list[Any]]:
+    for name, cv in vocab.columns.items():
+        yield [name, None, NULL_INDEX, cv.null_count]
+        yield [name, None, OOV_INDEX, cv.oov_count]
+        for i, (v, c) in enumerate(zip(cv.values, cv.counts)):
+            yield [name, v, i + FIRST_INDEX, c]
+
+
+# ----------------------------------------------------------------------------- job
+
+
+def write_vocabulary(spark: SparkSession, vocab: Vocabulary, path: str) -> None:
+    """Write the vocabulary table (one file, one commit) with its metadata."""
+    from embedlib.tables import write_table
+
+    frame = spark.createDataFrame(vocab.to_arrow()).coalesce(1)
+    write_table(spark, frame, path, mode="overwrite", user_metadata=vocab.meta)
+
+
+def run_vocab_job(spark: SparkSession, cfg: Config) -> Vocabulary:
+    """Read the source, build the vocabulary and write it to ``<run>/vocab``."""
+    from embedlib.tables import read_source
+
+    source = cfg.source.table or str(cfg.source.path)
+    df = read_source(spark, cfg.source)
+    vocab = build_vocabulary(spark, df, cfg, source=source)
+    write_vocabulary(spark, vocab, cfg.layout.vocab)
+    log.info(
+        "vocabulary of %d categorical and %d numeric column(s) over %d rows written to %s (hash %s)",
+        len(vocab.columns),
+        len(vocab.numeric),
+        vocab.meta["row_count"],
+        cfg.layout.vocab,
+        vocab.content_hash[:12],
+    )
+    return vocab
+
+
+def vocab_frame(vocab: Vocabulary) -> pd.DataFrame:
+    """The vocabulary table as pandas (for notebooks and summaries)."""
+    return vocab.to_arrow().to_pandas()

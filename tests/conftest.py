@@ -1,0 +1,69 @@
+"""One cheap Spark session for the whole test run, plus shared helpers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ADULT_DATA = ROOT / "data" / "adult" / "adult.data.gz"
+ADULT_TEST = ROOT / "data" / "adult" / "adult.test.gz"
+ADULT_CONF = ROOT / "conf" / "adult.yaml"
+BASE_CONF = ROOT / "conf" / "base.yaml"
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from embedlib.config import SparkConfig
+    from embedlib.spark import get_session
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = get_session(
+        SparkConfig(
+            master="local[2]",
+            conf={
+                "spark.sql.shuffle.partitions": "4",
+                "spark.default.parallelism": "4",
+                "spark.sql.warehouse.dir": str(warehouse),
+                "spark.driver.memory": "2g",
+                "spark.task.maxFailures": "1",
+            },
+        ),
+        app_name="embedlib-tests",
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture()
+def adult_cfg(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """The demo configuration, writing under a temp output directory."""
+    from embedlib.config import load_config
+
+    return load_config(
+        [BASE_CONF, ADULT_CONF],
+        [f"output_dir={tmp_path / 'out'}", f"source.path={ADULT_DATA}"],
+    )
+
+
+def adult_pandas(path: Path = ADULT_DATA):  # type: ignore[no-untyped-def]
+    """The Adult file read independently of embedlib (pandas), '?' as missing."""
+    import pandas as pd
+
+    names = [
+        "age", "workclass", "fnlwgt", "education", "education-num", "marital-status",
+        "occupation", "relationship", "race", "sex", "capital-gain", "capital-loss",
+        "hours-per-week", "native-country", "income",
+    ]
+    return pd.read_csv(
+        path, header=None, names=names, skipinitialspace=True, na_values=["?"],
+        keep_default_na=False, comment="|",
+    )

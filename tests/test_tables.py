@@ -1,0 +1,133 @@
+"""Tables: Delta through delta-rs (no connector here), Parquet, CSV, idempotent appends."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+from pyspark.testing import assertDataFrameEqual
+
+from embedlib.layout import PathError
+from embedlib.spark import delta_connector_available
+from embedlib.tables import (
+    TableError,
+    commit_metadata,
+    delta_version,
+    read_table,
+    write_table,
+)
+
+ROWS = [
+    (1, "a", 1.5, ["x", "y"], {"k": 1.0}, dt.datetime(2024, 1, 2, 3, 4, 5)),
+    (2, "ü€", None, [], {}, dt.datetime(2024, 5, 6, 7, 8, 9)),
+    (3, "", -2.0, None, None, None),
+]
+DDL = "id BIGINT, s STRING, x DOUBLE, arr ARRAY<STRING>, m MAP<STRING, DOUBLE>, ts TIMESTAMP"
+
+
+def frame(spark, rows=ROWS):  # type: ignore[no-untyped-def]
+    return spark.createDataFrame(rows, DDL)
+
+
+def test_this_machine_has_no_connector(spark) -> None:  # type: ignore[no-untyped-def]
+    assert delta_connector_available(spark) is False
+
+
+def test_delta_round_trip_through_deltalake(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "t")
+    result = write_table(spark, frame(spark), path, mode="append", user_metadata={"who": "test"})
+    assert result.committed and result.version == 0
+    table = DeltaTable(path).to_pyarrow_table()
+    table = pa.table(table).sort_by("id")
+    assert table.column("id").to_pylist() == [1, 2, 3]
+    assert table.column("s").to_pylist() == ["a", "ü€", ""]
+    assert table.column("arr").to_pylist() == [["x", "y"], [], None]
+    assert table.column("m").to_pylist()[0] == [("k", 1.0)]
+    assert table.column("ts").to_pylist()[0].replace(tzinfo=None) == dt.datetime(2024, 1, 2, 3, 4, 5)
+    assert table.schema.field("x").type == pa.float64()
+    assert pa.types.is_timestamp(table.schema.field("ts").type)
+    assert commit_metadata(spark, path) == {"who": "test"}
+    assertDataFrameEqual(read_table(spark, path), frame(spark))
+
+
+def test_idempotent_append(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "t")
+    first = write_table(spark, frame(spark), path, txn=("run-a", 1))
+    again = write_table(spark, frame(spark), path, txn=("run-a", 1))
+    assert first.committed and not again.committed
+    assert DeltaTable(path).count() == 3
+    assert DeltaTable(path).transaction_version("run-a") == 1
+    newer = write_table(spark, frame(spark), path, txn=("run-a", 2))
+    other_app = write_table(spark, frame(spark), path, txn=("run-b", 1))
+    assert newer.committed and other_app.committed
+    assert DeltaTable(path).count() == 9
+    older = write_table(spark, frame(spark), path, txn=("run-a", 1))
+    assert not older.committed and DeltaTable(path).count() == 9
+    # a skipped write leaves no data files behind
+    data_dirs = list((tmp_path / "t" / "data").iterdir())
+    assert len(data_dirs) == 3
+
+
+def test_overwrite_replaces_rows(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = str(tmp_path / "t")
+    write_table(spark, frame(spark), path)
+    write_table(spark, frame(spark, ROWS[:1]), path, mode="overwrite")
+    assert DeltaTable(path).count() == 1
+    assert delta_version(spark, path) == 1
+    assert read_table(spark, path).count() == 1
+
+
+def test_uncommitted_files_are_never_read(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "t"
+    write_table(spark, frame(spark), str(path))
+    # a job that died after writing its files but before its commit leaves this behind
+    frame(spark).write.parquet(str(path / "data" / "orphan"))
+    assert read_table(spark, str(path)).count() == 3
+    assert DeltaTable(str(path)).count() == 3
+
+
+def test_parquet_and_csv(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    pq_path = str(tmp_path / "p")
+    write_table(spark, frame(spark), pq_path, format="parquet", mode="overwrite")
+    assertDataFrameEqual(read_table(spark, pq_path, format="parquet"), frame(spark))
+    with pytest.raises(TableError, match="need format delta"):
+        write_table(spark, frame(spark), pq_path, format="parquet", txn=("a", 1))
+    csv = tmp_path / "c.csv"
+    csv.write_text("a,b\n1,x\n2,y\n")
+    got = read_table(spark, str(csv), format="csv", options={"header": True}, schema="a INT, b STRING")
+    assert [tuple(r) for r in got.orderBy("a").collect()] == [(1, "x"), (2, "y")]
+
+
+def test_missing_paths_and_non_delta(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(TableError, match="does not exist"):
+        read_table(spark, str(tmp_path / "nope.csv"), format="csv")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(TableError, match="is not a Delta table"):
+        read_table(spark, str(tmp_path / "plain"))
+
+
+@pytest.mark.parametrize("bad", ["{tmp}/../x", "ftp://h/x", "{tmp}/t#frag", "file://host/{tmp}/t"])
+def test_bad_paths_refused_before_io(spark, tmp_path: Path, bad: str) -> None:  # type: ignore[no-untyped-def]
+    target = bad.format(tmp=tmp_path)
+    before = sorted(p.name for p in tmp_path.parent.iterdir())
+    with pytest.raises(PathError):
+        write_table(spark, frame(spark), target)
+    with pytest.raises(PathError):
+        read_table(spark, target)
+    assert sorted(p.name for p in tmp_path.parent.iterdir()) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_newer_protocol_is_refused(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    path = tmp_path / "t"
+    write_table(spark, frame(spark), str(path))
+    log = path / "_delta_log" / "00000000000000000001.json"
+    log.write_text(json.dumps({"protocol": {
+        "minReaderVersion": 3, "minWriterVersion": 7,
+        "readerFeatures": ["deletionVectors"], "writerFeatures": ["deletionVectors"]}}) + "\n")
+    with pytest.raises(TableError, match="deletionVectors"):
+        read_table(spark, str(path))
