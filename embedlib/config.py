@@ -47,6 +47,7 @@ class ConfigError(ValueError):
 
 SourceFormat = Literal["delta", "parquet", "csv"]
 InfPolicy = Literal["error", "null"]
+VocabEngine = Literal["auto", "spark", "arrow"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,9 @@ class VocabConfig:
     ``lowercase`` folds case before counting and before every lookup.
     ``inf_policy`` says what a ±inf numeric does: ``error`` (default) stops the
     job naming the column and the count, ``null`` treats it as missing.
+    ``engine`` picks how the pass runs (see :func:`embedlib.vocab.build_vocabulary`):
+    ``auto`` reads Parquet/Delta files with Arrow on the executors, anything else
+    with Spark rows.
     """
 
     min_count: int = 2
@@ -102,6 +106,7 @@ class VocabConfig:
     trim: bool = False
     lowercase: bool = False
     inf_policy: InfPolicy = "error"
+    engine: VocabEngine = "auto"
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ def load_config(
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from exc
-        nested: dict[str, Any] = value
+        nested: Any = value
         for part in reversed(_split_key(key)):
             nested = {part: nested}
         _merge(merged, nested, origins, "--set", Config, "")
@@ -291,11 +296,13 @@ def _coerce(value: Any, hint: Any, path: str, origins: Mapping[str, str]) -> Any
             f"{' or null' if _is_optional(hint) else ''}, got {value!r}"
         )
 
+    inner = _strip_optional(hint)
+    if value is None and typing.get_origin(inner) is Literal and "null" in typing.get_args(inner):
+        value = "null"  # YAML reads a bare `null` as None; here it is the policy's name
     if value is None:
         if _is_optional(hint):
             return None
         raise bad()
-    inner = _strip_optional(hint)
     origin = typing.get_origin(inner)
     if origin is Literal:
         if value not in typing.get_args(inner):

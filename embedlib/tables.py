@@ -80,7 +80,7 @@ def is_table_name(target: str) -> bool:
 def read_source(spark: SparkSession, source: SourceConfig) -> DataFrame:
     """Read the configured source (catalog table or path in delta/parquet/csv)."""
     if source.table is not None:
-        return read_table(spark, source.table)
+        return read_table(spark, source.table, catalog=True)
     assert source.path is not None
     return read_table(
         spark, source.path, format=source.format, options=source.options, schema=source.schema
@@ -94,11 +94,17 @@ def read_table(
     format: str = "delta",
     options: Mapping[str, Any] | None = None,
     schema: str | None = None,
+    catalog: bool = False,
 ) -> DataFrame:
-    """Read a catalog table or a path. Delta paths read through the Delta log."""
+    """Read a path, or with ``catalog=True`` a catalog table name.
+
+    Delta paths read through the Delta log (connector, or delta-rs's file list).
+    """
     from embedlib.spark import delta_connector_available
 
-    if is_table_name(target):
+    if catalog:
+        if not is_table_name(target):
+            raise TableError(f"{target!r} is not a table name like catalog.schema.table")
         try:
             return spark.table(target)
         except Exception as exc:
@@ -200,6 +206,41 @@ def _read_delta_rs(spark: SparkSession, path: str) -> DataFrame:
     return out
 
 
+def source_files(
+    spark: SparkSession, source: SourceConfig, columns: tuple[str, ...]
+) -> list[str] | None:
+    """The Parquet data files holding ``columns`` of a path source, or None.
+
+    Files are known for a Parquet path, and for a Delta path read through
+    delta-rs (from its log) whose partition columns are not among ``columns``.
+    Anything else (CSV, catalog tables, the connector) returns None: read it with
+    Spark.
+    """
+    from embedlib.spark import delta_connector_available
+
+    if source.path is None or source.format not in ("parquet", "delta"):
+        return None
+    if source.format == "delta":
+        if delta_connector_available(spark):
+            return None
+        dt = _open_delta(source.path)
+        _check_protocol(dt, source.path)
+        if set(dt.metadata().partition_columns) & set(columns):
+            return None
+        return list(dt.file_uris())
+    import pyarrow.parquet as pq
+
+    files = list(spark.read.parquet(source.path).inputFiles())
+    if not files:
+        return None
+    first = local_path(files[0]) or files[0]
+    try:
+        present = set(pq.read_schema(first).names)
+    except Exception:  # not readable here (remote store): let Spark read it
+        return None
+    return files if set(columns) <= present else None
+
+
 def delta_version(spark: SparkSession, target: str) -> int | None:
     """Current version of a Delta table, or None if there is no table there."""
     from embedlib.spark import delta_connector_available
@@ -248,18 +289,22 @@ def write_table(
     mode: WriteMode = "append",
     txn: tuple[str, int] | None = None,
     user_metadata: Mapping[str, Any] | None = None,
+    catalog: bool = False,
 ) -> WriteResult:
     """Write ``df`` to a path or catalog table as one atomic commit.
 
     ``txn=(app_id, version)`` makes a Delta append idempotent: if the table has
     already recorded ``version`` (or a later one) for ``app_id``, nothing is written.
     ``user_metadata`` is stored as JSON in the commit (``userMetadata``).
+    ``catalog=True`` makes ``target`` a catalog table name instead of a path.
     """
     from embedlib.spark import delta_connector_available
 
     if mode not in ("append", "overwrite"):
         raise TableError(f"{target}: write mode must be append or overwrite, got {mode!r}")
-    table = is_table_name(target)
+    table = catalog
+    if table and not is_table_name(target):
+        raise TableError(f"{target!r} is not a table name like catalog.schema.table")
     if not table:
         check_path(target, what=f"{format} output")
     meta = json.dumps(dict(user_metadata), sort_keys=True) if user_metadata else None
@@ -301,6 +346,7 @@ def _write_delta_rs(
     from deltalake.transaction import (
         AddAction,
         CommitProperties,
+        RemoveAction,
         Transaction,
         create_table_with_add_actions,
     )
@@ -319,7 +365,7 @@ def _write_delta_rs(
     arrow_schema = to_arrow_schema(df.schema, timezone="UTC")
     arrow_schema = pa.schema([f.with_nullable(True) for f in arrow_schema])
     delta_schema = DeltaSchema.from_arrow(arrow_schema)
-    actions = [
+    adds = [
         AddAction(
             path=f"{stage_rel}/{name}",
             size=size,
@@ -347,11 +393,12 @@ def _write_delta_rs(
                     log.info("%s: app %s version %d committed meanwhile", target, *txn)
                     _discard_stage(spark, stage)
                     return WriteResult(target, False, dt.version())
+            actions: list[AddAction | RemoveAction] = list(adds)
             dt.create_write_transaction(actions, mode, delta_schema, commit_properties=props)
             return WriteResult(target, True, DeltaTable(location).version())
         try:
             create_table_with_add_actions(
-                location, delta_schema, actions, mode="error", commit_properties=props
+                location, delta_schema, adds, mode="error", commit_properties=props
             )
             return WriteResult(target, True, 0)
         except Exception as exc:  # another writer created the table first: append to it

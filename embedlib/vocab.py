@@ -31,7 +31,7 @@ import hashlib
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -385,19 +385,52 @@ def _signed_log1p(x: Column) -> Column:
 
 
 def build_vocabulary(
-    spark: SparkSession, df: DataFrame, cfg: Config, *, source: str
+    spark: SparkSession,
+    df: DataFrame,
+    cfg: Config,
+    *,
+    source: str,
+    files: list[str] | None = None,
 ) -> Vocabulary:
     """Count every categorical and summarise every numeric in **one** pass over ``df``.
 
-    Each row is exploded into one ``(column id, value, x)`` entry per declared
-    column and a single ``groupBy(column id, value)`` aggregates them all:
-    categorical groups give value counts, each numeric column is one group with
-    its count / nulls / NaN / ±inf / mean / std / min / max. The (small) result is
-    cached, cut by ``min_count``/``max_size`` and numbered on the driver.
+    Two engines make the same pass (``vocab.engine``):
+
+    * ``spark`` — each row is exploded into one ``(column id, value, x)`` entry per
+      declared column and a single ``groupBy(column id, value)`` aggregates them
+      all: categorical groups give value counts, each numeric column is one group
+      with its count / nulls / NaN / ±inf / mean / std / min / max. Works on any
+      source (CSV, catalog tables, Delta through the connector).
+    * ``arrow`` — for Parquet files (a Parquet path, or a Delta table read through
+      delta-rs), Spark distributes the data ``files`` over its executors and each
+      task reads them with pyarrow, counting dictionary-encoded columns natively
+      and keeping mergeable numeric moments; Spark merges the partial counts.
+      Several times faster than the row path (``benchmarks/vocab_bench.py``).
+
+    ``auto`` (default) takes ``arrow`` when ``files`` are given, else ``spark``.
+    Both give the same table; the small merged result is cut by
+    ``min_count``/``max_size`` and numbered on the driver.
     """
+    check_columns(df.schema, cfg, source)
+    engine = cfg.vocab.engine
+    if engine == "arrow" and files is None:
+        raise VocabError(
+            f"vocab.engine=arrow needs a Parquet or Delta path source; {source} is neither "
+            "(use vocab.engine=auto or spark)"
+        )
+    if files is not None and engine in ("auto", "arrow"):
+        kept, totals = _count_arrow(spark, df, cfg, files)
+    else:
+        kept, totals = _count_spark(df, cfg)
+    row_count = totals.get(0, 0)
+    if row_count == 0:
+        raise VocabError(f"source {source} has no rows; nothing to build a vocabulary from")
+    return _assemble(cfg, kept, totals, row_count, source)
+
+
+def _count_spark(df: DataFrame, cfg: Config) -> tuple[pa.Table, dict[int, int]]:
     from pyspark.sql import functions as F
 
-    check_columns(df.schema, cfg, source)
     cats, nums = cfg.columns.categorical, cfg.columns.numeric
     trim, lower = cfg.vocab.trim, cfg.vocab.lowercase
     entries = []
@@ -439,10 +472,210 @@ def build_vocabulary(
         ).toArrow()
     finally:
         agg.unpersist()
-    row_count = totals.get(0, 0)
-    if row_count == 0:
-        raise VocabError(f"source {source} has no rows; nothing to build a vocabulary from")
-    return _assemble(cfg, kept, totals, row_count, source)
+    return kept, totals
+
+
+_PARTIAL_SCHEMA = (
+    "cid INT, value STRING, n LONG, n_x LONG, nans LONG, pos_inf LONG, neg_inf LONG, "
+    "n_fin LONG, mean DOUBLE, m2 DOUBLE, min DOUBLE, max DOUBLE"
+)
+
+
+def _count_arrow(
+    spark: SparkSession, df: DataFrame, cfg: Config, files: list[str]
+) -> tuple[pa.Table, dict[int, int]]:
+    from pyspark.sql import functions as F
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    if not files:
+        return pa.table({"cid": pa.array([], pa.int32())}), {}
+    wanted = list(dict.fromkeys(cfg.columns.categorical + cfg.columns.numeric))
+    schema = to_arrow_schema(df.select(*[f"`{c}`" for c in wanted]).schema, timezone="UTC")
+    spec = _ArrowCountSpec(
+        categorical=tuple(cfg.columns.categorical),
+        numeric=tuple(cfg.columns.numeric),
+        log1p=tuple(cfg.columns.log1p),
+        trim=cfg.vocab.trim,
+        lowercase=cfg.vocab.lowercase,
+        schema_bytes=schema.serialize().to_pybytes(),
+    )
+    tasks = max(1, min(len(files), spark.sparkContext.defaultParallelism * 2))
+    paths = spark.createDataFrame([(f,) for f in files], "file STRING").repartition(tasks)
+    partials = paths.mapInArrow(spec.count_files, _PARTIAL_SCHEMA).persist()
+    try:
+        cats = partials.where(F.col("cid") < len(cfg.columns.categorical)).groupBy("cid", "value").agg(
+            F.sum("n").alias("n")
+        ).persist()
+        totals = {r["cid"]: int(r["t"]) for r in cats.groupBy("cid").agg(F.sum("n").alias("t")).collect()}
+        kept_cats = cats.where(F.col("value").isNull() | (F.col("n") >= cfg.vocab.min_count)).toArrow()
+        cats.unpersist()
+        moments = partials.where(F.col("cid") >= len(cfg.columns.categorical)).toArrow().to_pylist()
+    finally:
+        partials.unpersist()
+    numeric_rows = _merge_moments(moments)
+    for rec in numeric_rows:
+        totals.setdefault(rec["cid"], rec["n"])
+    if not cfg.columns.categorical and numeric_rows:
+        totals[0] = numeric_rows[0]["n"]
+    kept = pa.concat_tables(
+        [kept_cats.select(["cid", "value", "n"]), pa.Table.from_pylist(numeric_rows)], promote_options="permissive"
+    )
+    return kept, totals
+
+
+def _merge_moments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Merge per-task numeric moments (Chan et al.) into one record per column."""
+    merged: dict[int, dict[str, Any]] = {}
+    for r in sorted(rows, key=lambda r: (r["cid"], r["n"], r["mean"] or 0.0)):
+        m = merged.get(r["cid"])
+        if m is None:
+            merged[r["cid"]] = dict(r)
+            continue
+        for k in ("n", "n_x", "nans", "pos_inf", "neg_inf"):
+            m[k] += r[k]
+        na, nb = m["n_fin"], r["n_fin"]
+        if nb:
+            if na:
+                delta = r["mean"] - m["mean"]
+                total = na + nb
+                m["mean"] += delta * nb / total
+                m["m2"] += r["m2"] + delta * delta * na * nb / total
+                m["min"], m["max"] = min(m["min"], r["min"]), max(m["max"], r["max"])
+            else:
+                m.update(mean=r["mean"], m2=r["m2"], min=r["min"], max=r["max"])
+            m["n_fin"] = na + nb
+    out = []
+    for cid in sorted(merged):
+        m = merged[cid]
+        fin = m.pop("n_fin")
+        m2 = m.pop("m2")
+        m["std"] = math.sqrt(max(m2, 0.0) / fin) if fin else None
+        if not fin:
+            m["mean"] = m["min"] = m["max"] = None
+        m["value"] = None
+        out.append(m)
+    return out
+
+
+@dataclass(frozen=True)
+class _ArrowCountSpec:
+    """What an executor needs to count Parquet files with pyarrow (pickled to tasks)."""
+
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+    log1p: tuple[str, ...]
+    trim: bool
+    lowercase: bool
+    schema_bytes: bytes
+
+    def count_files(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        schema = pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
+        counts: list[list[pa.Table]] = [[] for _ in self.categorical]
+        moments = [_Moments() for _ in self.numeric]
+        for batch in batches:
+            for path in batch.column(0).to_pylist():
+                from embedlib.layout import local_path
+
+                pf = pq.ParquetFile(local_path(path) or path, read_dictionary=list(self.categorical))
+                present = set(pf.schema_arrow.names)
+                for rg in range(pf.num_row_groups):
+                    table = pf.read_row_group(rg, columns=[c for c in schema.names if c in present])
+                    rows = table.num_rows
+                    for i, name in enumerate(self.categorical):
+                        col = table.column(name) if name in present else pa.nulls(rows, pa.string())
+                        counts[i].append(self._value_counts(col, schema.field(name).type))
+                    for j, name in enumerate(self.numeric):
+                        col = table.column(name) if name in present else pa.nulls(rows, pa.float64())
+                        moments[j].add(col, signed_log1p=name in self.log1p)
+        for i in range(len(self.categorical)):
+            if not counts[i]:
+                continue
+            merged = pa.concat_tables(counts[i]).group_by("value").aggregate([("n", "sum")])
+            schema_out = _partial_arrow_schema()
+            rows = merged.num_rows
+            arrays = {
+                "cid": pa.array([i] * rows, pa.int32()),
+                "value": merged.column("value").combine_chunks().cast(pa.string()),
+                "n": merged.column("n_sum").combine_chunks(),
+            }
+            yield pa.RecordBatch.from_arrays(
+                [arrays.get(f.name, pa.nulls(rows, f.type)) for f in schema_out], schema=schema_out
+            )
+        base = len(self.categorical)
+        rows_out = [m.record(base + j) for j, m in enumerate(moments) if m.n]
+        if rows_out:
+            yield pa.RecordBatch.from_pylist(rows_out, schema=_partial_arrow_schema())
+
+    def _value_counts(self, col: pa.ChunkedArray, target: pa.DataType) -> pa.Table:
+        parts = []
+        for chunk in col.chunks:
+            if pa.types.is_dictionary(chunk.type):
+                vc = pc.value_counts(chunk.indices)
+                values = pc.take(chunk.dictionary, vc.field(0))
+                parts.append((values, vc.field(1)))
+            else:
+                vc = pc.value_counts(chunk)
+                parts.append((vc.field(0), vc.field(1)))
+        tables = []
+        for values, n in parts:
+            if values.type != target and not pa.types.is_string(target):
+                values = pc.cast(values, target)
+            values = normalize_arrow(values, trim=self.trim, lowercase=self.lowercase)
+            tables.append(pa.table({"value": values.cast(pa.string()), "n": n.cast(pa.int64())}))
+        if not tables:
+            return pa.table({"value": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
+        return pa.concat_tables(tables)
+
+
+def _partial_arrow_schema() -> pa.Schema:
+    return pa.schema(
+        [("cid", pa.int32()), ("value", pa.string())]
+        + [(k, pa.int64()) for k in ("n", "n_x", "nans", "pos_inf", "neg_inf", "n_fin")]
+        + [(k, pa.float64()) for k in ("mean", "m2", "min", "max")]
+    )
+
+
+class _Moments:
+    """Count, NaN/inf counts and mergeable moments of one numeric column."""
+
+    def __init__(self) -> None:
+        self.n = self.n_x = self.nans = self.pos_inf = self.neg_inf = self.n_fin = 0
+        self.mean = self.m2 = 0.0
+        self.min = math.inf
+        self.max = -math.inf
+
+    def add(self, col: pa.ChunkedArray, *, signed_log1p: bool) -> None:
+        arr = pc.cast(col, pa.float64()).to_numpy(zero_copy_only=False)
+        if signed_log1p:
+            arr = np.sign(arr) * np.log1p(np.abs(arr))
+        self.n += len(arr)
+        self.n_x += len(arr) - col.null_count
+        nan_mask = np.isnan(arr)
+        self.nans += int(nan_mask.sum()) - col.null_count
+        self.pos_inf += int(np.count_nonzero(arr == np.inf))
+        self.neg_inf += int(np.count_nonzero(arr == -np.inf))
+        fin = arr[np.isfinite(arr)]
+        if not len(fin):
+            return
+        nb, mb = len(fin), float(fin.mean())
+        m2b = float(((fin - mb) ** 2).sum())
+        na = self.n_fin
+        total = na + nb
+        delta = mb - self.mean
+        self.mean += delta * nb / total
+        self.m2 += m2b + delta * delta * na * nb / total
+        self.n_fin = total
+        self.min, self.max = min(self.min, float(fin.min())), max(self.max, float(fin.max()))
+
+    def record(self, cid: int) -> dict[str, Any]:
+        return {
+            "cid": cid, "value": None, "n": self.n, "n_x": self.n_x, "nans": self.nans,
+            "pos_inf": self.pos_inf, "neg_inf": self.neg_inf, "n_fin": self.n_fin,
+            "mean": self.mean, "m2": self.m2,
+            "min": self.min if self.n_fin else None, "max": self.max if self.n_fin else None,
+        }
 
 
 def _assemble(
@@ -570,11 +803,12 @@ def write_vocabulary(spark: SparkSession, vocab: Vocabulary, path: str) -> None:
 
 def run_vocab_job(spark: SparkSession, cfg: Config) -> Vocabulary:
     """Read the source, build the vocabulary and write it to ``<run>/vocab``."""
-    from embedlib.tables import read_source
+    from embedlib.tables import read_source, source_files
 
     source = cfg.source.table or str(cfg.source.path)
     df = read_source(spark, cfg.source)
-    vocab = build_vocabulary(spark, df, cfg, source=source)
+    files = source_files(spark, cfg.source, cfg.feature_columns)
+    vocab = build_vocabulary(spark, df, cfg, source=source, files=files)
     write_vocabulary(spark, vocab, cfg.layout.vocab)
     log.info(
         "vocabulary of %d categorical and %d numeric column(s) over %d rows written to %s (hash %s)",

@@ -1,0 +1,48 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.embedlib-installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: demo test setup check-env horovod lint typecheck bench clean
+
+check-env:
+	@bash .ci/check_env.sh "$(PYTHON)"
+
+# torch is pinned and installed first: a requirement that let pip choose would pull
+# a newer torch with several GB of CUDA packages.
+$(STAMP): setup.py
+	@bash .ci/check_env.sh "$(PYTHON)"
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+# Horovod 0.28.1 built from its sdist with the C++17 fix (~3-10 min once, then cached).
+horovod: setup
+	bash .ci/build_horovod.sh $(PY)
+
+demo: setup
+	$(PY) -m embedlib.cli vocab --conf conf/base.yaml --conf conf/adult.yaml
+
+test: setup
+	$(PY) -m ruff check embedlib jobs tests benchmarks
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+lint: setup
+	$(PY) -m ruff check embedlib jobs tests benchmarks
+
+typecheck: setup
+	$(PY) -m mypy
+
+bench: setup
+	$(PY) benchmarks/vocab_bench.py
+
+clean:
+	rm -rf output spark-warehouse metastore_db derby.log .pytest_cache .mypy_cache .ruff_cache
