@@ -109,6 +109,67 @@ class VocabConfig:
     engine: VocabEngine = "auto"
 
 
+Backend = Literal["local", "torch_distributor", "horovod"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the embedding autoencoder's shape.
+
+    A categorical with ``n`` embedding rows (vocabulary + null + OOV) gets
+    ``min(max_embedding_dim, round(1.6 * n ** 0.56))`` dimensions unless
+    ``embedding_dims`` names it. ``corruption`` is the fraction of inputs replaced
+    during training (denoising); it is off at scoring.
+    """
+
+    max_embedding_dim: int = 32
+    embedding_dims: Mapping[str, int] = field(default_factory=dict)
+    hidden: tuple[int, ...] = (64, 32)
+    bottleneck: int = 8
+    corruption: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: where and how long the model trains.
+
+    ``backend``: ``local`` (the driver), ``torch_distributor`` (DDP through
+    ``pyspark.ml.torch.distributor.TorchDistributor``) or ``horovod``
+    (``horovod.spark.run``). ``local_mode`` (TorchDistributor only): ``auto``
+    trains on the driver when the master is local, on executors otherwise.
+    """
+
+    backend: Backend = "local"
+    num_workers: int = 2
+    use_gpu: bool | Literal["auto"] = "auto"
+    local_mode: bool | Literal["auto"] = "auto"
+    epochs: int = 20
+    batch_size: int = 512
+    learning_rate: float = 0.001
+    seed: int = 0
+    validation_fraction: float = 0.1
+    patience: int = 3
+    max_rows: int | None = None
+    sample_fraction: float | None = None
+    shuffle_buffer: int = 100_000
+    num_shards: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``score``: scoring runs, and the threshold the bundle stores."""
+
+    source: str | None = None
+    output: str | None = None
+    mode: Literal["append", "overwrite"] = "append"
+    run_id: str | None = None
+    threshold_quantile: float = 0.99
+    threshold: float | None = None
+    top_reasons: int = 3
+    emit_code: bool = False
+    batch_size: int = 10_000
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration of a run; every job reads the part it needs."""
@@ -119,6 +180,9 @@ class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
     vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
 
     @property
     def layout(self) -> RunLayout:
@@ -256,6 +320,8 @@ def _is_mapping(hint: Any) -> bool:
 def _type_name(hint: Any) -> str:
     hint = _strip_optional(hint)
     origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(hint) if a is not type(None))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin is tuple:
@@ -302,6 +368,15 @@ def _coerce(value: Any, hint: Any, path: str, origins: Mapping[str, str]) -> Any
     if value is None:
         if _is_optional(hint):
             return None
+        raise bad()
+    if typing.get_origin(inner) in (Union, types.UnionType):
+        for option in typing.get_args(inner):
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, path, origins)
+            except ConfigError:
+                continue
         raise bad()
     origin = typing.get_origin(inner)
     if origin is Literal:
@@ -387,6 +462,51 @@ def _validate(cfg: Config, origins: Mapping[str, str]) -> None:
     for name in cols.log1p:
         if name not in cols.numeric:
             raise err("columns.log1p", f"names '{name}', which is not in columns.numeric")
+    _validate_training(cfg, err)
+
+
+def _validate_training(cfg: Config, err: Any) -> None:
+    m, t, sc = cfg.model, cfg.train, cfg.score
+    if m.max_embedding_dim < 1:
+        raise err("model.max_embedding_dim", f"must be at least 1, got {m.max_embedding_dim}")
+    for col, dim in m.embedding_dims.items():
+        if col not in cfg.columns.categorical:
+            raise err("model.embedding_dims", f"names '{col}', which is not in columns.categorical")
+        if dim < 1:
+            raise err(f"model.embedding_dims.{col}", f"must be at least 1, got {dim}")
+    if not m.hidden or any(h < 1 for h in m.hidden):
+        raise err("model.hidden", f"must be a non-empty list of positive sizes, got {list(m.hidden)}")
+    if m.bottleneck < 1:
+        raise err("model.bottleneck", f"must be at least 1, got {m.bottleneck}")
+    if not 0.0 <= m.corruption < 1.0:
+        raise err("model.corruption", f"must be in [0, 1), got {m.corruption}")
+    for key in ("num_workers", "epochs", "batch_size", "shuffle_buffer"):
+        if getattr(t, key) < 1:
+            raise err(f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
+    if t.learning_rate <= 0:
+        raise err("train.learning_rate", f"must be positive, got {t.learning_rate}")
+    if not 0.0 < t.validation_fraction < 1.0:
+        raise err("train.validation_fraction", f"must be in (0, 1), got {t.validation_fraction}")
+    if t.patience < 0:
+        raise err("train.patience", f"must be 0 or more, got {t.patience}")
+    if t.max_rows is not None and t.sample_fraction is not None:
+        raise err("train.max_rows", "and train.sample_fraction are both set; choose one")
+    if t.max_rows is not None and t.max_rows < 1:
+        raise err("train.max_rows", f"must be at least 1, got {t.max_rows}")
+    if t.sample_fraction is not None and not 0.0 < t.sample_fraction <= 1.0:
+        raise err("train.sample_fraction", f"must be in (0, 1], got {t.sample_fraction}")
+    if t.num_shards is not None and t.num_shards < 1:
+        raise err("train.num_shards", f"must be at least 1, got {t.num_shards}")
+    if not 0.0 < sc.threshold_quantile < 1.0:
+        raise err("score.threshold_quantile", f"must be in (0, 1), got {sc.threshold_quantile}")
+    if sc.top_reasons < 0:
+        raise err("score.top_reasons", f"must be 0 or more, got {sc.top_reasons}")
+    if sc.batch_size < 1:
+        raise err("score.batch_size", f"must be at least 1, got {sc.batch_size}")
+    for key in ("source", "output"):
+        value = getattr(sc, key)
+        if value is not None:
+            check_path(value, what=f"key 'score.{key}'")
 
 
 _SECRET_KEY = re.compile(r"(key|secret|token|password|passwd|credential|sas|auth)", re.I)

@@ -8,7 +8,9 @@ Every path a run reads or writes is derived here from ``<output_dir>/<name>``
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 __all__ = ["ALLOWED_SCHEMES", "PathError", "RunLayout", "check_path", "join"]
@@ -103,3 +105,96 @@ class RunLayout:
     def work(self) -> str:
         """Scratch space of a run (encoded shards, checkpoints)."""
         return join(self.root, "_work")
+
+    @property
+    def checkpoints(self) -> str:
+        """Per-epoch training state; a rerun with the same run directory resumes from it."""
+        return join(self.work, "checkpoints")
+
+    @property
+    def bundle(self) -> str:
+        """The model bundle directory (``bundle.json``, weights, vocabulary)."""
+        return join(self.root, "bundle")
+
+    @property
+    def embeddings(self) -> str:
+        return join(self.root, "embeddings")
+
+    @property
+    def features(self) -> str:
+        return join(self.root, "features")
+
+    @property
+    def scores(self) -> str:
+        return join(self.root, "scores")
+
+    @property
+    def score_runs(self) -> str:
+        return join(self.root, "score_runs")
+
+
+# ------------------------------------------------------------------ small-file I/O
+# Bundles, checkpoints and metadata are written by the driver (or rank 0) to the
+# run directory, which on a cluster is shared storage. pyarrow's filesystems give
+# one way to reach local disk, DBFS (through /dbfs), S3, GCS, HDFS and ABFS.
+
+
+def filesystem(path: str) -> tuple[Any, str]:
+    """``(pyarrow FileSystem, path inside it)`` for a local path or URI."""
+    import pyarrow.fs as pafs
+
+    check_path(path, what="path")
+    local = local_path(path)
+    if local is not None:
+        return pafs.LocalFileSystem(), local
+    parts = urlsplit(path)
+    scheme = parts.scheme.lower()
+    if scheme == "dbfs":
+        return pafs.LocalFileSystem(), "/dbfs/" + (parts.netloc + parts.path).lstrip("/")
+    if scheme == "s3a":
+        path = "s3" + path[3:]
+    fs, inner = pafs.FileSystem.from_uri(path)
+    return fs, inner
+
+
+def read_text(path: str) -> str | None:
+    """The text of a file, or None if it does not exist."""
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    if fs.get_file_info(inner).type != pafs.FileType.File:
+        return None
+    with fs.open_input_stream(inner) as handle:
+        return bytes(handle.read()).decode("utf-8")
+
+
+def read_bytes(path: str) -> bytes:
+    fs, inner = filesystem(path)
+    with fs.open_input_stream(inner) as handle:
+        return bytes(handle.read())
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, then move it into place."""
+    fs, inner = filesystem(path)
+    parent = inner.rsplit("/", 1)[0]
+    fs.create_dir(parent, recursive=True)
+    tmp = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"
+    with fs.open_output_stream(tmp) as handle:
+        handle.write(data)
+    fs.move(tmp, inner)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def remove_tree(path: str) -> None:
+    import pyarrow.fs as pafs
+
+    fs, inner = filesystem(path)
+    info = fs.get_file_info(inner)
+    if info.type == pafs.FileType.Directory:
+        fs.delete_dir(inner)
+    elif info.type == pafs.FileType.File:
+        fs.delete_file(inner)

@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import math
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -501,22 +502,24 @@ def _count_arrow(
     )
     tasks = max(1, min(len(files), spark.sparkContext.defaultParallelism * 2))
     paths = spark.createDataFrame([(f,) for f in files], "file STRING").repartition(tasks)
-    partials = paths.mapInArrow(spec.count_files, _PARTIAL_SCHEMA).persist()
-    try:
-        cats = partials.where(F.col("cid") < len(cfg.columns.categorical)).groupBy("cid", "value").agg(
-            F.sum("n").alias("n")
-        ).persist()
-        totals = {r["cid"]: int(r["t"]) for r in cats.groupBy("cid").agg(F.sum("n").alias("t")).collect()}
-        kept_cats = cats.where(F.col("value").isNull() | (F.col("n") >= cfg.vocab.min_count)).toArrow()
-        cats.unpersist()
-        moments = partials.where(F.col("cid") >= len(cfg.columns.categorical)).toArrow().to_pylist()
-    finally:
-        partials.unpersist()
-    numeric_rows = _merge_moments(moments)
-    for rec in numeric_rows:
-        totals.setdefault(rec["cid"], rec["n"])
-    if not cfg.columns.categorical and numeric_rows:
-        totals[0] = numeric_rows[0]["n"]
+    partials = paths.mapInArrow(spec.count_files, _PARTIAL_SCHEMA)
+    # One job: categorical partial counts merge by (cid, value); numeric moments and
+    # row counts carry a per-task key in `value`, so they pass through unmerged and
+    # are combined on the driver (Chan's formula needs more than a sum).
+    ncat = len(cfg.columns.categorical)
+    moment_cols = ["n_x", "nans", "pos_inf", "neg_inf", "n_fin", "mean", "m2", "min", "max"]
+    merged = partials.groupBy("cid", "value").agg(
+        F.sum("n").alias("n"), *[F.first(c).alias(c) for c in moment_cols]
+    )
+    cid, value = F.col("cid"), F.col("value")
+    table = merged.where(
+        (cid < 0) | (cid >= ncat) | value.isNull() | (F.col("n") >= cfg.vocab.min_count)
+    ).toArrow()
+    records = table.to_pylist()
+    row_count = sum(int(r["n"]) for r in records if r["cid"] < 0)
+    kept_cats = table.filter(pc.and_(pc.greater_equal(table["cid"], 0), pc.less(table["cid"], ncat)))
+    numeric_rows = _merge_moments([r for r in records if r["cid"] >= ncat])
+    totals = {i: row_count for i in range(ncat + len(cfg.columns.numeric))}
     kept = pa.concat_tables(
         [kept_cats.select(["cid", "value", "n"]), pa.Table.from_pylist(numeric_rows)], promote_options="permissive"
     )
@@ -574,6 +577,7 @@ class _ArrowCountSpec:
         schema = pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
         counts: list[list[pa.Table]] = [[] for _ in self.categorical]
         moments = [_Moments() for _ in self.numeric]
+        total_rows = 0
         for batch in batches:
             for path in batch.column(0).to_pylist():
                 from embedlib.layout import local_path
@@ -583,6 +587,7 @@ class _ArrowCountSpec:
                 for rg in range(pf.num_row_groups):
                     table = pf.read_row_group(rg, columns=[c for c in schema.names if c in present])
                     rows = table.num_rows
+                    total_rows += rows
                     for i, name in enumerate(self.categorical):
                         col = table.column(name) if name in present else pa.nulls(rows, pa.string())
                         counts[i].append(self._value_counts(col, schema.field(name).type))
@@ -604,9 +609,10 @@ class _ArrowCountSpec:
                 [arrays.get(f.name, pa.nulls(rows, f.type)) for f in schema_out], schema=schema_out
             )
         base = len(self.categorical)
-        rows_out = [m.record(base + j) for j, m in enumerate(moments) if m.n]
-        if rows_out:
-            yield pa.RecordBatch.from_pylist(rows_out, schema=_partial_arrow_schema())
+        task = uuid.uuid4().hex
+        rows_out = [{**m.record(base + j), "value": task} for j, m in enumerate(moments) if m.n]
+        rows_out.append({"cid": -1, "value": task, "n": total_rows})
+        yield pa.RecordBatch.from_pylist(rows_out, schema=_partial_arrow_schema())
 
     def _value_counts(self, col: pa.ChunkedArray, target: pa.DataType) -> pa.Table:
         parts = []
@@ -682,27 +688,22 @@ def _assemble(
     cfg: Config, kept: pa.Table, totals: Mapping[int, int], row_count: int, source: str
 ) -> Vocabulary:
     cats, nums = cfg.columns.categorical, cfg.columns.numeric
-    by_cid: dict[int, list[dict[str, Any]]] = {}
-    for rec in kept.to_pylist():
-        by_cid.setdefault(rec["cid"], []).append(rec)
+    kept = kept.select(["cid", "value", "n"] + [c for c in kept.column_names if c not in ("cid", "value", "n")])
+    by_cid = {int(r["cid"]): r for r in kept.filter(pc.greater_equal(kept["cid"], len(cats))).to_pylist()}
     columns: dict[str, ColumnVocab] = {}
     for i, name in enumerate(cats):
-        recs = by_cid.get(i, [])
-        nulls = sum(int(r["n"]) for r in recs if r["value"] is None)
-        values = sorted(
-            ((str(r["value"]), int(r["n"])) for r in recs if r["value"] is not None),
-            key=lambda vc: (-vc[1], vc[0].encode("utf-8")),
-        )
+        part = kept.filter(pc.equal(kept["cid"], i)).select(["value", "n"])
+        nulls = int(pc.sum(part.filter(pc.is_null(part["value"]))["n"]).as_py() or 0)
+        part = part.filter(pc.is_valid(part["value"]))
+        # count descending, then value ascending in UTF-8 byte order (Arrow's string order)
+        part = part.take(pc.sort_indices(part, sort_keys=[("n", "descending"), ("value", "ascending")]))
         if cfg.vocab.max_size is not None:
-            values = values[: cfg.vocab.max_size]
-        kept_total = sum(c for _, c in values)
-        oov = int(totals.get(i, 0)) - nulls - kept_total
+            part = part.slice(0, cfg.vocab.max_size)
+        values = part["value"].to_pylist()
+        counts = [int(c) for c in part["n"].to_pylist()]
+        oov = int(totals.get(i, 0)) - nulls - sum(counts)
         columns[name] = ColumnVocab(
-            name=name,
-            values=tuple(v for v, _ in values),
-            counts=tuple(c for _, c in values),
-            null_count=nulls,
-            oov_count=oov,
+            name=name, values=tuple(values), counts=tuple(counts), null_count=nulls, oov_count=oov
         )
         if len(values) <= 1:
             log.warning(
@@ -712,7 +713,7 @@ def _assemble(
             )
     numeric: dict[str, NumericStats] = {}
     for j, name in enumerate(nums):
-        rec = by_cid[len(cats) + j][0]
+        rec = by_cid[len(cats) + j]
         n_x, nans, pinf, ninf = (int(rec[k]) for k in ("n_x", "nans", "pos_inf", "neg_inf"))
         if (pinf or ninf) and cfg.vocab.inf_policy == "error":
             raise VocabError(

@@ -1,0 +1,288 @@
+"""The model bundle: everything needed to score or extract, loadable without Spark.
+
+A bundle is a directory::
+
+    bundle.json          schema version, columns and kinds, vocab sizes, embedding dims,
+                         numeric statistics, model spec, threshold, training metrics,
+                         library/torch versions, sha256 of every other file, bundle id
+    weights.safetensors  the model's tensors (safetensors: no pickle, ever)
+    vocab.parquet        the vocabulary table; its metadata in the Parquet schema
+
+The bundle id is a hash of ``bundle.json`` (which pins every file's sha256), so it
+is a hash of the whole content. :func:`load_bundle` verifies every hash and
+refuses a bundle whose files do not match, naming the file and both hashes.
+This module imports no pyspark.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from embedlib import __version__
+from embedlib.encode import Encoded, Encoder
+from embedlib.layout import filesystem, join
+from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
+from embedlib.vocab import Vocabulary
+
+__all__ = ["Bundle", "BundleError", "ScoreResult", "load_bundle", "save_bundle"]
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+WEIGHTS = "weights.safetensors"
+VOCAB = "vocab.parquet"
+MANIFEST = "bundle.json"
+_VOCAB_META_KEY = b"embedlib.vocab"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, tampered with, or does not fit the data."""
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _bundle_id(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "bundle_id"}
+    return _sha256(json.dumps(body, sort_keys=True).encode())[:20]
+
+
+def weights_bytes(model: torch.nn.Module) -> bytes:
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    return save(state)
+
+
+def vocab_bytes(vocab: Vocabulary) -> bytes:
+    table = vocab.to_arrow().replace_schema_metadata(
+        {_VOCAB_META_KEY: json.dumps(dict(vocab.meta), sort_keys=True).encode()}
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf)
+    return buf.getvalue()
+
+
+def save_bundle(
+    path: str,
+    *,
+    model: EmbeddingAutoencoder,
+    vocab: Vocabulary,
+    threshold: float,
+    threshold_quantile: float,
+    metrics: Mapping[str, Any],
+    model_config: Mapping[str, Any],
+) -> str:
+    """Write a bundle directory atomically (temp directory, then rename); return its id."""
+    spec = model.spec
+    files = {WEIGHTS: weights_bytes(model), VOCAB: vocab_bytes(vocab)}
+    manifest: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "library_version": __version__,
+        "torch_version": torch.__version__,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "columns": {
+            **{c: "categorical" for c in spec.categorical},
+            **{c: "numeric" for c in spec.numeric},
+        },
+        "categorical": list(spec.categorical),
+        "numeric": list(spec.numeric),
+        "vocab_sizes": dict(zip(spec.categorical, spec.cardinalities)),
+        "embedding_dims": dict(zip(spec.categorical, spec.embedding_dims)),
+        "numeric_stats": {k: vocab.meta.get("numeric", {}).get(k) for k in spec.numeric},
+        "vocab_hash": vocab.content_hash,
+        "model": spec.to_dict(),
+        "model_config": dict(model_config),
+        "threshold": float(threshold),
+        "threshold_quantile": float(threshold_quantile),
+        "metrics": dict(metrics),
+        "files": {name: _sha256(data) for name, data in files.items()},
+    }
+    manifest["bundle_id"] = _bundle_id(manifest)
+    files[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
+
+    fs, target = filesystem(path)
+    parent = target.rsplit("/", 1)[0]
+    tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+    fs.create_dir(tmp, recursive=True)
+    for name, data in files.items():
+        with fs.open_output_stream(f"{tmp}/{name}") as handle:
+            handle.write(data)
+    old = None
+    if fs.get_file_info(target).type != pa.fs.FileType.NotFound:
+        old = f"{parent}/.{target.rsplit('/', 1)[1]}.old-{uuid.uuid4().hex[:8]}"
+        fs.move(target, old)
+    fs.move(tmp, target)
+    if old is not None:
+        fs.delete_dir(old)
+    log.info("bundle %s written to %s", manifest["bundle_id"], path)
+    return str(manifest["bundle_id"])
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of a batch. ``contributions[:, k]`` is column ``k``'s nats; rows sum to ``score``."""
+
+    score: np.ndarray  # float64 [rows]
+    contributions: np.ndarray  # float64 [rows, columns]
+    observed: np.ndarray  # int64 [rows, categoricals]: observed index
+    expected: np.ndarray  # int64 [rows, categoricals]: arg-max index
+    expected_prob: np.ndarray  # float64 [rows, categoricals]
+    observed_prob: np.ndarray  # float64 [rows, categoricals]
+    expected_num: np.ndarray  # float64 [rows, numerics], in the column's own units
+    code: np.ndarray  # float32 [rows, bottleneck]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified, loaded bundle: model, vocabulary, encoder and metadata."""
+
+    bundle_id: str
+    path: str
+    manifest: Mapping[str, Any]
+    spec: ModelSpec
+    model: EmbeddingAutoencoder
+    vocab: Vocabulary
+
+    @property
+    def encoder(self) -> Encoder:
+        return Encoder.for_vocab(self.vocab)
+
+    @property
+    def threshold(self) -> float:
+        return float(self.manifest["threshold"])
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.spec.columns
+
+    def score_encoded(self, enc: Encoded) -> ScoreResult:
+        """Score already-encoded rows (one forward pass)."""
+        with torch.inference_mode():
+            cat = torch.from_numpy(enc.cat)
+            num = torch.from_numpy(enc.num)
+            missing = torch.from_numpy(enc.missing)
+            logits, pred, code = self.model(cat, num, missing)
+            contrib = column_nll(logits, pred, cat, num, missing).double()
+            expected = []
+            expected_prob = []
+            observed_prob = []
+            for i, lg in enumerate(logits):
+                probs = torch.softmax(lg.double(), dim=1)
+                top = probs.max(dim=1)
+                expected.append(top.indices)
+                expected_prob.append(top.values)
+                observed_prob.append(probs.gather(1, cat[:, i : i + 1]).squeeze(1))
+        rows = enc.cat.shape[0] if enc.cat.size else enc.num.shape[0]
+        stats = [self.vocab.numeric[c] for c in self.spec.numeric]
+        pred_np = pred.double().numpy()
+        expected_num = np.stack(
+            [_unstandardize(pred_np[:, j], s.mean, s.scale, s.log1p) for j, s in enumerate(stats)], axis=1
+        ) if stats else np.zeros((rows, 0))
+
+        def stack(parts: list[torch.Tensor], dtype: Any) -> np.ndarray:
+            if not parts:
+                return np.zeros((rows, 0), dtype=dtype)
+            return torch.stack(parts, dim=1).numpy().astype(dtype)
+
+        return ScoreResult(
+            score=contrib.sum(dim=1).numpy(),
+            contributions=contrib.numpy(),
+            observed=enc.cat,
+            expected=stack(expected, np.int64),
+            expected_prob=stack(expected_prob, np.float64),
+            observed_prob=stack(observed_prob, np.float64),
+            expected_num=expected_num,
+            code=code.float().numpy(),
+        )
+
+    def score(self, data: pa.Table | pa.RecordBatch) -> ScoreResult:
+        """Encode raw rows with the bundle's vocabulary and score them."""
+        return self.score_encoded(self.encoder.arrays(data))
+
+
+def _unstandardize(z: np.ndarray, mean: float, scale: float, log1p: bool) -> np.ndarray:
+    x = z * scale + mean
+    if log1p:
+        x = np.sign(x) * np.expm1(np.abs(x))
+    return x
+
+
+def load_bundle(path: str) -> Bundle:
+    """Load and verify a bundle; raise :class:`BundleError` naming what does not match."""
+    from safetensors.torch import load
+
+    fs, root = filesystem(path)
+
+    def read(name: str) -> bytes:
+        try:
+            with fs.open_input_stream(f"{root}/{name}") as handle:
+                return bytes(handle.read())
+        except (FileNotFoundError, OSError) as exc:
+            raise BundleError(f"bundle {path}: file {name} is missing or unreadable ({exc})") from exc
+
+    try:
+        manifest = json.loads(read(MANIFEST))
+    except json.JSONDecodeError as exc:
+        raise BundleError(f"bundle {path}: {MANIFEST} is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        raise BundleError(
+            f"bundle {path}: {MANIFEST} has schema version {manifest.get('schema_version') if isinstance(manifest, dict) else '?'}; "
+            f"this embedlib reads version {SCHEMA_VERSION}"
+        )
+    listed = manifest.get("files", {})
+    if set(listed) != {WEIGHTS, VOCAB}:
+        raise BundleError(f"bundle {path}: {MANIFEST} lists files {sorted(listed)}; expected {WEIGHTS}, {VOCAB}")
+    blobs = {}
+    for name, expected in listed.items():
+        data = read(name)
+        actual = _sha256(data)
+        if actual != expected:
+            raise BundleError(
+                f"bundle {path}: {name} does not match {MANIFEST} (sha256 {actual}, expected {expected}); "
+                "the bundle was changed after it was written — rebuild it with `embedlib train`"
+            )
+        blobs[name] = data
+    recomputed = _bundle_id(manifest)
+    if recomputed != manifest.get("bundle_id"):
+        raise BundleError(
+            f"bundle {path}: {MANIFEST} was edited (its content hashes to {recomputed}, "
+            f"it claims bundle id {manifest.get('bundle_id')})"
+        )
+    table = pq.read_table(io.BytesIO(blobs[VOCAB]))
+    vocab_meta = json.loads((table.schema.metadata or {}).get(_VOCAB_META_KEY, b"{}"))
+    vocab = Vocabulary.from_arrow(table.replace_schema_metadata(None), vocab_meta)
+    if vocab.content_hash != manifest["vocab_hash"]:
+        raise BundleError(
+            f"bundle {path}: {VOCAB} has content hash {vocab.content_hash}, {MANIFEST} expects "
+            f"{manifest['vocab_hash']}"
+        )
+    spec = ModelSpec.from_dict(manifest["model"])
+    model = EmbeddingAutoencoder(spec)
+    try:
+        state = load(blobs[WEIGHTS])
+        model.load_state_dict(state, strict=True)
+    except Exception as exc:
+        raise BundleError(f"bundle {path}: {WEIGHTS} does not fit the model in {MANIFEST}: {exc}") from exc
+    model.eval()
+    return Bundle(
+        bundle_id=str(manifest["bundle_id"]), path=path, manifest=manifest, spec=spec, model=model, vocab=vocab
+    )
+
+
+def bundle_path(run_root: str) -> str:
+    return join(run_root, "bundle")

@@ -1,0 +1,333 @@
+"""Raw columns → model inputs, with one implementation of the rules.
+
+:class:`Encoder` turns an Arrow batch of raw columns into
+
+* ``cat_<i>`` (int32) — the vocabulary index of categorical ``i`` (0 null, 1 OOV, 2..),
+* ``num_<j>`` (float32) — numeric ``j`` standardized with the vocab pass's
+  statistics (after ``sign(x)·log1p(|x|)`` where configured), 0 where missing,
+* ``miss_<j>`` (float32) — 1 where numeric ``j`` is null or NaN (or ±inf under
+  ``inf_policy: null``), else 0.
+
+Spark uses the very same function through ``mapInArrow`` (:func:`encode_to_shards`),
+and scoring calls it on its Arrow batches, so the two cannot disagree. This module
+imports no pyspark at import time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedlib.vocab import VocabError, Vocabulary
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from embedlib.config import Config
+
+__all__ = ["EncodeError", "Encoded", "Encoder", "ShardSet", "encode_to_shards", "read_shards"]
+
+log = logging.getLogger(__name__)
+
+
+class EncodeError(VocabError):
+    """A value cannot be encoded under the configured policy (e.g. ±inf)."""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Model inputs of a batch as numpy arrays."""
+
+    cat: np.ndarray  # int64 [rows, categoricals]
+    num: np.ndarray  # float32 [rows, numerics]
+    missing: np.ndarray  # float32 [rows, numerics]
+
+    def __len__(self) -> int:
+        return int(self.cat.shape[0] if self.cat.size or not self.num.size else self.num.shape[0])
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """Encodes the declared columns of raw Arrow data with a vocabulary."""
+
+    vocab: Vocabulary
+    categorical: tuple[str, ...]
+    numeric: tuple[str, ...]
+    inf_policy: str = "error"
+
+    @classmethod
+    def for_vocab(cls, vocab: Vocabulary) -> Encoder:
+        return cls(
+            vocab=vocab,
+            categorical=vocab.categorical,
+            numeric=vocab.numeric_columns,
+            inf_policy=str(vocab.meta.get("params", {}).get("inf_policy", "error")),
+        )
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return self.categorical + self.numeric
+
+    def output_schema(self) -> pa.Schema:
+        fields = [pa.field(f"cat_{i}", pa.int32()) for i in range(len(self.categorical))]
+        fields += [pa.field(f"num_{j}", pa.float32()) for j in range(len(self.numeric))]
+        fields += [pa.field(f"miss_{j}", pa.float32()) for j in range(len(self.numeric))]
+        return pa.schema(fields)
+
+    def arrays(self, data: pa.RecordBatch | pa.Table) -> Encoded:
+        """Encode raw columns of ``data`` (looked up by name) into numpy arrays."""
+        rows = data.num_rows
+        cat = np.empty((rows, len(self.categorical)), dtype=np.int64)
+        for i, name in enumerate(self.categorical):
+            cat[:, i] = self.vocab.lookup(name, _column(data, name))
+        num = np.zeros((rows, len(self.numeric)), dtype=np.float32)
+        missing = np.zeros((rows, len(self.numeric)), dtype=np.float32)
+        for j, name in enumerate(self.numeric):
+            num[:, j], missing[:, j] = self._numeric(name, _column(data, name))
+        return Encoded(cat=cat, num=num, missing=missing)
+
+    def _numeric(self, name: str, values: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+        stats = self.vocab.numeric[name]
+        try:
+            x = pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise EncodeError(
+                f"numeric column '{name}' holds values that are not numbers ({exc}); "
+                "clean the column or declare it categorical"
+            ) from exc
+        x = np.array(x, dtype=np.float64, copy=True)
+        if stats.log1p:
+            x = np.sign(x) * np.log1p(np.abs(x))
+        inf = np.isinf(x)
+        if inf.any():
+            if self.inf_policy == "error":
+                raise EncodeError(
+                    f"numeric column '{name}' has {int(inf.sum()):,} infinite value(s); clean them, "
+                    "or set vocab.inf_policy=null to treat them as missing"
+                )
+            x[inf] = np.nan
+        miss = np.isnan(x)
+        out = np.where(miss, 0.0, (x - stats.mean) / stats.scale).astype(np.float32)
+        return out, miss.astype(np.float32)
+
+    def encode(self, data: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+        """Encode to an Arrow batch with :meth:`output_schema` (shards, Spark)."""
+        enc = self.arrays(data)
+        cols: list[pa.Array] = [pa.array(enc.cat[:, i].astype(np.int32)) for i in range(enc.cat.shape[1])]
+        cols += [pa.array(enc.num[:, j]) for j in range(enc.num.shape[1])]
+        cols += [pa.array(enc.missing[:, j]) for j in range(enc.missing.shape[1])]
+        return pa.RecordBatch.from_arrays(cols, schema=self.output_schema())
+
+    def from_encoded(self, data: pa.RecordBatch | pa.Table) -> Encoded:
+        """Read back the arrays of an encoded batch (the inverse of the layout above)."""
+        c, n = len(self.categorical), len(self.numeric)
+
+        def stack(prefix: str, count: int, dtype: Any) -> np.ndarray:
+            if not count:
+                return np.zeros((data.num_rows, 0), dtype=dtype)
+            return np.stack(
+                [np.asarray(_column(data, f"{prefix}_{k}").to_numpy(zero_copy_only=False)) for k in range(count)],
+                axis=1,
+            ).astype(dtype)
+
+        return Encoded(
+            cat=stack("cat", c, np.int64), num=stack("num", n, np.float32), missing=stack("miss", n, np.float32)
+        )
+
+    def spark_batches(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """``mapInArrow`` body: raw columns + pass-through ``__*`` columns → encoded."""
+        for batch in batches:
+            out = self.encode(batch)
+            extra = [n for n in batch.schema.names if n.startswith("__")]
+            arrays = list(out.columns) + [batch.column(n) for n in extra]
+            yield pa.RecordBatch.from_arrays(arrays, names=list(out.schema.names) + extra)
+
+
+def _column(data: pa.RecordBatch | pa.Table, name: str) -> pa.Array | pa.ChunkedArray:
+    try:
+        return data.column(name)
+    except KeyError:
+        raise EncodeError(
+            f"column '{name}' is missing from the data to encode (it has: {', '.join(data.schema.names)})"
+        ) from None
+
+
+# ------------------------------------------------------------------- Parquet shards
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """The encoded training data of a run: Parquet files per split."""
+
+    root: str
+    train_files: tuple[str, ...]
+    valid_files: tuple[str, ...]
+    train_rows: int
+    valid_rows: int
+    fingerprint: str
+
+    def files_for(self, split: str, rank: int, world: int) -> list[str]:
+        """Rank ``r`` reads files r, r + world, … of the split."""
+        files = self.train_files if split == "train" else self.valid_files
+        return list(files[rank::world])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "root": self.root,
+            "train_files": list(self.train_files),
+            "valid_files": list(self.valid_files),
+            "train_rows": self.train_rows,
+            "valid_rows": self.valid_rows,
+            "fingerprint": self.fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ShardSet:
+        return cls(
+            root=data["root"],
+            train_files=tuple(data["train_files"]),
+            valid_files=tuple(data["valid_files"]),
+            train_rows=int(data["train_rows"]),
+            valid_rows=int(data["valid_rows"]),
+            fingerprint=data["fingerprint"],
+        )
+
+
+def _fingerprint(vocab: Vocabulary, cfg: Config, shards: int, source_version: str) -> str:
+    t = cfg.train
+    key = {
+        "vocab": vocab.content_hash,
+        "source": source_version,
+        "columns": list(vocab.categorical) + list(vocab.numeric_columns),
+        "validation_fraction": t.validation_fraction,
+        "max_rows": t.max_rows,
+        "sample_fraction": t.sample_fraction,
+        "seed": t.seed,
+        "shards": shards,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_to_shards(
+    spark: SparkSession,
+    df: DataFrame,
+    vocab: Vocabulary,
+    cfg: Config,
+    *,
+    source_version: str = "",
+) -> ShardSet:
+    """Encode ``df`` into Parquet shards under ``<run>/_work/encoded``.
+
+    Rows go to validation by a deterministic hash of their declared columns
+    (``train.validation_fraction``); ``train.sample_fraction`` / ``train.max_rows``
+    keep a deterministic sample. Shards are hash-partitioned and sorted by that
+    hash, so the same source and config give byte-for-byte the same shards — which
+    is what lets an interrupted training run resume exactly. Shards whose
+    fingerprint matches the request are reused.
+    """
+    from pyspark.sql import functions as F
+
+    from embedlib.layout import join, read_text, write_text_atomic
+
+    t = cfg.train
+    shards = t.num_shards or max(8, 4 * t.num_workers)
+    fingerprint = _fingerprint(vocab, cfg, shards, source_version)
+    root = join(cfg.layout.work, "encoded")
+    meta_path = join(root, "_shards.json")
+    existing = read_text(meta_path)
+    if existing is not None:
+        found = ShardSet.from_dict(json.loads(existing))
+        if found.fingerprint == fingerprint:
+            log.info("reusing encoded shards %s (%d train / %d valid rows)", root, found.train_rows, found.valid_rows)
+            return found
+
+    encoder = Encoder.for_vocab(vocab)
+    cols = [F.col(f"`{c}`") for c in encoder.columns]
+    frame = df.select(*cols).withColumn("__h", F.xxhash64(*cols))
+    scale = 1_000_000
+    if t.sample_fraction is not None or t.max_rows is not None:
+        frame = frame.withColumn("__s", F.pmod(F.xxhash64(F.col("__h"), F.lit(t.seed)), F.lit(scale)))
+        if t.sample_fraction is not None:
+            frame = frame.where(F.col("__s") < F.lit(int(t.sample_fraction * scale)))
+        else:
+            assert t.max_rows is not None
+            frame = frame.orderBy("__s", "__h").limit(t.max_rows)
+        frame = frame.drop("__s")
+    frame = frame.withColumn(
+        "__valid", F.pmod(F.col("__h"), F.lit(scale)) < F.lit(int(t.validation_fraction * scale))
+    )
+    out_schema = _spark_schema(encoder)
+    encoded = frame.mapInArrow(encoder.spark_batches, out_schema)
+    encoded = encoded.repartition(shards, "__h").sortWithinPartitions("__h")
+    split = F.when(F.col("__valid"), F.lit("valid")).otherwise(F.lit("train"))
+    encoded.withColumn("split", split).drop("__valid", "__h").write.mode("overwrite").partitionBy(
+        "split"
+    ).parquet(root)
+    result = _collect_shards(spark, root, fingerprint)
+    write_text_atomic(meta_path, json.dumps(result.to_dict(), indent=1))
+    log.info("encoded %d train / %d valid rows into %s", result.train_rows, result.valid_rows, root)
+    return result
+
+
+def _spark_schema(encoder: Encoder) -> str:
+    parts = [f"cat_{i} INT" for i in range(len(encoder.categorical))]
+    parts += [f"num_{j} FLOAT" for j in range(len(encoder.numeric))]
+    parts += [f"miss_{j} FLOAT" for j in range(len(encoder.numeric))]
+    return ", ".join(parts + ["__h BIGINT", "__valid BOOLEAN"])
+
+
+def _collect_shards(spark: SparkSession, root: str, fingerprint: str) -> ShardSet:
+    import pyarrow.parquet as pq
+
+    from embedlib.layout import filesystem, join
+
+    fs, base = filesystem(root)
+    files: dict[str, list[str]] = {}
+    rows: dict[str, int] = {}
+    for split in ("train", "valid"):
+        folder = f"{base}/split={split}"
+        try:
+            infos = fs.get_file_info(pa_selector(folder))
+        except FileNotFoundError:
+            infos = []
+        names = sorted(i.base_name for i in infos if i.base_name.endswith(".parquet"))
+        files[split] = [join(root, f"split={split}", n) for n in names]
+        rows[split] = sum(pq.read_metadata(f"{folder}/{n}", filesystem=fs).num_rows for n in names)
+    if rows["train"] == 0:
+        raise EncodeError(f"no training rows after sampling and the validation split (shards at {root})")
+    return ShardSet(
+        root=root,
+        train_files=tuple(files["train"]),
+        valid_files=tuple(files["valid"]),
+        train_rows=rows["train"],
+        valid_rows=rows["valid"],
+        fingerprint=fingerprint,
+    )
+
+
+def pa_selector(folder: str) -> Any:
+    import pyarrow.fs as pafs
+
+    return pafs.FileSelector(folder, allow_not_found=False, recursive=False)
+
+
+def read_shards(files: Sequence[str], encoder: Encoder) -> Iterator[Encoded]:
+    """Yield the encoded arrays of each row group of ``files``, in order."""
+    import pyarrow.parquet as pq
+
+    from embedlib.layout import filesystem
+
+    for path in files:
+        fs, local = filesystem(path)
+        with fs.open_input_file(local) as handle:
+            pf = pq.ParquetFile(handle)
+            for rg in range(pf.num_row_groups):
+                yield encoder.from_encoded(pf.read_row_group(rg))
