@@ -31,11 +31,28 @@ def _vocab(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[s
     return [f"vocabulary written to {cfg.layout.vocab}", *vocab.summary()]
 
 
+def _train(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    from embedlib.train import run_train_job
+
+    result = run_train_job(spark, cfg)
+    m = result.metrics
+    lines = [
+        f"bundle {result.bundle_id} written to {result.bundle_path}",
+        f"backend {m['backend']} ({m['world_size']} worker(s)), {m['epochs_run']} epoch(s), "
+        f"best epoch {m['best_epoch']}, validation loss {m['validation_loss']:.4f} nats/row, "
+        f"threshold {result.threshold:.3f} nats, {m['train_seconds']}s",
+        "epoch  train    validation",
+    ]
+    lines += [f"{h['epoch']:>5}  {h['train_loss']:<8.4f} {h['validation_loss']:.4f}" for h in m["history"]]
+    return lines
+
+
 Command = Callable[["SparkSession", Config, argparse.Namespace], list[str]]
 
 #: command name → (help, function). Later capabilities register here.
 COMMANDS: dict[str, tuple[str, Command]] = {
     "vocab": ("build category vocabularies and numeric statistics", _vocab),
+    "train": ("encode the source and train the embedding autoencoder; write the bundle", _train),
 }
 
 

@@ -399,7 +399,7 @@ def _coerce(value: Any, hint: Any, path: str, origins: Mapping[str, str]) -> Any
             if val_t is str and isinstance(v, (bool, int, float)):
                 v = str(v).lower() if isinstance(v, bool) else str(v)
             out[k] = v if val_t is Any else _coerce(v, val_t, f"{path}.{k}", origins)
-        return types.MappingProxyType(out)
+        return out
     if inner is bool:
         if not isinstance(value, bool):
             raise bad()

@@ -302,20 +302,22 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     net = coll.wrap(model)
     opt = coll.optimizer(opt, model)
 
+    # train.batch_size is the global batch: each of the world's ranks takes its share
+    batch_size = max(1, job.batch_size // coll.world_size)
     train_files = job.shards.files_for("train", coll.rank, coll.world_size)
     valid_files = job.shards.files_for("valid", coll.rank, coll.world_size)
     my_rows = _rows(train_files)
     if coll.world_size == 1:
-        steps = max(1, math.ceil(my_rows / job.batch_size))
+        steps = max(1, math.ceil(my_rows / batch_size))
     else:
-        too_few = coll.allreduce_sum(torch.tensor([1.0 if my_rows < job.batch_size else 0.0]))
+        too_few = coll.allreduce_sum(torch.tensor([1.0 if my_rows < batch_size else 0.0]))
         if too_few.item() > 0:
             raise TrainError(
-                f"a worker has fewer than one batch ({job.batch_size}) of training rows; "
+                f"a worker has fewer than one batch ({batch_size}) of training rows; "
                 "lower train.batch_size or train.num_workers, or raise train.num_shards"
             )
         # every rank runs the same number of steps (DDP/Horovod need it)
-        steps = _allreduce_min(coll, my_rows // job.batch_size)
+        steps = _allreduce_min(coll, my_rows // batch_size)
     fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
     show_bar = coll.world_size == 1
 
@@ -327,7 +329,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         gen = torch.Generator(device="cpu").manual_seed(job.seed * 1_000_003 + epoch * 1009 + coll.rank)
         net.train()
         total = torch.zeros(2, dtype=torch.float64)
-        batches = _batches(train_files, job.encoder, job.batch_size, job.shuffle_buffer, rng)
+        batches = _batches(train_files, job.encoder, batch_size, job.shuffle_buffer, rng)
         bar = _progress(steps, epoch, job.epochs) if show_bar else None
         for step, enc in enumerate(batches):
             if step >= steps:
@@ -517,7 +519,7 @@ def horovod_worker(job: TrainJob) -> dict[str, Any]:
 
 
 def _is_local_master(spark: SparkSession) -> bool:
-    return spark.sparkContext.master.startswith("local")
+    return str(spark.sparkContext.master or "").startswith("local")
 
 
 def _resolve_gpu(spark: SparkSession | None, t: TrainConfig, on_driver: bool) -> bool:
@@ -557,7 +559,10 @@ def launch(spark: SparkSession | None, job: TrainJob, t: TrainConfig) -> dict[st
         _check_slots(spark, t, on_driver=local_mode)
         job = replace(job, use_gpu=_resolve_gpu(spark, t, on_driver=local_mode))
         distributor = TorchDistributor(num_processes=t.num_workers, local_mode=local_mode, use_gpu=job.use_gpu)
-        return distributor.run(ddp_worker, job)  # type: ignore[no-any-return]
+        result = distributor.run(ddp_worker, job)
+        if result is None:
+            raise TrainError("TorchDistributor returned no result from rank 0")
+        return dict(result)
     if t.backend == "horovod":
         try:
             import horovod.spark  # noqa: F401
@@ -573,7 +578,9 @@ def launch(spark: SparkSession | None, job: TrainJob, t: TrainConfig) -> dict[st
         _check_slots(spark, t, on_driver=False)
         job = replace(job, use_gpu=_resolve_gpu(spark, t, on_driver=False))
         results = horovod.spark.run(horovod_worker, args=(job,), num_proc=t.num_workers)
-        return results[0]  # type: ignore[no-any-return]
+        if not results:
+            raise TrainError("horovod.spark.run returned no result")
+        return dict(results[0])
     raise TrainError(f"unknown train.backend {t.backend!r}; use local, torch_distributor or horovod")
 
 
@@ -669,7 +676,7 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
         threshold=threshold,
         threshold_quantile=cfg.score.threshold_quantile,
         metrics=metrics,
-        model_config={**asdict(cfg.model), "embedding_dims": dict(cfg.model.embedding_dims)},
+        model_config=asdict(cfg.model),
     )
     return TrainResult(bundle_id=bundle_id, bundle_path=layout.bundle, metrics=metrics, threshold=threshold)
 

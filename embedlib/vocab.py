@@ -258,7 +258,9 @@ class Vocabulary:
                 null_count=int(entries[NULL_INDEX][2]),
                 oov_count=int(entries[OOV_INDEX][2]),
             )
-        numeric = {k: NumericStats(**v) for k, v in meta.get("numeric", {}).items()}
+        stats = meta.get("numeric", {})
+        order = meta.get("numeric_columns", list(stats))
+        numeric = {k: NumericStats(**stats[k]) for k in order}
         return cls(columns=columns, numeric=numeric, meta=dict(meta))
 
     @classmethod
@@ -749,6 +751,7 @@ def _assemble(
         "row_count": row_count,
         "params": params,
         "categorical": list(cats),
+        "numeric_columns": list(nums),
         "numeric": {k: asdict(v) for k, v in numeric.items()},
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -67,3 +67,41 @@ def adult_pandas(path: Path = ADULT_DATA):  # type: ignore[no-untyped-def]
         path, header=None, names=names, skipinitialspace=True, na_values=["?"],
         keep_default_na=False, comment="|",
     )
+
+
+#: Settings of the training tests: small and quick, the same for every backend.
+TRAIN_SETS = [
+    "train.epochs=6",
+    "train.patience=10",
+    "train.batch_size=512",
+    "train.learning_rate=0.003",
+    "train.seed=7",
+]
+
+
+def train_cfg(out: Path, *extra: str):  # type: ignore[no-untyped-def]
+    from embedlib.config import load_config
+
+    return load_config(
+        [BASE_CONF, ADULT_CONF],
+        [f"output_dir={out}", f"source.path={ADULT_DATA}", *TRAIN_SETS, *extra],
+    )
+
+
+@pytest.fixture(scope="session")
+def adult_trained(spark, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Adult: vocabulary + a local-backend training run, shared by the training tests."""
+    from embedlib.train import run_train_job
+    from embedlib.vocab import run_vocab_job
+
+    cfg = train_cfg(tmp_path_factory.mktemp("adult_run"))
+    run_vocab_job(spark, cfg)
+    result = run_train_job(spark, cfg)
+    return cfg, result
+
+
+def copy_vocab(src_cfg, dst_cfg) -> None:  # type: ignore[no-untyped-def]
+    """Reuse a built vocabulary table in another run directory."""
+    import shutil
+
+    shutil.copytree(src_cfg.layout.vocab, dst_cfg.layout.vocab)
