@@ -30,7 +30,7 @@ horovod: setup
 demo: setup
 	$(PY) -m embedlib.cli vocab --conf conf/base.yaml --conf conf/adult.yaml
 
-test: setup
+test: setup horovod
 	$(PY) -m ruff check embedlib jobs tests benchmarks
 	$(PY) -m mypy
 	$(PY) -m pytest
