@@ -28,7 +28,7 @@ horovod: setup
 	bash .ci/build_horovod.sh $(PY)
 
 demo: setup
-	$(PY) -m embedlib.cli vocab --conf conf/base.yaml --conf conf/adult.yaml
+	$(PY) -m embedlib.cli run --conf conf/base.yaml --conf conf/adult.yaml
 
 test: setup horovod
 	$(PY) -m ruff check embedlib jobs tests benchmarks

@@ -1,7 +1,7 @@
 """Training throughput: embedlib's loop vs a bare PyTorch loop, and 2-process DDP.
 
     .venv/bin/python benchmarks/train_bench.py [--epochs 3] [--batch-size 512] [--rows N]
-                                               [--device cpu|cuda] [--skip-ddp] [--repeat 1]
+                                               [--device cpu|cuda] [--skip-ddp] [--repeat 3] [--threads N]
 
 Builds the Adult vocabulary (``conf/base.yaml`` + ``conf/adult.yaml``) and the
 encoded Parquet shards once with embedlib, on a local ``local[2]`` Spark session,
@@ -41,9 +41,17 @@ the same model (``EmbeddingAutoencoder(spec)``), it times:
 
 Each run trains from scratch in its own checkpoint folder, with early stopping
 off (``patience=0``) so every run trains all ``--epochs``. Samples/s is training
-rows x epochs / seconds. With ``--device cuda`` the model and tensors live on the
-GPU (DDP then needs 2 GPUs, else it is skipped). Progress and Spark logs go to
-stderr; the table goes to stdout. Goal: our loop >= 0.8x the bare loop.
+rows x epochs / seconds. The methods run interleaved, ``--repeat`` rounds, and
+each keeps its fastest run; an untimed warm-up first pays torch's one-time lazy
+imports (the first optimizer of a process imports ``torch._dynamo``, ~1.5 s).
+The in-process methods use torch's default thread count (one per core) unless
+``--threads`` is given; the DDP ranks use one thread each (cores / ranks). On a
+small machine that is busy with anything else, a process running 2 OpenMP
+threads on 2 cores slows down by orders of magnitude (a 4 ms step can take 1 s),
+so check the load-average line and rerun on a quiet machine. With
+``--device cuda`` the model and tensors live on the GPU (DDP then needs 2 GPUs,
+else it is skipped). Progress and Spark logs go to stderr; the table goes to
+stdout. Goal: our loop >= 0.8x the bare loop.
 """
 
 from __future__ import annotations
@@ -183,7 +191,7 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"rows to encode: Adult replicated up to N (default 8 x {ADULT_ROWS:,})")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--skip-ddp", action="store_true", help="skip the TorchDistributor 2-process runs")
-    parser.add_argument("--repeat", type=int, default=2,
+    parser.add_argument("--repeat", type=int, default=3,
                         help="rounds of timed runs, methods interleaved (best kept)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in this process (default 0: torch's default, one per core)")

@@ -33,7 +33,7 @@ import torch
 
 from embedlib import __version__
 from embedlib.encode import Encoded, Encoder
-from embedlib.layout import filesystem, join
+from embedlib.layout import filesystem
 from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
 from embedlib.vocab import Vocabulary
 
@@ -145,6 +145,7 @@ class ScoreResult:
     observed_prob: np.ndarray  # float64 [rows, categoricals]
     expected_num: np.ndarray  # float64 [rows, numerics], in the column's own units
     code: np.ndarray  # float32 [rows, bottleneck]
+    missing: np.ndarray  # float32 [rows, numerics]: 1 where the numeric was missing
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,7 @@ class Bundle:
             observed_prob=stack(observed_prob, np.float64),
             expected_num=expected_num,
             code=code.float().numpy(),
+            missing=enc.missing,
         )
 
     def score(self, data: pa.Table | pa.RecordBatch) -> ScoreResult:
@@ -222,48 +224,56 @@ def _unstandardize(z: np.ndarray, mean: float, scale: float, log1p: bool) -> np.
     return x
 
 
-def load_bundle(path: str) -> Bundle:
-    """Load and verify a bundle; raise :class:`BundleError` naming what does not match."""
-    from safetensors.torch import load
-
+def read_bundle_files(path: str) -> dict[str, bytes]:
+    """The raw bytes of a bundle's files (what scoring broadcasts to executors)."""
     fs, root = filesystem(path)
-
-    def read(name: str) -> bytes:
+    blobs: dict[str, bytes] = {}
+    for name in (MANIFEST, WEIGHTS, VOCAB):
         try:
             with fs.open_input_stream(f"{root}/{name}") as handle:
-                return bytes(handle.read())
+                blobs[name] = bytes(handle.read())
         except (FileNotFoundError, OSError) as exc:
             raise BundleError(f"bundle {path}: file {name} is missing or unreadable ({exc})") from exc
+    return blobs
+
+
+def load_bundle(path: str) -> Bundle:
+    """Load and verify a bundle; raise :class:`BundleError` naming what does not match."""
+    return bundle_from_files(read_bundle_files(path), path)
+
+
+def bundle_from_files(files: Mapping[str, bytes], path: str) -> Bundle:
+    """Verify and load a bundle from its files' bytes (no filesystem access)."""
+    from safetensors.torch import load
 
     try:
-        manifest = json.loads(read(MANIFEST))
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"bundle {path}: {MANIFEST} is not valid JSON ({exc})") from exc
+        manifest = json.loads(files[MANIFEST])
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise BundleError(f"bundle {path}: {MANIFEST} is missing or not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+        found = manifest.get("schema_version") if isinstance(manifest, dict) else "?"
         raise BundleError(
-            f"bundle {path}: {MANIFEST} has schema version {manifest.get('schema_version') if isinstance(manifest, dict) else '?'}; "
-            f"this embedlib reads version {SCHEMA_VERSION}"
+            f"bundle {path}: {MANIFEST} has schema version {found}; this embedlib reads version {SCHEMA_VERSION}"
         )
     listed = manifest.get("files", {})
     if set(listed) != {WEIGHTS, VOCAB}:
         raise BundleError(f"bundle {path}: {MANIFEST} lists files {sorted(listed)}; expected {WEIGHTS}, {VOCAB}")
-    blobs = {}
     for name, expected in listed.items():
-        data = read(name)
-        actual = _sha256(data)
+        if name not in files:
+            raise BundleError(f"bundle {path}: file {name} is missing")
+        actual = _sha256(files[name])
         if actual != expected:
             raise BundleError(
                 f"bundle {path}: {name} does not match {MANIFEST} (sha256 {actual}, expected {expected}); "
                 "the bundle was changed after it was written — rebuild it with `embedlib train`"
             )
-        blobs[name] = data
     recomputed = _bundle_id(manifest)
     if recomputed != manifest.get("bundle_id"):
         raise BundleError(
             f"bundle {path}: {MANIFEST} was edited (its content hashes to {recomputed}, "
             f"it claims bundle id {manifest.get('bundle_id')})"
         )
-    table = pq.read_table(io.BytesIO(blobs[VOCAB]))
+    table = pq.read_table(io.BytesIO(files[VOCAB]))
     vocab_meta = json.loads((table.schema.metadata or {}).get(_VOCAB_META_KEY, b"{}"))
     vocab = Vocabulary.from_arrow(table.replace_schema_metadata(None), vocab_meta)
     if vocab.content_hash != manifest["vocab_hash"]:
@@ -274,7 +284,7 @@ def load_bundle(path: str) -> Bundle:
     spec = ModelSpec.from_dict(manifest["model"])
     model = EmbeddingAutoencoder(spec)
     try:
-        state = load(blobs[WEIGHTS])
+        state = load(files[WEIGHTS])
         model.load_state_dict(state, strict=True)
     except Exception as exc:
         raise BundleError(f"bundle {path}: {WEIGHTS} does not fit the model in {MANIFEST}: {exc}") from exc
@@ -284,5 +294,3 @@ def load_bundle(path: str) -> Bundle:
     )
 
 
-def bundle_path(run_root: str) -> str:
-    return join(run_root, "bundle")

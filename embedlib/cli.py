@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from embedlib import __version__
 from embedlib.config import Config, ConfigError, load_config
@@ -47,12 +47,94 @@ def _train(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[s
     return lines
 
 
+def _extract(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    from embedlib.extract import run_extract_job
+
+    path, npz = run_extract_job(spark, cfg, getattr(args, "npz", None))
+    lines = [f"embeddings written to {path}"]
+    if npz:
+        lines.append(f"{len(npz)} .npz file(s) written to {args.npz}")
+    return lines
+
+
+def _features(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    from embedlib.extract import run_features_job
+
+    return [f"design matrix written to {run_features_job(spark, cfg)}"]
+
+
+def _score(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    from embedlib.score import run_score_job
+
+    run = run_score_job(spark, cfg)
+    if not run.written:
+        return [f"score run {run.run_id} was already written to {run.output}; nothing added"]
+    return score_report(spark, run, cfg)
+
+
+def score_report(spark: SparkSession, run: Any, cfg: Config, top: int = 10) -> list[str]:
+    """Readable summary of a score run: the top rows with reasons, the distribution."""
+    from pyspark.sql import functions as F
+
+    from embedlib.tables import read_table
+
+    lines = [
+        f"scored {run.rows:,} rows of {run.source} -> {run.output} (run {run.run_id})",
+        f"threshold {run.threshold:.3f} nats: {run.anomalies:,} rows flagged "
+        f"({100.0 * run.anomalies / max(run.rows, 1):.2f}%)",
+        "score quantiles (nats): " + ", ".join(f"q{float(q) * 100:g}={v:.2f}" for q, v in run.quantiles.items()),
+    ]
+    oov = {c: r for c, r in run.oov_rate.items() if r > 0}
+    if oov:
+        lines.append("out-of-vocabulary rate: " + ", ".join(f"{c} {100 * r:.3f}%" for c, r in oov.items()))
+    scores = read_table(spark, run.output).where(F.col("bundle_id") == run.bundle_id)
+    rows = scores.orderBy(F.col("anomaly_score").desc()).limit(top).collect()
+    lines.append(f"top {len(rows)} rows:")
+    for row in rows:
+        ids = ", ".join(f"{c}={row[c]}" for c in cfg.columns.id)
+        lines.append(f"  {row['anomaly_score']:8.2f} nats{'  ' + ids if ids else ''}")
+        for reason in row["reasons"]:
+            lines.append("      " + format_reason(reason))
+    return lines
+
+
+def format_reason(reason: Any) -> str:
+    """``native-country=Holand-Netherlands — expected United-States (p=0.91), +4.1 nats``."""
+    prob = f" (p={reason['probability']:.2f})" if reason["probability"] is not None else ""
+    return (
+        f"{reason['column']}={reason['value']} — expected {reason['expected']}{prob}, "
+        f"+{reason['nats']:.1f} nats"
+    )
+
+
+def _run(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    lines = ["== vocab", *_vocab(spark, cfg, args), "== train", *_train(spark, cfg, args)]
+    lines += ["== extract", *_extract(spark, cfg, args), "== score", *_score(spark, cfg, args)]
+    lines += [
+        "== outputs",
+        f"  vocabulary  {cfg.layout.vocab}",
+        f"  bundle      {cfg.layout.bundle}",
+        f"  embeddings  {cfg.layout.embeddings}",
+        f"  scores      {cfg.score.output or cfg.layout.scores}",
+        f"  score runs  {cfg.layout.score_runs}",
+    ]
+    return lines
+
+
+def _npz_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--npz", metavar="DIR", help="also write one <column>.npz per categorical to DIR")
+
+
 Command = Callable[["SparkSession", Config, argparse.Namespace], list[str]]
 
-#: command name → (help, function). Later capabilities register here.
-COMMANDS: dict[str, tuple[str, Command]] = {
-    "vocab": ("build category vocabularies and numeric statistics", _vocab),
-    "train": ("encode the source and train the embedding autoencoder; write the bundle", _train),
+#: command name → (help, function, extra-argument adder).
+COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None] | None]] = {
+    "vocab": ("build category vocabularies and numeric statistics", _vocab, None),
+    "train": ("encode the source and train the embedding autoencoder; write the bundle", _train, None),
+    "extract": ("write the embedding matrices (Delta; --npz for .npz files)", _extract, _npz_arg),
+    "features": ("write the design matrix: embeddings + standardized numerics", _features, None),
+    "score": ("score a table: anomaly score, contributions, reasons, flag", _score, None),
+    "run": ("vocab -> train -> extract -> score, end to end", _run, _npz_arg),
 }
 
 
@@ -60,8 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="embedlib", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"embedlib {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (help_text, _) in COMMANDS.items():
+    for name, (help_text, _, extra) in COMMANDS.items():
         cmd = sub.add_parser(name, help=help_text, description=help_text)
+        if extra is not None:
+            extra(cmd)
         cmd.add_argument(
             "--conf", action="append", default=[], metavar="FILE",
             help="YAML config file; repeat to layer files (later ones win)",

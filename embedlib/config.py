@@ -171,6 +171,15 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    """``features``: the design matrix (embeddings + standardized numerics + missing flags)."""
+
+    source: str | None = None
+    output: str | None = None
+    flatten: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of a run; every job reads the part it needs."""
 
@@ -183,6 +192,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
 
     @property
     def layout(self) -> RunLayout:
@@ -503,10 +513,11 @@ def _validate_training(cfg: Config, err: Any) -> None:
         raise err("score.top_reasons", f"must be 0 or more, got {sc.top_reasons}")
     if sc.batch_size < 1:
         raise err("score.batch_size", f"must be at least 1, got {sc.batch_size}")
-    for key in ("source", "output"):
-        value = getattr(sc, key)
-        if value is not None:
-            check_path(value, what=f"key 'score.{key}'")
+    for section, obj in (("score", sc), ("features", cfg.features)):
+        for key in ("source", "output"):
+            value = getattr(obj, key)
+            if value is not None:
+                check_path(value, what=f"key '{section}.{key}'")
 
 
 _SECRET_KEY = re.compile(r"(key|secret|token|password|passwd|credential|sas|auth)", re.I)

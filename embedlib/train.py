@@ -658,7 +658,8 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     check_vocab_matches(vocab, cfg)
     df = read_source(spark, cfg.source)
     source = cfg.source.table or str(cfg.source.path)
-    check_columns(df.schema, cfg, source)
+    check_columns(df.schema, source, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
+                  ids=cfg.columns.id)
     version = ""
     if cfg.source.format == "delta" and cfg.source.path is not None:
         version = str(delta_version(spark, cfg.source.path))

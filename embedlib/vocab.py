@@ -32,7 +32,7 @@ import json
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -348,28 +348,35 @@ _CATEGORICAL_TYPES = ("string", "varchar", "char", "int", "bigint", "smallint", 
 _NUMERIC_TYPES = ("int", "bigint", "smallint", "tinyint", "float", "double", "decimal")
 
 
-def check_columns(schema: StructType, cfg: Config, table: str) -> None:
+def check_columns(
+    schema: StructType,
+    table: str,
+    *,
+    categorical: Sequence[str],
+    numeric: Sequence[str],
+    ids: Sequence[str] = (),
+) -> None:
     """Raise :class:`SchemaError` if the declared columns do not fit ``schema``.
 
     Runs on the schema only — no Spark job.
     """
     types = {f.name: f.dataType.simpleString() for f in schema.fields}
-    declared = list(cfg.columns.categorical) + list(cfg.columns.numeric) + list(cfg.columns.id)
-    if not cfg.feature_columns:
+    declared = list(categorical) + list(numeric) + list(ids)
+    if not categorical and not numeric:
         raise SchemaError("no columns declared: set columns.categorical and/or columns.numeric")
     missing = [c for c in dict.fromkeys(declared) if c not in types]
     if missing:
         raise SchemaError(
             f"{table} lacks column(s) {', '.join(missing)}; it has: {', '.join(types)}"
         )
-    for name in cfg.columns.categorical:
+    for name in categorical:
         kind = types[name].split("(")[0]
         if kind not in _CATEGORICAL_TYPES:
             raise SchemaError(
                 f"categorical column '{name}' of {table} has type {types[name]}; categoricals must "
                 "be string, integer or boolean (cast it, or declare it numeric)"
             )
-    for name in cfg.columns.numeric:
+    for name in numeric:
         kind = types[name].split("(")[0]
         if kind not in _NUMERIC_TYPES:
             raise SchemaError(
@@ -414,7 +421,8 @@ def build_vocabulary(
     Both give the same table; the small merged result is cut by
     ``min_count``/``max_size`` and numbered on the driver.
     """
-    check_columns(df.schema, cfg, source)
+    check_columns(df.schema, source, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
+                  ids=cfg.columns.id)
     engine = cfg.vocab.engine
     if engine == "arrow" and files is None:
         raise VocabError(

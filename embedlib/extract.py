@@ -1,0 +1,216 @@
+"""Getting the embeddings out: matrices keyed by category value, and design-matrix features.
+
+* :func:`embedding_table` — one row per vocabulary entry of every categorical,
+  ``column, value, index, count, vector, bundle_id``, including the null (index 0)
+  and out-of-vocabulary (index 1) rows, so every matrix row maps back to its value.
+* :func:`write_npz` — one ``<column>.npz`` per categorical (``matrix``, ``values``,
+  ``index``, ``count``) for users outside Spark.
+* :func:`features_frame` — the design matrix for any table with the declared
+  columns: id columns, each categorical's embedding (``array<float>``, or
+  ``<col>_e0..`` doubles when flattened), standardized numerics and missing
+  flags — the same transformation for training data and for new data later
+  (unseen values take the trained OOV row).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from embedlib.bundle import Bundle
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+    from embedlib.config import Config
+
+__all__ = ["embedding_table", "features_arrow", "features_frame", "run_extract_job", "run_features_job", "write_npz"]
+
+log = logging.getLogger(__name__)
+
+
+def embedding_matrix(bundle: Bundle, column: str) -> np.ndarray:
+    """The trained embedding matrix of ``column`` (row i = index i)."""
+    i = bundle.spec.categorical.index(column)
+    emb = bundle.model.embeddings[i]
+    assert isinstance(emb, torch.nn.Embedding)
+    return emb.weight.detach().cpu().numpy().astype(np.float32)
+
+
+def embedding_table(bundle: Bundle) -> pa.Table:
+    """``column, value, index, count, vector, bundle_id`` for every vocabulary entry."""
+    cols, vals, idxs, cnts, vecs = [], [], [], [], []
+    for name in bundle.spec.categorical:
+        cv = bundle.vocab[name]
+        matrix = embedding_matrix(bundle, name)
+        counts = [cv.null_count, cv.oov_count, *cv.counts]
+        for index in range(cv.size):
+            cols.append(name)
+            vals.append(cv.value_of(index))
+            idxs.append(index)
+            cnts.append(counts[index])
+            vecs.append(matrix[index])
+    offsets = np.concatenate([[0], np.cumsum([len(v) for v in vecs], dtype=np.int64)]).astype(np.int32)
+    vector = pa.ListArray.from_arrays(
+        pa.array(offsets), pa.array(np.concatenate(vecs) if vecs else np.zeros(0, np.float32), pa.float32())
+    )
+    return pa.table(
+        {
+            "column": pa.array(cols, pa.string()),
+            "value": pa.array(vals, pa.string()),
+            "index": pa.array(idxs, pa.int32()),
+            "count": pa.array(cnts, pa.int64()),
+            "vector": vector,
+            "bundle_id": pa.array([bundle.bundle_id] * len(cols), pa.string()),
+        }
+    )
+
+
+def write_npz(bundle: Bundle, folder: str) -> list[str]:
+    """One ``<column>.npz`` per categorical; returns the paths written."""
+    from embedlib.layout import join, write_bytes_atomic
+
+    written = []
+    for name in bundle.spec.categorical:
+        cv = bundle.vocab[name]
+        labels = np.array([cv.label_of(i) for i in range(cv.size)], dtype=str)
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            matrix=embedding_matrix(bundle, name),
+            values=labels,
+            index=np.arange(cv.size, dtype=np.int32),
+            count=np.array([cv.null_count, cv.oov_count, *cv.counts], dtype=np.int64),
+            bundle_id=np.array(bundle.bundle_id),
+        )
+        path = join(folder, f"{_safe(name)}.npz")
+        write_bytes_atomic(path, buf.getvalue())
+        written.append(path)
+    return written
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+# ------------------------------------------------------------------ design matrix
+
+
+def features_arrow(bundle: Bundle, data: pa.Table | pa.RecordBatch, *, flatten: bool) -> dict[str, pa.Array]:
+    """Design-matrix columns for raw rows: embeddings, standardized numerics, missing flags."""
+    enc = bundle.encoder.arrays(data)
+    rows = data.num_rows
+    out: dict[str, pa.Array] = {}
+    for i, name in enumerate(bundle.spec.categorical):
+        vectors = embedding_matrix(bundle, name)[enc.cat[:, i]]
+        if flatten:
+            for d in range(vectors.shape[1]):
+                out[f"{name}_e{d}"] = pa.array(vectors[:, d].astype(np.float64))
+        else:
+            width = vectors.shape[1]
+            out[name] = pa.ListArray.from_arrays(
+                pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32)), pa.array(vectors.reshape(-1))
+            )
+    for j, name in enumerate(bundle.spec.numeric):
+        out[name] = pa.array(enc.num[:, j].astype(np.float64))
+        out[f"{name}_missing"] = pa.array(enc.missing[:, j].astype(np.float64))
+    return out
+
+
+@dataclass(frozen=True)
+class _FeatureBatches:
+    bundle_id: str
+    files: Any  # Broadcast[dict[str, bytes]]
+    ids: tuple[str, ...]
+    features: tuple[str, ...]
+    flatten: bool
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        from embedlib.score import cached_bundle
+
+        bundle = cached_bundle(self.bundle_id, self.files)
+        for batch in batches:
+            feats = pa.table({name: batch.column(f"__f{i}") for i, name in enumerate(self.features)})
+            out = features_arrow(bundle, feats, flatten=self.flatten)
+            arrays = [batch.column(f"__id{k}") for k in range(len(self.ids))] + list(out.values())
+            arrays.append(pa.array([self.bundle_id] * batch.num_rows, pa.string()))
+            yield pa.RecordBatch.from_arrays(arrays, names=[*self.ids, *out, "bundle_id"])
+
+
+def features_schema(source: StructType, bundle: Bundle, ids: tuple[str, ...], flatten: bool) -> StructType:
+    from pyspark.sql.types import ArrayType, DoubleType, FloatType, StringType, StructField, StructType
+
+    fields = [source[c] for c in ids]
+    for name, dim in zip(bundle.spec.categorical, bundle.spec.embedding_dims):
+        if flatten:
+            fields += [StructField(f"{name}_e{d}", DoubleType()) for d in range(dim)]
+        else:
+            fields.append(StructField(name, ArrayType(FloatType())))
+    for name in bundle.spec.numeric:
+        fields += [StructField(name, DoubleType()), StructField(f"{name}_missing", DoubleType())]
+    fields.append(StructField("bundle_id", StringType()))
+    return StructType(fields)
+
+
+def features_frame(
+    spark: SparkSession, df: DataFrame, bundle: Bundle, *, ids: tuple[str, ...], flatten: bool, table: str = "source"
+) -> DataFrame:
+    """The design matrix of ``df`` (lazy), with the bundle shipped once per worker."""
+    from pyspark.sql import functions as F
+
+    from embedlib.bundle import read_bundle_files
+    from embedlib.score import check_source
+
+    check_source(df, bundle, ids, table)
+    spec = bundle.spec
+    cols = [F.col(f"`{c}`").alias(f"__id{k}") for k, c in enumerate(ids)]
+    cols += [F.col(f"`{c}`").cast("string").alias(f"__f{i}") for i, c in enumerate(spec.categorical)]
+    cols += [F.col(f"`{c}`").cast("double").alias(f"__f{len(spec.categorical) + j}") for j, c in enumerate(spec.numeric)]
+    files = spark.sparkContext.broadcast(read_bundle_files(bundle.path))
+    fn = _FeatureBatches(bundle.bundle_id, files, ids, spec.columns, flatten)
+    return df.select(*cols).mapInArrow(fn, features_schema(df.schema, bundle, ids, flatten))
+
+
+# ------------------------------------------------------------------------------ jobs
+
+
+def run_extract_job(spark: SparkSession, cfg: Config, npz_dir: str | None = None) -> tuple[str, list[str]]:
+    """Write ``<run>/embeddings`` (Delta), and ``.npz`` files when ``npz_dir`` is given."""
+    from embedlib.bundle import load_bundle
+    from embedlib.tables import write_table
+
+    bundle = load_bundle(cfg.layout.bundle)
+    table = embedding_table(bundle)
+    frame = spark.createDataFrame(table).coalesce(1)
+    write_table(spark, frame, cfg.layout.embeddings, mode="overwrite", user_metadata={"bundle_id": bundle.bundle_id})
+    written = write_npz(bundle, npz_dir) if npz_dir else []
+    log.info("embeddings of %d column(s) (%d rows) written to %s", len(bundle.spec.categorical), table.num_rows,
+             cfg.layout.embeddings)
+    return cfg.layout.embeddings, written
+
+
+def run_features_job(spark: SparkSession, cfg: Config) -> str:
+    """Write the design matrix of ``features.source`` (default: ``source``)."""
+    from dataclasses import replace
+
+    from embedlib.bundle import load_bundle
+    from embedlib.tables import read_source, write_table
+
+    bundle = load_bundle(cfg.layout.bundle)
+    fc = cfg.features
+    src_cfg = cfg.source if fc.source is None else replace(cfg.source, path=fc.source, table=None)
+    name = src_cfg.table or str(src_cfg.path)
+    frame = features_frame(spark, read_source(spark, src_cfg), bundle, ids=cfg.columns.id, flatten=fc.flatten,
+                           table=name)
+    output = fc.output or cfg.layout.features
+    write_table(spark, frame, output, mode="overwrite", user_metadata={"bundle_id": bundle.bundle_id, "source": name})
+    return output
+

@@ -1,0 +1,477 @@
+"""Scoring at scale: Arrow batches through ``mapInArrow``, the bundle loaded once per worker.
+
+The driver verifies the bundle, checks the source's schema against it (before
+any Spark job), and broadcasts the bundle's file bytes once. On the executors,
+:func:`cached_bundle` keeps one loaded :class:`~embedlib.bundle.Bundle` per
+Python worker, keyed by bundle id, in this importable module — never one per
+batch. Each Arrow batch is encoded with the bundle's vocabulary (vectorized
+lookup), scored in one forward pass, and returned as an Arrow batch with:
+
+``<id columns>, anomaly_score, is_anomaly, contributions, reasons, [code], bundle_id``
+
+``anomaly_score`` is the row's negative log-likelihood in nats and
+``contributions`` (column → nats) adds up to it. ``reasons`` lists the top
+``score.top_reasons`` columns: the observed value, the value the model expected
+(for a categorical its arg-max, with its probability), and the nats.
+
+Writes are atomic and idempotent: the output is one Delta commit carrying the
+app transaction ``("embedlib-score:<run id>", 1)``, so a rerun of the same run
+adds nothing; a summary row goes to ``score_runs`` the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+
+from embedlib.bundle import Bundle, BundleError, bundle_from_files, read_bundle_files
+from embedlib.vocab import NULL_INDEX, OOV_INDEX, SchemaError, check_columns
+
+if TYPE_CHECKING:
+    from pyspark import Broadcast
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
+
+    from embedlib.config import Config
+
+__all__ = [
+    "ScoreRun",
+    "build_output",
+    "cached_bundle",
+    "run_score_job",
+    "score_frame",
+]
+
+log = logging.getLogger(__name__)
+
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+FLAG_OK, FLAG_MISSING, FLAG_OOV = 0, 1, 2
+
+REASON_TYPE = pa.struct(
+    [
+        ("column", pa.string()),
+        ("value", pa.string()),
+        ("expected", pa.string()),
+        ("probability", pa.float64()),
+        ("nats", pa.float64()),
+    ]
+)
+
+# ------------------------------------------------------------- one bundle per worker
+
+_BUNDLES: dict[str, Bundle] = {}
+_LOCK = threading.Lock()
+
+
+def cached_bundle(bundle_id: str, files: Broadcast[dict[str, bytes]] | Mapping[str, bytes]) -> Bundle:
+    """The loaded bundle for ``bundle_id``, loaded (and verified) once per Python process."""
+    bundle = _BUNDLES.get(bundle_id)
+    if bundle is None:
+        _limit_threads()
+        with _LOCK:
+            bundle = _BUNDLES.get(bundle_id)
+            if bundle is None:
+                blobs = files if isinstance(files, Mapping) else files.value
+                bundle = bundle_from_files(blobs, f"<broadcast {bundle_id}>")
+                if bundle.bundle_id != bundle_id:
+                    raise BundleError(f"broadcast bundle is {bundle.bundle_id}, expected {bundle_id}")
+                _BUNDLES.clear()  # one model per worker is plenty; drop older runs'
+                _BUNDLES[bundle_id] = bundle
+    return bundle
+
+
+def _limit_threads() -> None:
+    """One Spark task gets ``spark.task.cpus`` cores: let torch use that many threads.
+
+    Several Python workers per executor each running a thread per core
+    oversubscribe the cores, and torch's spinning threads then slow scoring down
+    by an order of magnitude.
+    """
+    import torch
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None:
+        torch.set_num_threads(max(1, int(ctx.cpus())))
+
+
+# ---------------------------------------------------------------- batch → batch
+
+
+def build_output(
+    bundle: Bundle,
+    features: pa.Table | pa.RecordBatch,
+    *,
+    threshold: float,
+    top_reasons: int,
+    emit_code: bool,
+) -> dict[str, pa.Array]:
+    """Score raw feature columns (named as in the bundle) into the output arrays."""
+    result = bundle.score(features)
+    spec = bundle.spec
+    columns = np.asarray(spec.columns, dtype=object)
+    rows, width = result.contributions.shape
+    n_cat = len(spec.categorical)
+
+    out: dict[str, pa.Array] = {}
+    out["anomaly_score"] = pa.array(result.score, pa.float64())
+    out["is_anomaly"] = pa.array(result.score > threshold, pa.bool_())
+    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    out["contributions"] = pa.MapArray.from_arrays(
+        offsets,
+        pa.array(np.tile(columns, rows), pa.string()),
+        pa.array(result.contributions.reshape(-1), pa.float64()),
+    )
+
+    k = min(top_reasons, width)
+    top = np.argsort(-result.contributions, axis=1, kind="stable")[:, :k]
+    row_idx = np.repeat(np.arange(rows), k)
+    col_idx = top.reshape(-1)
+    raw_cats = [_as_pylist(features.column(c)) for c in spec.categorical]
+    raw_nums = [_as_float(features.column(c)) for c in spec.numeric]
+    values: list[str | None] = []
+    expected: list[str | None] = []
+    probability: list[float | None] = []
+    for r, c in zip(row_idx.tolist(), col_idx.tolist()):
+        if c < n_cat:
+            cv = bundle.vocab[spec.categorical[c]]
+            observed = int(result.observed[r, c])
+            raw = raw_cats[c][r]
+            values.append("<null>" if observed == NULL_INDEX or raw is None else str(raw))
+            expected.append(cv.label_of(int(result.expected[r, c])))
+            probability.append(float(result.expected_prob[r, c]))
+        else:
+            j = c - n_cat
+            x = raw_nums[j][r]
+            values.append("<null>" if x is None or not np.isfinite(x) else f"{x:.6g}")
+            expected.append(f"{result.expected_num[r, j]:.6g}")
+            probability.append(None)
+    reasons = pa.StructArray.from_arrays(
+        [
+            pa.array(columns[col_idx].tolist() if len(col_idx) else [], pa.string()),
+            pa.array(values, pa.string()),
+            pa.array(expected, pa.string()),
+            pa.array(probability, pa.float64()),
+            pa.array(result.contributions[row_idx, col_idx] if len(col_idx) else [], pa.float64()),
+        ],
+        fields=list(REASON_TYPE),
+    )
+    out["reasons"] = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * k + 1, k, dtype=np.int32)), reasons)
+    if emit_code:
+        code = result.code.astype(np.float32)
+        out["code"] = pa.ListArray.from_arrays(
+            pa.array(np.arange(0, rows * code.shape[1] + 1, code.shape[1], dtype=np.int32)),
+            pa.array(code.reshape(-1), pa.float32()),
+        )
+    flags = np.zeros((rows, width), dtype=np.int8)
+    if n_cat:
+        flags[:, :n_cat][result.observed == NULL_INDEX] = FLAG_MISSING
+        flags[:, :n_cat][result.observed == OOV_INDEX] = FLAG_OOV
+    if spec.numeric:
+        flags[:, n_cat:][result.missing > 0] = FLAG_MISSING
+    out["__flags"] = pa.ListArray.from_arrays(
+        pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32)), pa.array(flags.reshape(-1), pa.int8())
+    )
+    return out
+
+
+def _as_pylist(values: pa.Array | pa.ChunkedArray) -> list[Any]:
+    return list(values.to_pylist())
+
+
+def _as_float(values: pa.Array | pa.ChunkedArray) -> list[float | None]:
+    import pyarrow.compute as pc
+
+    return list(pc.cast(values, pa.float64()).to_pylist())
+
+
+@dataclass(frozen=True)
+class _BatchScorer:
+    """The ``mapInArrow`` body (pickled to executors; the bundle comes by broadcast)."""
+
+    bundle_id: str
+    files: Any  # Broadcast[dict[str, bytes]]
+    ids: tuple[str, ...]
+    features: tuple[str, ...]
+    threshold: float
+    top_reasons: int
+    emit_code: bool
+
+    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        bundle = cached_bundle(self.bundle_id, self.files)
+        for batch in batches:
+            feats = pa.table(
+                {name: batch.column(f"__f{i}") for i, name in enumerate(self.features)}
+            )
+            out = build_output(
+                bundle, feats, threshold=self.threshold, top_reasons=self.top_reasons, emit_code=self.emit_code
+            )
+            arrays = [batch.column(f"__id{k}") for k in range(len(self.ids))]
+            names = list(self.ids)
+            arrays += list(out.values())
+            names += list(out)
+            arrays.append(pa.array([self.bundle_id] * batch.num_rows, pa.string()))
+            names.append("bundle_id")
+            yield pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+# ------------------------------------------------------------------------- Spark
+
+
+def output_schema(source: StructType, ids: tuple[str, ...], emit_code: bool, flags: bool = True) -> StructType:
+    from pyspark.sql.types import (
+        ArrayType,
+        BooleanType,
+        ByteType,
+        DoubleType,
+        FloatType,
+        MapType,
+        StringType,
+        StructField,
+        StructType,
+    )
+
+    reason = StructType(
+        [
+            StructField("column", StringType()),
+            StructField("value", StringType()),
+            StructField("expected", StringType()),
+            StructField("probability", DoubleType()),
+            StructField("nats", DoubleType()),
+        ]
+    )
+    fields = [source[c] for c in ids]
+    fields += [
+        StructField("anomaly_score", DoubleType()),
+        StructField("is_anomaly", BooleanType()),
+        StructField("contributions", MapType(StringType(), DoubleType())),
+        StructField("reasons", ArrayType(reason)),
+    ]
+    if emit_code:
+        fields.append(StructField("code", ArrayType(FloatType())))
+    if flags:
+        fields.append(StructField("__flags", ArrayType(ByteType())))
+    fields.append(StructField("bundle_id", StringType()))
+    return StructType(fields)
+
+
+def check_source(df: DataFrame, bundle: Bundle, ids: tuple[str, ...], table: str) -> None:
+    """Schema check before any work: missing columns by name, uncastable types named."""
+    check_columns(df.schema, table, categorical=bundle.spec.categorical, numeric=bundle.spec.numeric, ids=ids)
+
+
+def score_frame(
+    spark: SparkSession,
+    df: DataFrame,
+    bundle: Bundle,
+    *,
+    ids: tuple[str, ...],
+    threshold: float | None = None,
+    top_reasons: int = 3,
+    emit_code: bool = False,
+    table: str = "source",
+    keep_flags: bool = False,
+) -> DataFrame:
+    """The scored DataFrame (lazy). ``keep_flags`` keeps the hidden per-column
+    null/OOV flags that the score job aggregates into its run summary."""
+    from pyspark.sql import functions as F
+
+    check_source(df, bundle, ids, table)
+    spec = bundle.spec
+    cols = [F.col(f"`{c}`").alias(f"__id{k}") for k, c in enumerate(ids)]
+    cols += [F.col(f"`{c}`").cast("string").alias(f"__f{i}") for i, c in enumerate(spec.categorical)]
+    cols += [
+        F.col(f"`{c}`").cast("double").alias(f"__f{len(spec.categorical) + j}") for j, c in enumerate(spec.numeric)
+    ]
+    files = spark.sparkContext.broadcast(read_bundle_files(bundle.path))
+    scorer = _BatchScorer(
+        bundle_id=bundle.bundle_id,
+        files=files,
+        ids=ids,
+        features=spec.columns,
+        threshold=bundle.threshold if threshold is None else float(threshold),
+        top_reasons=top_reasons,
+        emit_code=emit_code,
+    )
+    scored = df.select(*cols).mapInArrow(scorer, output_schema(df.schema, ids, emit_code))
+    return scored if keep_flags else scored.drop("__flags")
+
+
+# ----------------------------------------------------------------------------- job
+
+
+@dataclass(frozen=True)
+class ScoreRun:
+    """What a score run did (also the row written to ``score_runs``)."""
+
+    run_id: str
+    bundle_id: str
+    source: str
+    output: str
+    written: bool
+    rows: int
+    anomalies: int
+    threshold: float
+    quantiles: Mapping[str, float]
+    null_rate: Mapping[str, float]
+    oov_rate: Mapping[str, float]
+    started_at: str
+    seconds: float
+
+
+def source_version(spark: SparkSession, cfg: Config, path: str | None, table: str | None) -> str:
+    """A string that changes whenever the scored source changes."""
+    from embedlib.tables import delta_version
+
+    if table is not None:
+        try:
+            row = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()
+            return f"v{row['version']}" if row is not None else "v?"
+        except Exception:
+            return "table"
+    assert path is not None
+    if cfg.source.format == "delta":
+        return f"v{delta_version(spark, path)}"
+    sc = spark.sparkContext
+    jvm = sc._jvm
+    assert jvm is not None
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(sc._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    h = hashlib.sha256()
+    for status in sorted(fs.globStatus(hpath) or [], key=lambda st: str(st.getPath())):
+        h.update(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}".encode())
+        if status.isDirectory():
+            for child in sorted(fs.listStatus(status.getPath()), key=lambda st: str(st.getPath())):
+                h.update(f"{child.getPath()}|{child.getLen()}|{child.getModificationTime()}".encode())
+    return h.hexdigest()[:16]
+
+
+def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
+    """Score ``score.source`` (default: ``source``) with the run's bundle into ``scores``."""
+    from dataclasses import replace
+
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from embedlib.bundle import load_bundle
+    from embedlib.tables import read_source, write_table
+    from embedlib.vocab import Vocabulary
+
+    layout = cfg.layout
+    started = time.perf_counter()
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    bundle = load_bundle(layout.bundle)
+    _check_vocab(spark, cfg, bundle, Vocabulary)
+    src_cfg = cfg.source if cfg.score.source is None else replace(cfg.source, path=cfg.score.source, table=None)
+    source_name = src_cfg.table or str(src_cfg.path)
+    df = read_source(spark, src_cfg)
+    ids = cfg.columns.id
+    check_source(df, bundle, ids, source_name)
+    if df.isEmpty():
+        raise SchemaError(f"score source {source_name} has no rows; nothing to score")
+    threshold = bundle.threshold if cfg.score.threshold is None else cfg.score.threshold
+    run_id = cfg.score.run_id or f"{source_version(spark, cfg, src_cfg.path, src_cfg.table)}-{bundle.bundle_id}"
+    output = cfg.score.output or layout.scores
+
+    scored = score_frame(
+        spark, df, bundle, ids=ids, threshold=threshold, top_reasons=cfg.score.top_reasons,
+        emit_code=cfg.score.emit_code, table=source_name, keep_flags=True,
+    )
+    columns = bundle.spec.columns
+    obs = Observation(f"score-{run_id}")
+    metrics = [
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.when(F.col("is_anomaly"), 1)).alias("anomalies"),
+        F.percentile_approx("anomaly_score", list(QUANTILES), 10_000).alias("quantiles"),
+    ]
+    for i, _ in enumerate(columns):
+        flag = F.element_at(F.col("__flags"), i + 1)
+        metrics.append(F.count(F.when(flag == FLAG_MISSING, 1)).alias(f"missing_{i}"))
+        metrics.append(F.count(F.when(flag == FLAG_OOV, 1)).alias(f"oov_{i}"))
+    observed = scored.observe(obs, *metrics).drop("__flags")
+    txn = (f"embedlib-score:{run_id}", 1)
+    result = write_table(
+        spark, observed, output, mode=cfg.score.mode, txn=txn,
+        user_metadata={"run_id": run_id, "bundle_id": bundle.bundle_id, "source": source_name},
+    )
+    seconds = round(time.perf_counter() - started, 3)
+    if not result.committed:
+        log.info("score run %s is already in %s; nothing written", run_id, output)
+        return ScoreRun(run_id, bundle.bundle_id, source_name, output, False, 0, 0, threshold, {}, {}, {},
+                        started_at, seconds)
+    m = obs.get
+    rows = int(m["rows"])
+    summary = ScoreRun(
+        run_id=run_id,
+        bundle_id=bundle.bundle_id,
+        source=source_name,
+        output=output,
+        written=True,
+        rows=rows,
+        anomalies=int(m["anomalies"]),
+        threshold=float(threshold),
+        quantiles={str(q): float(v) for q, v in zip(QUANTILES, m["quantiles"] or [])},
+        null_rate={c: int(m[f"missing_{i}"]) / max(rows, 1) for i, c in enumerate(columns)},
+        oov_rate={c: int(m[f"oov_{i}"]) / max(rows, 1) for i, c in enumerate(columns[: len(bundle.spec.categorical)])},
+        started_at=started_at,
+        seconds=seconds,
+    )
+    _write_summary(spark, summary, layout.score_runs, txn)
+    log.info("scored %d rows of %s into %s (%d above the threshold %.3f)", rows, source_name, output,
+             summary.anomalies, threshold)
+    return summary
+
+
+def _check_vocab(spark: SparkSession, cfg: Config, bundle: Bundle, vocab_cls: Any) -> None:
+    from embedlib.tables import delta_version
+
+    if delta_version(spark, cfg.layout.vocab) is None:
+        return
+    vocab = vocab_cls.load(spark, cfg.layout.vocab)
+    if vocab.content_hash != bundle.vocab.content_hash:
+        raise BundleError(
+            f"the bundle at {cfg.layout.bundle} was trained on another vocabulary (hash "
+            f"{bundle.vocab.content_hash}) than the run's vocabulary table {cfg.layout.vocab} (hash "
+            f"{vocab.content_hash}); retrain with `embedlib train` or point the run at the matching vocabulary"
+        )
+
+
+def _write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str, int]) -> None:
+    from embedlib.tables import write_table
+
+    row = {
+        "run_id": run.run_id,
+        "bundle_id": run.bundle_id,
+        "source": run.source,
+        "output": run.output,
+        "rows": run.rows,
+        "anomalies": run.anomalies,
+        "threshold": run.threshold,
+        "score_quantiles": list(run.quantiles.items()),
+        "null_rate": list(run.null_rate.items()),
+        "oov_rate": list(run.oov_rate.items()),
+        "started_at": dt.datetime.fromisoformat(run.started_at),
+        "seconds": run.seconds,
+    }
+    schema = pa.schema(
+        [
+            ("run_id", pa.string()), ("bundle_id", pa.string()), ("source", pa.string()),
+            ("output", pa.string()), ("rows", pa.int64()), ("anomalies", pa.int64()),
+            ("threshold", pa.float64()),
+            ("score_quantiles", pa.map_(pa.string(), pa.float64())),
+            ("null_rate", pa.map_(pa.string(), pa.float64())),
+            ("oov_rate", pa.map_(pa.string(), pa.float64())),
+            ("started_at", pa.timestamp("us", tz="UTC")), ("seconds", pa.float64()),
+        ]
+    )
+    frame = spark.createDataFrame(pa.Table.from_pylist([row], schema=schema)).coalesce(1)
+    write_table(spark, frame, path, mode="append", txn=txn)
