@@ -280,12 +280,17 @@ def score_frame(
     emit_code: bool = False,
     table: str = "source",
     keep_flags: bool = False,
+    batch_size: int | None = None,
 ) -> DataFrame:
     """The scored DataFrame (lazy). ``keep_flags`` keeps the hidden per-column
-    null/OOV flags that the score job aggregates into its run summary."""
+    null/OOV flags that the score job aggregates into its run summary.
+    ``batch_size`` sets the rows per Arrow batch (a session setting,
+    ``spark.sql.execution.arrow.maxRecordsPerBatch``)."""
     from pyspark.sql import functions as F
 
     check_source(df, bundle, ids, table)
+    if batch_size is not None:
+        spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
     spec = bundle.spec
     cols = [F.col(f"`{c}`").alias(f"__id{k}") for k, c in enumerate(ids)]
     cols += [F.col(f"`{c}`").cast("string").alias(f"__f{i}") for i, c in enumerate(spec.categorical)]
@@ -384,7 +389,7 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
 
     scored = score_frame(
         spark, df, bundle, ids=ids, threshold=threshold, top_reasons=cfg.score.top_reasons,
-        emit_code=cfg.score.emit_code, table=source_name, keep_flags=True,
+        emit_code=cfg.score.emit_code, table=source_name, keep_flags=True, batch_size=cfg.score.batch_size,
     )
     columns = bundle.spec.columns
     obs = Observation(f"score-{run_id}")

@@ -1,0 +1,234 @@
+"""Extraction and scoring: Spark vs plain Python, planted anomalies, idempotent Delta writes."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from embedlib.bundle import BundleError, load_bundle
+from embedlib.config import load_config
+from embedlib.extract import embedding_matrix, embedding_table, features_frame, run_extract_job, write_npz
+from embedlib.score import run_score_job, score_frame
+from embedlib.vocab import OOV_INDEX, SchemaError
+
+from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, ROOT, TRAIN_SETS, adult_pandas, copy_vocab
+
+
+@pytest.fixture(scope="module")
+def test_rows() -> pd.DataFrame:
+    frame = adult_pandas(ADULT_TEST).head(3000).copy()
+    frame.insert(0, "row_id", np.arange(len(frame), dtype=np.int64))
+    return frame
+
+
+def score_cfg(run_cfg, *extra: str):  # type: ignore[no-untyped-def]
+    return load_config([BASE_CONF, ADULT_CONF], [
+        f"output_dir={run_cfg.output_dir}", f"source.path={run_cfg.source.path}", *TRAIN_SETS,
+        f"score.source={ADULT_TEST}", *extra])
+
+
+def test_spark_scores_equal_plain_python(spark, adult_trained, test_rows: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    _, result = adult_trained
+    bundle = load_bundle(result.bundle_path)
+    df = spark.createDataFrame(test_rows)
+    scored = score_frame(spark, df, bundle, ids=("row_id",), top_reasons=3, emit_code=True)
+    assert scored.columns == ["row_id", "anomaly_score", "is_anomaly", "contributions", "reasons", "code",
+                              "bundle_id"]
+    got = scored.toPandas().sort_values("row_id").reset_index(drop=True)
+    plain = bundle.score(pa.Table.from_pandas(test_rows, preserve_index=False))
+    np.testing.assert_allclose(got["anomaly_score"].to_numpy(), plain.score, rtol=0, atol=1e-6)
+    totals = got["contributions"].map(lambda m: sum(v for _, v in m) if isinstance(m, list) else sum(m.values()))
+    np.testing.assert_allclose(totals.to_numpy(), got["anomaly_score"].to_numpy(), rtol=0, atol=1e-9)
+    assert (got["is_anomaly"] == (got["anomaly_score"] > bundle.threshold)).all()
+    assert (got["bundle_id"] == bundle.bundle_id).all()
+    assert len(got["code"][0]) == bundle.spec.bottleneck
+    top = got.loc[got["anomaly_score"].idxmax()]
+    reasons = list(top["reasons"])
+    assert len(reasons) == 3 and reasons[0]["nats"] >= reasons[1]["nats"] >= reasons[2]["nats"]
+    for reason in reasons:
+        if reason["column"] in bundle.spec.categorical:
+            assert 0 < reason["probability"] <= 1
+            assert reason["expected"] in set(bundle.vocab[reason["column"]].values) | {"<null>", "<other>"}
+
+
+def test_unseen_and_null_values_score_through_reserved_rows(spark, adult_trained, test_rows: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    _, result = adult_trained
+    bundle = load_bundle(result.bundle_path)
+    rows = test_rows.head(4).copy()
+    rows.loc[0, "native-country"] = "Atlantis"
+    rows.loc[1, "workclass"] = None
+    rows.loc[2, "age"] = None
+    scored = score_frame(spark, spark.createDataFrame(rows), bundle, ids=("row_id",), top_reasons=14)
+    got = {r["row_id"]: r for r in scored.collect()}
+    assert len(got) == 4 and all(np.isfinite(r["anomaly_score"]) for r in got.values())
+    reason = {x["column"]: x for x in got[0]["reasons"]}["native-country"]
+    assert reason["value"] == "Atlantis"
+    assert {x["column"]: x for x in got[1]["reasons"]}["workclass"]["value"] == "<null>"
+    assert {x["column"]: x for x in got[2]["reasons"]}["age"]["nats"] == 0.0
+
+
+def test_detects_planted_anomalies_better_than_baselines(spark, adult_trained) -> None:  # type: ignore[no-untyped-def]
+    """Ours vs the seed design (MSE on embedding output) vs IsolationForest, same rows."""
+    import json
+
+    from sklearn.metrics import roc_auc_score
+
+    from embedlib.baselines import fit_mse_autoencoder, isolation_forest_scores, mse_scores
+    from embedlib.encode import Encoded, ShardSet, read_shards
+    from embedlib.evaluate import plant_anomalies
+    from embedlib.layout import read_text
+
+    cfg, result = adult_trained
+    bundle = load_bundle(result.bundle_path)
+    held_out = adult_pandas(ADULT_TEST)  # all 16,281 held-out rows; the model never saw them
+    planted, labels = plant_anomalies(held_out, bundle.spec.columns, fraction=0.02, seed=3)
+    assert labels.sum() == 326
+    test_table = pa.Table.from_pandas(planted, preserve_index=False)
+    ours = bundle.score(test_table).score
+
+    shards = ShardSet.from_dict(json.loads(read_text(f"{cfg.layout.work}/encoded/_shards.json") or "{}"))
+    parts = list(read_shards(shards.train_files, bundle.encoder))
+    train = Encoded(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("cat", "num", "missing")))
+    test_enc = bundle.encoder.arrays(test_table)
+    mse_model = fit_mse_autoencoder(train, bundle.spec, epochs=cfg.train.epochs, batch_size=cfg.train.batch_size,
+                                    learning_rate=cfg.train.learning_rate, seed=cfg.train.seed)
+    seed_design = mse_scores(mse_model, test_enc)
+    forest = isolation_forest_scores(train, test_enc, bundle.spec.cardinalities, seed=0)
+
+    auc = {name: roc_auc_score(labels, s) for name, s in
+           (("ours", ours), ("mse", seed_design), ("iforest", forest))}
+    print("AUROC", {k: round(v, 4) for k, v in auc.items()})
+    # floor and margins measured on this data and seed (see the closing note of the scoring issue)
+    assert auc["ours"] >= 0.68, auc
+    assert auc["ours"] > auc["mse"] + 0.02, auc
+    assert auc["ours"] > auc["iforest"] + 0.08, auc
+
+
+def test_extracted_matrices_match_the_model(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, result = adult_trained
+    bundle = load_bundle(result.bundle_path)
+    table = embedding_table(bundle)
+    sizes = sum(bundle.vocab.size(c) for c in bundle.spec.categorical)
+    assert table.num_rows == sizes
+    for row in table.to_pylist():
+        matrix = embedding_matrix(bundle, row["column"])
+        np.testing.assert_array_equal(np.asarray(row["vector"], dtype=np.float32), matrix[row["index"]])
+        if row["index"] >= 2:
+            assert bundle.vocab.lookup(row["column"], pa.array([row["value"]]))[0] == row["index"]
+        else:
+            assert row["value"] is None
+    npz = write_npz(bundle, str(tmp_path / "npz"))
+    data = np.load(npz[bundle.spec.categorical.index("sex")])
+    assert list(data["values"][:2]) == ["<null>", "<other>"]
+    np.testing.assert_array_equal(data["matrix"], embedding_matrix(bundle, "sex"))
+    path, _ = run_extract_job(spark, cfg)
+    back = pa.table(DeltaTable(path).to_pyarrow_table())
+    assert back.num_rows == sizes and set(back.column("bundle_id").to_pylist()) == {bundle.bundle_id}
+
+
+def test_features_for_new_data_use_the_oov_row(spark, adult_trained, test_rows: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    _, result = adult_trained
+    bundle = load_bundle(result.bundle_path)
+    rows = test_rows.head(3).copy()
+    rows.loc[0, "native-country"] = "Atlantis"
+    rows.loc[1, "age"] = None
+    flat = features_frame(spark, spark.createDataFrame(rows), bundle, ids=("row_id",), flatten=True)
+    nested = features_frame(spark, spark.createDataFrame(rows), bundle, ids=("row_id",), flatten=False)
+    got = {r["row_id"]: r for r in nested.collect()}
+    oov_vector = embedding_matrix(bundle, "native-country")[OOV_INDEX]
+    np.testing.assert_array_equal(np.asarray(got[0]["native-country"], dtype=np.float32), oov_vector)
+    assert got[1]["age"] == 0.0 and got[1]["age_missing"] == 1.0
+    st = bundle.vocab.numeric["age"]
+    assert got[0]["age"] == pytest.approx((rows.loc[0, "age"] - st.mean) / st.scale)
+    dim = bundle.spec.embedding_dims[bundle.spec.categorical.index("native-country")]
+    frow = {r["row_id"]: r for r in flat.collect()}[0]
+    assert [frow[f"native-country_e{d}"] for d in range(dim)] == pytest.approx(oov_vector.tolist())
+
+
+def test_score_job_is_idempotent_and_atomic(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = adult_trained
+    run = score_cfg(cfg)
+    first = run_score_job(spark, run)
+    assert first.written and first.rows == 16281
+    out = run.layout.scores
+    version = DeltaTable(out).version()
+    again = run_score_job(spark, run)
+    assert not again.written and DeltaTable(out).version() == version
+    assert DeltaTable(out).count() == 16281
+    other = run_score_job(spark, score_cfg(cfg, "score.run_id=manual-2"))
+    assert other.written and DeltaTable(out).count() == 2 * 16281
+    replaced = run_score_job(spark, score_cfg(cfg, "score.run_id=manual-3", "score.mode=overwrite"))
+    assert replaced.written and DeltaTable(out).count() == 16281
+    table = pa.table(DeltaTable(out).to_pyarrow_table())
+    assert table.column_names == ["anomaly_score", "is_anomaly", "contributions", "reasons", "bundle_id"]
+    runs = pa.table(DeltaTable(run.layout.score_runs).to_pyarrow_table()).to_pylist()
+    assert [r["run_id"] for r in runs].count(first.run_id) == 1 and len(runs) == 3
+    summary = runs[0]
+    assert summary["rows"] == 16281 and dict(summary["score_quantiles"])["0.5"] > 0
+    assert dict(summary["null_rate"])["workclass"] == pytest.approx(963 / 16281)
+
+
+def test_score_bad_input(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = adult_trained
+    # a copy of the run whose outputs go elsewhere
+    run = load_config([BASE_CONF, ADULT_CONF], [f"output_dir={tmp_path}", *TRAIN_SETS])
+    shutil.copytree(cfg.layout.bundle, run.layout.bundle)
+    copy_vocab(cfg, run)
+    bundle = load_bundle(run.layout.bundle)
+    rows = adult_pandas(ADULT_TEST).head(50)
+    with pytest.raises(SchemaError, match=r"lacks column\(s\) occupation"):
+        score_frame(spark, spark.createDataFrame(rows.drop(columns=["occupation"])), bundle, ids=())
+    from pyspark.sql import functions as F
+
+    bad_type = spark.createDataFrame(rows).withColumn("age", F.array("age"))
+    with pytest.raises(SchemaError, match="numeric column 'age' .* array<bigint>"):
+        score_frame(spark, bad_type, bundle, ids=())
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(SchemaError, match="has no rows"):
+        run_score_job(spark, score_cfg(run, f"score.source={empty}", f"output_dir={tmp_path}"))
+    assert not Path(run.layout.scores).exists()
+    # a vocabulary rebuilt with other parameters: the bundle no longer matches it
+    from embedlib.vocab import run_vocab_job
+
+    run_vocab_job(spark, load_config([BASE_CONF, ADULT_CONF], [f"output_dir={tmp_path}", "vocab.min_count=5"]))
+    with pytest.raises(BundleError, match="another vocabulary .*hash"):
+        run_score_job(spark, score_cfg(run, f"output_dir={tmp_path}"))
+    assert not Path(run.layout.scores).exists()
+
+
+@pytest.mark.timeout(600)
+def test_score_job_on_local_cluster_equals_local(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = adult_trained
+    for name in ("local", "cluster"):
+        shutil.copytree(cfg.layout.root, tmp_path / name / cfg.name,
+                        ignore=shutil.ignore_patterns("scores", "score_runs", "_work"))
+    args = ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF), "--set", f"score.source={ADULT_TEST}",
+            "--set", "score.run_id=r1"]
+    from embedlib.cli import main
+
+    assert main(["score", *args, "--set", f"output_dir={tmp_path / 'local'}"]) == 0
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local-cluster[2,1,1024]",
+           "--conf", "spark.executor.memory=768m", "--conf", "spark.ui.enabled=false",
+           "--conf", f"spark.pyspark.python={sys.executable}",
+           "jobs/score.py", *args, "--set", f"output_dir={tmp_path / 'cluster'}"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    def read(name: str) -> pd.DataFrame:
+        t = pa.table(DeltaTable(str(tmp_path / name / cfg.name / "scores")).to_pyarrow_table())
+        return t.select(["anomaly_score"]).to_pandas().sort_values("anomaly_score").reset_index(drop=True)
+
+    local, cluster = read("local"), read("cluster")
+    assert len(local) == len(cluster) == 16281
+    np.testing.assert_allclose(cluster["anomaly_score"], local["anomaly_score"], rtol=0, atol=1e-9)
