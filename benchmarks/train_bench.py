@@ -347,6 +347,8 @@ def main(argv: list[str] | None = None) -> None:
                                   "sum of history seconds"))
             one_rate, two_rate = one_samples / one_wall, two_samples / two_wall
             ddp_rows = [
+                f"noise: the same loop run directly and through launch(backend=local) took {wall:.2f}s vs "
+                f"{one_wall:.2f}s (best of {args.repeat} each, {abs(wall - one_wall) / min(wall, one_wall):.0%} apart)",
                 f"{world}-proc / 1-proc samples/s, wall:   {two_rate / one_rate:.2f}x",
                 f"{world}-proc / 1-proc samples/s, epochs: "
                 f"{(two_samples / two_epochs) / (one_samples / one_epochs):.2f}x",

@@ -14,10 +14,9 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -28,7 +27,6 @@ from embedlib.bundle import Bundle
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
     from embedlib.config import Config
 
@@ -125,30 +123,11 @@ def features_arrow(bundle: Bundle, data: pa.Table | pa.RecordBatch, *, flatten: 
     return out
 
 
-@dataclass(frozen=True)
-class _FeatureBatches:
-    bundle_id: str
-    files: Any  # Broadcast[dict[str, bytes]]
-    ids: tuple[str, ...]
-    features: tuple[str, ...]
-    flatten: bool
+def features_fields(bundle: Bundle, flatten: bool) -> list[Any]:
+    """Spark fields of :func:`features_arrow`'s columns."""
+    from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField
 
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        from embedlib.score import cached_bundle
-
-        bundle = cached_bundle(self.bundle_id, self.files)
-        for batch in batches:
-            feats = pa.table({name: batch.column(f"__f{i}") for i, name in enumerate(self.features)})
-            out = features_arrow(bundle, feats, flatten=self.flatten)
-            arrays = [batch.column(f"__id{k}") for k in range(len(self.ids))] + list(out.values())
-            arrays.append(pa.array([self.bundle_id] * batch.num_rows, pa.string()))
-            yield pa.RecordBatch.from_arrays(arrays, names=[*self.ids, *out, "bundle_id"])
-
-
-def features_schema(source: StructType, bundle: Bundle, ids: tuple[str, ...], flatten: bool) -> StructType:
-    from pyspark.sql.types import ArrayType, DoubleType, FloatType, StringType, StructField, StructType
-
-    fields = [source[c] for c in ids]
+    fields = []
     for name, dim in zip(bundle.spec.categorical, bundle.spec.embedding_dims):
         if flatten:
             fields += [StructField(f"{name}_e{d}", DoubleType()) for d in range(dim)]
@@ -156,27 +135,19 @@ def features_schema(source: StructType, bundle: Bundle, ids: tuple[str, ...], fl
             fields.append(StructField(name, ArrayType(FloatType())))
     for name in bundle.spec.numeric:
         fields += [StructField(name, DoubleType()), StructField(f"{name}_missing", DoubleType())]
-    fields.append(StructField("bundle_id", StringType()))
-    return StructType(fields)
+    return fields
 
 
 def features_frame(
     spark: SparkSession, df: DataFrame, bundle: Bundle, *, ids: tuple[str, ...], flatten: bool, table: str = "source"
 ) -> DataFrame:
     """The design matrix of ``df`` (lazy), with the bundle shipped once per worker."""
-    from pyspark.sql import functions as F
+    from embedlib.score import map_with_bundle
 
-    from embedlib.bundle import read_bundle_files
-    from embedlib.score import check_source
-
-    check_source(df, bundle, ids, table)
-    spec = bundle.spec
-    cols = [F.col(f"`{c}`").alias(f"__id{k}") for k, c in enumerate(ids)]
-    cols += [F.col(f"`{c}`").cast("string").alias(f"__f{i}") for i, c in enumerate(spec.categorical)]
-    cols += [F.col(f"`{c}`").cast("double").alias(f"__f{len(spec.categorical) + j}") for j, c in enumerate(spec.numeric)]
-    files = spark.sparkContext.broadcast(read_bundle_files(bundle.path))
-    fn = _FeatureBatches(bundle.bundle_id, files, ids, spec.columns, flatten)
-    return df.select(*cols).mapInArrow(fn, features_schema(df.schema, bundle, ids, flatten))
+    transform = functools.partial(features_arrow, flatten=flatten)
+    return map_with_bundle(
+        spark, df, bundle, ids=ids, table=table, transform=transform, fields=features_fields(bundle, flatten)
+    )
 
 
 # ------------------------------------------------------------------------------ jobs

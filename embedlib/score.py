@@ -22,11 +22,12 @@ adds nothing; a summary row goes to ``score_runs`` the same way.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,13 +40,14 @@ from embedlib.vocab import NULL_INDEX, OOV_INDEX, SchemaError, check_columns
 if TYPE_CHECKING:
     from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
     from embedlib.config import Config
 
 __all__ = [
+    "BundleBatches",
     "ScoreRun",
     "build_output",
+    "map_with_bundle",
     "cached_bundle",
     "run_score_job",
     "score_frame",
@@ -195,39 +197,72 @@ def _as_float(values: pa.Array | pa.ChunkedArray) -> list[float | None]:
 
 
 @dataclass(frozen=True)
-class _BatchScorer:
-    """The ``mapInArrow`` body (pickled to executors; the bundle comes by broadcast)."""
+class BundleBatches:
+    """A ``mapInArrow`` body: ``transform(bundle, features)`` on every Arrow batch.
+
+    Pickled to the executors; the bundle itself comes by broadcast and is loaded
+    once per worker by :func:`cached_bundle`. Input batches hold the id columns as
+    ``__id<k>`` and the bundle's feature columns as ``__f<i>``; output batches are
+    the id columns, the transform's columns, and ``bundle_id``.
+    """
 
     bundle_id: str
     files: Any  # Broadcast[dict[str, bytes]]
     ids: tuple[str, ...]
     features: tuple[str, ...]
-    threshold: float
-    top_reasons: int
-    emit_code: bool
+    transform: Callable[[Bundle, pa.Table], dict[str, pa.Array]]
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         bundle = cached_bundle(self.bundle_id, self.files)
         for batch in batches:
-            feats = pa.table(
-                {name: batch.column(f"__f{i}") for i, name in enumerate(self.features)}
-            )
-            out = build_output(
-                bundle, feats, threshold=self.threshold, top_reasons=self.top_reasons, emit_code=self.emit_code
-            )
-            arrays = [batch.column(f"__id{k}") for k in range(len(self.ids))]
-            names = list(self.ids)
-            arrays += list(out.values())
-            names += list(out)
+            feats = pa.table({name: batch.column(f"__f{i}") for i, name in enumerate(self.features)})
+            out = self.transform(bundle, feats)
+            arrays = [batch.column(f"__id{k}") for k in range(len(self.ids))] + list(out.values())
             arrays.append(pa.array([self.bundle_id] * batch.num_rows, pa.string()))
-            names.append("bundle_id")
-            yield pa.RecordBatch.from_arrays(arrays, names=names)
+            yield pa.RecordBatch.from_arrays(arrays, names=[*self.ids, *out, "bundle_id"])
+
+
+def map_with_bundle(
+    spark: SparkSession,
+    df: DataFrame,
+    bundle: Bundle,
+    *,
+    ids: tuple[str, ...],
+    table: str,
+    transform: Callable[[Bundle, pa.Table], dict[str, pa.Array]],
+    fields: list[Any],
+) -> DataFrame:
+    """Check ``df`` against the bundle, broadcast it once, and map every batch with ``transform``.
+
+    ``fields`` are the Spark ``StructField``s of the transform's columns; the
+    result has the id columns first and ``bundle_id`` last.
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import StringType, StructField, StructType
+
+    check_source(df, bundle, ids, table)
+    spec = bundle.spec
+    cols = [F.col(f"`{c}`").alias(f"__id{k}") for k, c in enumerate(ids)]
+    cols += [F.col(f"`{c}`").cast("string").alias(f"__f{i}") for i, c in enumerate(spec.categorical)]
+    cols += [
+        F.col(f"`{c}`").cast("double").alias(f"__f{len(spec.categorical) + j}") for j, c in enumerate(spec.numeric)
+    ]
+    body = BundleBatches(
+        bundle_id=bundle.bundle_id,
+        files=spark.sparkContext.broadcast(read_bundle_files(bundle.path)),
+        ids=ids,
+        features=spec.columns,
+        transform=transform,
+    )
+    schema = StructType([df.schema[c] for c in ids] + fields + [StructField("bundle_id", StringType())])
+    return df.select(*cols).mapInArrow(body, schema)
 
 
 # ------------------------------------------------------------------------- Spark
 
 
-def output_schema(source: StructType, ids: tuple[str, ...], emit_code: bool, flags: bool = True) -> StructType:
+def output_fields(emit_code: bool, flags: bool = True) -> list[Any]:
+    """Spark fields of :func:`build_output`'s columns."""
     from pyspark.sql.types import (
         ArrayType,
         BooleanType,
@@ -249,8 +284,7 @@ def output_schema(source: StructType, ids: tuple[str, ...], emit_code: bool, fla
             StructField("nats", DoubleType()),
         ]
     )
-    fields = [source[c] for c in ids]
-    fields += [
+    fields = [
         StructField("anomaly_score", DoubleType()),
         StructField("is_anomaly", BooleanType()),
         StructField("contributions", MapType(StringType(), DoubleType())),
@@ -260,8 +294,7 @@ def output_schema(source: StructType, ids: tuple[str, ...], emit_code: bool, fla
         fields.append(StructField("code", ArrayType(FloatType())))
     if flags:
         fields.append(StructField("__flags", ArrayType(ByteType())))
-    fields.append(StructField("bundle_id", StringType()))
-    return StructType(fields)
+    return fields
 
 
 def check_source(df: DataFrame, bundle: Bundle, ids: tuple[str, ...], table: str) -> None:
@@ -286,28 +319,18 @@ def score_frame(
     null/OOV flags that the score job aggregates into its run summary.
     ``batch_size`` sets the rows per Arrow batch (a session setting,
     ``spark.sql.execution.arrow.maxRecordsPerBatch``)."""
-    from pyspark.sql import functions as F
 
-    check_source(df, bundle, ids, table)
     if batch_size is not None:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
-    spec = bundle.spec
-    cols = [F.col(f"`{c}`").alias(f"__id{k}") for k, c in enumerate(ids)]
-    cols += [F.col(f"`{c}`").cast("string").alias(f"__f{i}") for i, c in enumerate(spec.categorical)]
-    cols += [
-        F.col(f"`{c}`").cast("double").alias(f"__f{len(spec.categorical) + j}") for j, c in enumerate(spec.numeric)
-    ]
-    files = spark.sparkContext.broadcast(read_bundle_files(bundle.path))
-    scorer = _BatchScorer(
-        bundle_id=bundle.bundle_id,
-        files=files,
-        ids=ids,
-        features=spec.columns,
+    transform = functools.partial(
+        build_output,
         threshold=bundle.threshold if threshold is None else float(threshold),
         top_reasons=top_reasons,
         emit_code=emit_code,
     )
-    scored = df.select(*cols).mapInArrow(scorer, output_schema(df.schema, ids, emit_code))
+    scored = map_with_bundle(
+        spark, df, bundle, ids=ids, table=table, transform=transform, fields=output_fields(emit_code)
+    )
     return scored if keep_flags else scored.drop("__flags")
 
 

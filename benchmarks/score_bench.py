@@ -1,0 +1,459 @@
+"""Scoring throughput: the score job vs the same bundle in plain Python vs a row-at-a-time UDF.
+
+    .venv/bin/python benchmarks/score_bench.py [--rows 1000000 4000000] [--master local[2]]
+                                               [--batch-size 10000] [--udf-rows 20000]
+                                               [--ceiling-rows 1000000]
+
+Reference model: 10 categoricals of ~100 values each (skewed, 1 % nulls) and 20
+numerics (1 % nulls), plus an ``id`` column. For each size in ``--rows`` the table is
+generated in Spark, deterministically (``spark.range`` + ``xxhash64`` of the id), and
+written once to Parquet in a temporary directory (at most 500,000 rows per file, at
+least one file per core). On a small table from the same generator (the warm-up
+table, the first 20,000 ids), embedlib builds the vocabulary (``build_vocabulary``,
+spark engine; every value is seen there); an *untrained* ``EmbeddingAutoencoder`` of the
+default shape (hidden 64-32, bottleneck 8; torch seeded) goes into a bundle with
+``save_bundle``, which is loaded back with ``load_bundle``. Training quality does not
+change the work done per row, so throughput does not depend on it.
+
+Then, in one process, for each size (all figures wall-clock, ``time.perf_counter``):
+
+1. **score job**: ``spark.read.parquet`` → ``score_frame(spark, df, bundle, ids=("id",))``
+   → ``write_table(spark, frame, <tmp>, mode="overwrite")`` (Spark writes the Parquet
+   files, the driver commits them as one Delta transaction through delta-rs, or the
+   Delta connector where the session has it) — what the score job does, minus its
+   ``Observation`` summary metrics. Timed end to end. Before each size an untimed
+   warm-up scores a small table the same way, so the Python workers exist and hold
+   the bundle (``cached_bundle``); the first, cold warm-up is printed separately, it
+   is the one-time cost a real job pays on top. rows/s per core divides by the
+   concurrent tasks (``defaultParallelism``; each task gets one core and, through
+   ``cached_bundle``, one torch thread).
+2. **ceiling**: the first ``--ceiling-rows`` rows of the same Parquet file read with
+   pyarrow into ``--batch-size`` Arrow tables *before* timing, then
+   ``build_output(bundle, table, threshold=…, top_reasons=3, emit_code=False)`` per
+   table — exactly what each executor does per batch — in this plain Python process
+   with ``torch.set_num_threads(1)``: the per-core figure. The line below it times
+   ``bundle.score(table)`` alone on the same tables (encode + forward pass + softmax),
+   so the rest of ``build_output`` (contributions map, top reasons, flags) is the
+   difference.
+3. **row UDF**: a plain ``pyspark.sql.functions.udf`` returning a double, called once
+   per row with the 30 raw values; it builds a one-row Arrow table and calls
+   ``bundle.score`` on it, with the bundle held by ``embedlib.score.cached_bundle``
+   (a module-level cache: loaded once per Python worker, never per row). It runs on
+   ``--udf-rows`` rows spread over the whole id range (``id % step == 0``), written to
+   their own Parquet (one file per core, untimed), and its output (``id`` and the
+   score only — less than the job writes) goes to Delta with ``write_table``. Its
+   scores are checked against the job's for the same ids.
+
+Printed: rows/s and rows/s per core of each method, then per size the ratios
+*job per core ÷ ceiling per core* (goal ≥ 0.5) and *job ÷ row UDF* (goal ≥ 20×), the
+growth of the job time from the smallest to the largest size against the growth of
+the row count (goal: linear, i.e. time ratio ÷ row ratio ≈ 1; fixed costs make small
+sizes look sub-linear), and peak memory: ``ru_maxrss`` of this (driver) process
+(RUSAGE_SELF; it holds the ceiling's pre-loaded batches too) and of its reaped
+children (RUSAGE_CHILDREN — Spark's JVM and the Python workers are still running
+when the table is printed, so on Linux they are not in it), and the peak RSS
+(``VmHWM`` in ``/proc``, sampled after each Spark phase) of the JVM and of the
+largest Python worker. The load average is printed at the start
+and the end: on a busy machine the figures mean little. Progress goes to stderr, the
+table to stdout. No figure is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import resource
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+N_CAT = 10
+CARDINALITY = 100
+N_NUM = 20
+ROWS_PER_FILE = 500_000
+WARMUP_ROWS = 20_000
+GOAL_CEILING = 0.5
+GOAL_UDF = 20.0
+
+CATS = [f"c{i}" for i in range(N_CAT)]
+NUMS = [f"x{j}" for j in range(N_NUM)]
+
+
+@dataclass
+class Result:
+    """One timed method on one size."""
+
+    method: str
+    rows: int
+    seconds: float
+    cores: int
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def per_core(self) -> float:
+        return self.rate / self.cores
+
+
+@dataclass
+class Memory:
+    """Peak RSS (KiB) of the processes under this one, sampled after each Spark phase."""
+
+    jvm: int = 0
+    worker: int = 0
+    workers_seen: set[int] = field(default_factory=set)
+
+    def sample(self) -> None:
+        for pid in _descendants(os.getpid()):
+            cmd = _cmdline(pid)
+            hwm = _vm_hwm_kib(pid)
+            if "java" in os.path.basename(cmd.split(" ", 1)[0]) or "org.apache.spark" in cmd:
+                self.jvm = max(self.jvm, hwm)
+            elif "pyspark" in cmd:  # pyspark.daemon and the workers it forks (same command line)
+                self.worker = max(self.worker, hwm)
+                self.workers_seen.add(pid)
+
+
+def _log(msg: str) -> None:
+    sys.stderr.write(f"[score_bench {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------------------- /proc
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    out: list[int] = []
+    todo = [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            return handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _vm_hwm_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _maxrss_kib(who: int) -> int:
+    rss = resource.getrusage(who).ru_maxrss
+    return rss // 1024 if sys.platform == "darwin" else rss  # bytes on macOS, KiB on Linux
+
+
+def _mib(kib: int) -> str:
+    return f"{kib / 1024:,.0f} MiB" if kib else "n/a"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def generate(spark: Any, rows: int, path: str, cores: int) -> None:
+    """``rows`` rows: ``id``, 10 skewed categoricals of ~100 values, 20 numerics."""
+    from pyspark.sql import functions as F
+
+    def unit(seed: int) -> Any:
+        return (F.abs(F.xxhash64(F.col("id"), F.lit(seed))) % 1_000_003) / 1_000_003.0
+
+    cols = [F.col("id")]
+    for i, name in enumerate(CATS):
+        u = unit(i)
+        value = F.floor(F.lit(CARDINALITY) * u * u).cast("long")  # skewed: low values frequent
+        cols.append(F.when(u < 0.01, None).otherwise(F.concat(F.lit(f"v{i}_"), value.cast("string"))).alias(name))
+    for j, name in enumerate(NUMS):
+        x = F.lit(float(j)) + F.lit(10.0 * (j + 1)) * unit(100 + j)
+        cols.append(F.when(unit(200 + j) < 0.01, None).otherwise(x).alias(name))
+    files = max(cores, -(-rows // ROWS_PER_FILE))
+    spark.range(0, rows, 1, files).select(*cols).write.parquet(path)
+
+
+def make_bundle(spark: Any, data: str, folder: str) -> Any:
+    """Vocabulary on ``data``, an untrained model, saved and loaded back as a bundle."""
+    import torch
+
+    from embedlib.bundle import load_bundle, save_bundle
+    from embedlib.config import load_config
+    from embedlib.model import EmbeddingAutoencoder, ModelSpec
+    from embedlib.vocab import build_vocabulary
+
+    cfg = load_config([], [f"source.path={data}", "source.format=parquet", f"columns.categorical={CATS}",
+                           f"columns.numeric={NUMS}", "columns.id=[id]"])
+    vocab = build_vocabulary(spark, spark.read.parquet(data), cfg, source=data)
+    spec = ModelSpec.build(vocab.categorical, [vocab.size(c) for c in vocab.categorical], vocab.numeric_columns)
+    torch.manual_seed(0)
+    model = EmbeddingAutoencoder(spec)
+    path = f"{folder}/bundle"
+    save_bundle(path, model=model, vocab=vocab, threshold=100.0, threshold_quantile=0.99, metrics={},
+                model_config={})
+    return load_bundle(path)
+
+
+# ------------------------------------------------------------------------- methods
+
+
+def score_job(spark: Any, bundle: Any, data: str, out: str) -> None:
+    """What the score job does: read, ``score_frame``, one Delta commit."""
+    from embedlib.score import score_frame
+    from embedlib.tables import write_table
+
+    df = spark.read.parquet(data)
+    frame = score_frame(spark, df, bundle, ids=("id",))
+    write_table(spark, frame, out, mode="overwrite")
+
+
+def load_batches(bundle: Any, data: str, rows: int, batch_size: int) -> list[Any]:
+    """The first ``rows`` rows as ``batch_size``-row Arrow tables (untimed)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    table = ds.dataset(data, format="parquet").head(rows, columns=list(bundle.spec.columns)).combine_chunks()
+    return [pa.Table.from_batches([b]) for b in table.to_batches(max_chunksize=batch_size)]
+
+
+def time_batches(fn: Callable[[Any], Any], batches: list[Any]) -> float:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fn(batches[0])  # warm-up, untimed
+        start = time.perf_counter()
+        for batch in batches:
+            fn(batch)
+        return time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+
+
+def row_udf(bundle: Any) -> Callable[..., float]:
+    """The per-row scorer: one-row Arrow table → ``bundle.score``; bundle cached per worker."""
+    from pyspark import SparkContext
+
+    from embedlib.bundle import read_bundle_files
+
+    sc = SparkContext.getOrCreate()
+    files = sc.broadcast(read_bundle_files(bundle.path))
+    bundle_id = bundle.bundle_id
+    columns = list(bundle.spec.columns)
+    n_cat = len(bundle.spec.categorical)
+
+    def score_row(*values: Any) -> float:
+        import pyarrow as pa
+
+        from embedlib.score import cached_bundle
+
+        scorer = cached_bundle(bundle_id, files)
+        table = pa.table({
+            name: pa.array([value], pa.string() if k < n_cat else pa.float64())
+            for k, (name, value) in enumerate(zip(columns, values))
+        })
+        return float(scorer.score(table).score[0])
+
+    return score_row
+
+
+def udf_job(spark: Any, bundle: Any, scorer: Callable[..., float], data: str, out: str,
+            where: str | None = None) -> None:
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType
+
+    from embedlib.tables import write_table
+
+    fn = F.udf(scorer, DoubleType(), useArrow=False)
+    spec = bundle.spec
+    args = [F.col(c).cast("string") for c in spec.categorical] + [F.col(c).cast("double") for c in spec.numeric]
+    source = spark.read.parquet(data)
+    if where is not None:
+        source = source.where(where)
+    frame = source.select("id", fn(*args).alias("anomaly_score"))
+    write_table(spark, frame, out, mode="overwrite")
+
+
+def _max_score_diff(spark: Any, job_out: str, udf_out: str) -> tuple[int, float]:
+    from pyspark.sql import functions as F
+
+    from embedlib.tables import read_table
+
+    udf = read_table(spark, udf_out).withColumnRenamed("anomaly_score", "u")
+    job = read_table(spark, job_out).select("id", "anomaly_score")
+    row = udf.join(job, "id").agg(F.count(F.lit(1)).alias("n"),
+                                  F.max(F.abs(F.col("u") - F.col("anomaly_score"))).alias("d")).first()
+    return int(row["n"]), float(row["d"] if row["d"] is not None else float("nan"))
+
+
+def _cores(spark: Any, master: str) -> int:
+    parallelism = int(spark.sparkContext.defaultParallelism)
+    if parallelism > 0:
+        return parallelism
+    match = re.fullmatch(r"local\[(\d+|\*)(?:,\d+)?\]", master)
+    if match is None:
+        return 1
+    if match.group(1) == "*":
+        return os.cpu_count() or 1
+    return int(match.group(1))
+
+
+# ---------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--batch-size", type=int, default=10_000, help="rows per Arrow batch (job and ceiling)")
+    parser.add_argument("--udf-rows", type=int, default=20_000, help="rows scored by the row-at-a-time UDF")
+    parser.add_argument("--ceiling-rows", type=int, default=1_000_000,
+                        help="rows scored in plain Python per size (0: all)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    sizes = sorted(set(args.rows))
+    load_start = os.getloadavg()
+
+    from embedlib.config import SparkConfig
+    from embedlib.score import build_output
+    from embedlib.spark import delta_connector_available, get_session
+    from embedlib.tables import read_table
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = get_session(
+        SparkConfig(master=args.master, conf={
+            "spark.sql.shuffle.partitions": "8",
+            "spark.sql.execution.arrow.maxRecordsPerBatch": str(args.batch_size),
+        }),
+        app_name="score-bench",
+    )
+    spark.sparkContext.setLogLevel("ERROR")
+    cores = _cores(spark, args.master)
+    memory = Memory()
+    results: dict[int, list[Result]] = {}
+    checks: dict[int, tuple[int, float]] = {}
+    partitions: dict[int, int] = {}
+    with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp:
+        _log(f"generating warm-up data and the bundle ({min(sizes[0], WARMUP_ROWS):,} rows)")
+        warm = f"{tmp}/warmup.parquet"
+        generate(spark, min(sizes[0], WARMUP_ROWS), warm, cores)
+        bundle = make_bundle(spark, warm, tmp)
+        _log("bundle built; cold score job")
+        threshold = bundle.threshold
+        params = sum(p.numel() for p in bundle.model.parameters())
+        start = time.perf_counter()
+        score_job(spark, bundle, warm, f"{tmp}/warmup-out-cold")
+        cold = time.perf_counter() - start
+        scorer = row_udf(bundle)
+        udf_job(spark, bundle, scorer, warm, f"{tmp}/warmup-udf", where="id % 100 = 0")  # warm, ~200 rows
+        memory.sample()
+
+        for n in sizes:
+            data = f"{tmp}/data-{n}.parquet"
+            _log(f"{n:,} rows: generating")
+            generate(spark, n, data, cores)
+            partitions[n] = spark.read.parquet(data).rdd.getNumPartitions()
+            out: list[Result] = []
+
+            _log(f"{n:,} rows: score job")
+            score_job(spark, bundle, warm, f"{tmp}/warmup-out-{n}")
+            start = time.perf_counter()
+            score_job(spark, bundle, data, f"{tmp}/scores-{n}")
+            out.append(Result("score job: score_frame -> Delta", n, time.perf_counter() - start, cores))
+            memory.sample()
+            written = read_table(spark, f"{tmp}/scores-{n}").count()
+            if written != n:
+                raise RuntimeError(f"the score job wrote {written:,} rows of {n:,}")
+
+            m = n if args.ceiling_rows <= 0 else min(n, args.ceiling_rows)
+            _log(f"{n:,} rows: ceiling on {m:,} rows")
+            batches = load_batches(bundle, data, m, args.batch_size)
+            secs = time_batches(
+                lambda t: build_output(bundle, t, threshold=threshold, top_reasons=3, emit_code=False), batches)
+            out.append(Result("ceiling: build_output, 1 thread", m, secs, 1))
+            secs = time_batches(bundle.score, batches)
+            out.append(Result("  of which bundle.score", m, secs, 1))
+            del batches
+
+            step = max(1, n // args.udf_rows)
+            k = -(-n // step)
+            _log(f"{n:,} rows: row UDF on {k:,} rows")
+            subset = f"{tmp}/udf-{n}.parquet"
+            spark.read.parquet(data).where(f"id % {step} = 0").repartition(cores).write.parquet(subset)
+            start = time.perf_counter()
+            udf_job(spark, bundle, scorer, subset, f"{tmp}/udf-scores-{n}")
+            out.append(Result("row-at-a-time Python UDF -> Delta", k, time.perf_counter() - start, cores))
+            memory.sample()
+            checks[n] = _max_score_diff(spark, f"{tmp}/scores-{n}", f"{tmp}/udf-scores-{n}")
+            results[n] = out
+        connector = delta_connector_available(spark)
+    spark.stop()
+
+    w = sys.stdout.write
+    w(f"sizes: {', '.join(f'{n:,}' for n in sizes)} rows  master: {args.master}  cores (concurrent tasks): {cores}"
+      f"  batch: {args.batch_size:,} rows  Delta via {'connector' if connector else 'delta-rs'}\n")
+    w(f"model: {N_CAT} categoricals (~{CARDINALITY} values) + {N_NUM} numerics, untrained, {params:,} parameters,"
+      f" bundle {bundle.bundle_id}\n")
+    w(f"load average 1/5/15 min: start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
+      f"end {'/'.join(f'{x:.2f}' for x in os.getloadavg())}\n")
+    w(f"cold start (first job, new Python workers, bundle load): {cold:.2f} s for "
+      f"{min(sizes[0], WARMUP_ROWS):,} rows; not in the figures below\n\n")
+    w(f"{'size':>11}  {'method':<36}{'rows':>11}{'seconds':>10}{'rows/s':>12}{'rows/s/core':>13}\n")
+    for n, out in results.items():
+        for r in out:
+            w(f"{n:>11,}  {r.method:<36}{r.rows:>11,}{r.seconds:>10.2f}{r.rate:>12,.0f}{r.per_core:>13,.0f}\n")
+    w("\n")
+    w(f"{'size':>11}  {'partitions':>10}  {'job/core / ceiling/core':>24}  {'job / row UDF':>14}  "
+      f"{'UDF vs job scores: rows, max |diff|':>36}\n")
+    for n, out in results.items():
+        job, ceiling, _, udf = out
+        rows, diff = checks[n]
+        w(f"{n:>11,}  {partitions[n]:>10}  {job.per_core / ceiling.per_core:>23.2f}x  {job.rate / udf.rate:>13.1f}x"
+          f"  {rows:>26,}, {diff:.1e}\n")
+    w(f"goals: job/core >= {GOAL_CEILING} x ceiling/core; job >= {GOAL_UDF:.0f} x row UDF\n")
+    if len(sizes) > 1:
+        small, large = results[sizes[0]][0], results[sizes[-1]][0]
+        row_ratio = large.rows / small.rows
+        time_ratio = large.seconds / small.seconds
+        w(f"growth {small.rows:,} -> {large.rows:,} rows ({row_ratio:.2f}x): job time {time_ratio:.2f}x, "
+          f"time ratio / row ratio = {time_ratio / row_ratio:.2f} (1.00 = linear; goal: linear, <= ~1)\n")
+    w(f"peak RSS: driver python {_mib(_maxrss_kib(resource.RUSAGE_SELF))} (RUSAGE_SELF); "
+      f"reaped children {_mib(_maxrss_kib(resource.RUSAGE_CHILDREN))} (RUSAGE_CHILDREN); "
+      f"JVM {_mib(memory.jvm)}; largest Python worker {_mib(memory.worker)} "
+      f"({len(memory.workers_seen)} pyspark processes seen; VmHWM)\n")
+
+
+if __name__ == "__main__":
+    main()
