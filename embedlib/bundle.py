@@ -181,13 +181,13 @@ class Bundle:
             contrib = column_nll(logits, pred, cat, num, missing).double()
             expected = []
             expected_prob = []
-            observed_prob = []
-            for i, lg in enumerate(logits):
-                probs = torch.softmax(lg.double(), dim=1)
-                top = probs.max(dim=1)
+            for lg in logits:
+                # arg-max and its probability from the logits: no full softmax needed
+                top = lg.max(dim=1)
                 expected.append(top.indices)
-                expected_prob.append(top.values)
-                observed_prob.append(probs.gather(1, cat[:, i : i + 1]).squeeze(1))
+                expected_prob.append(torch.exp(top.values.double() - torch.logsumexp(lg.double(), dim=1)))
+            # −log p(observed) is the categorical's contribution
+            observed_prob = [torch.exp(-contrib[:, i]) for i in range(len(logits))]
         rows = enc.cat.shape[0] if enc.cat.size else enc.num.shape[0]
         stats = [self.vocab.numeric[c] for c in self.spec.numeric]
         pred_np = pred.double().numpy()

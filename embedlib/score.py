@@ -116,11 +116,16 @@ def build_output(
     threshold: float,
     top_reasons: int,
     emit_code: bool,
+    flags: bool = False,
 ) -> dict[str, pa.Array]:
-    """Score raw feature columns (named as in the bundle) into the output arrays."""
+    """Score raw feature columns (named as in the bundle) into the output arrays.
+
+    ``flags`` adds the hidden ``__flags`` column (per column: 0 ok, 1 missing,
+    2 out of vocabulary) that the score job aggregates into its run summary.
+    """
     result = bundle.score(features)
     spec = bundle.spec
-    columns = np.asarray(spec.columns, dtype=object)
+    names = pa.array(spec.columns, pa.string())
     rows, width = result.contributions.shape
     n_cat = len(spec.categorical)
 
@@ -129,40 +134,39 @@ def build_output(
     out["is_anomaly"] = pa.array(result.score > threshold, pa.bool_())
     offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
     out["contributions"] = pa.MapArray.from_arrays(
-        offsets,
-        pa.array(np.tile(columns, rows), pa.string()),
-        pa.array(result.contributions.reshape(-1), pa.float64()),
+        offsets, names.take(np.tile(np.arange(width), rows)), pa.array(result.contributions.reshape(-1), pa.float64())
     )
 
     k = min(top_reasons, width)
     top = np.argsort(-result.contributions, axis=1, kind="stable")[:, :k]
     row_idx = np.repeat(np.arange(rows), k)
     col_idx = top.reshape(-1)
-    raw_cats = [_as_pylist(features.column(c)) for c in spec.categorical]
-    raw_nums = [_as_float(features.column(c)) for c in spec.numeric]
-    values: list[str | None] = []
-    expected: list[str | None] = []
-    probability: list[float | None] = []
-    for r, c in zip(row_idx.tolist(), col_idx.tolist()):
+    values = np.empty(len(col_idx), dtype=object)
+    expected = np.empty(len(col_idx), dtype=object)
+    probability = np.full(len(col_idx), np.nan)
+    for c in np.unique(col_idx):
+        hit = col_idx == c
+        sel = row_idx[hit]
+        name = spec.columns[c]
         if c < n_cat:
-            cv = bundle.vocab[spec.categorical[c]]
-            observed = int(result.observed[r, c])
-            raw = raw_cats[c][r]
-            values.append("<null>" if observed == NULL_INDEX or raw is None else str(raw))
-            expected.append(cv.label_of(int(result.expected[r, c])))
-            probability.append(float(result.expected_prob[r, c]))
+            cv = bundle.vocab[name]
+            raw = features.column(name).to_numpy(zero_copy_only=False)[sel]
+            observed = result.observed[sel, c]
+            shown = np.where(pd_isnull(raw) | (observed == NULL_INDEX), "<null>", raw.astype(str))
+            values[hit] = shown
+            expected[hit] = cv.labels()[result.expected[sel, c]]
+            probability[hit] = result.expected_prob[sel, c]
         else:
             j = c - n_cat
-            x = raw_nums[j][r]
-            values.append("<null>" if x is None or not np.isfinite(x) else f"{x:.6g}")
-            expected.append(f"{result.expected_num[r, j]:.6g}")
-            probability.append(None)
+            raw_x = _as_float(features.column(name))[sel]
+            values[hit] = ["<null>" if not np.isfinite(x) else f"{x:.6g}" for x in raw_x]
+            expected[hit] = [f"{x:.6g}" for x in result.expected_num[sel, j]]
     reasons = pa.StructArray.from_arrays(
         [
-            pa.array(columns[col_idx].tolist() if len(col_idx) else [], pa.string()),
-            pa.array(values, pa.string()),
-            pa.array(expected, pa.string()),
-            pa.array(probability, pa.float64()),
+            names.take(pa.array(col_idx, pa.int64())),
+            pa.array(values.tolist(), pa.string()),
+            pa.array(expected.tolist(), pa.string()),
+            pa.array(probability, pa.float64(), mask=np.isnan(probability)),
             pa.array(result.contributions[row_idx, col_idx] if len(col_idx) else [], pa.float64()),
         ],
         fields=list(REASON_TYPE),
@@ -174,26 +178,26 @@ def build_output(
             pa.array(np.arange(0, rows * code.shape[1] + 1, code.shape[1], dtype=np.int32)),
             pa.array(code.reshape(-1), pa.float32()),
         )
-    flags = np.zeros((rows, width), dtype=np.int8)
-    if n_cat:
-        flags[:, :n_cat][result.observed == NULL_INDEX] = FLAG_MISSING
-        flags[:, :n_cat][result.observed == OOV_INDEX] = FLAG_OOV
-    if spec.numeric:
-        flags[:, n_cat:][result.missing > 0] = FLAG_MISSING
-    out["__flags"] = pa.ListArray.from_arrays(
-        pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32)), pa.array(flags.reshape(-1), pa.int8())
-    )
+    if flags:
+        marks = np.zeros((rows, width), dtype=np.int8)
+        if n_cat:
+            marks[:, :n_cat][result.observed == NULL_INDEX] = FLAG_MISSING
+            marks[:, :n_cat][result.observed == OOV_INDEX] = FLAG_OOV
+        if spec.numeric:
+            marks[:, n_cat:][result.missing > 0] = FLAG_MISSING
+        out["__flags"] = pa.ListArray.from_arrays(offsets, pa.array(marks.reshape(-1), pa.int8()))
     return out
 
 
-def _as_pylist(values: pa.Array | pa.ChunkedArray) -> list[Any]:
-    return list(values.to_pylist())
+def pd_isnull(values: np.ndarray) -> np.ndarray:
+    """Element-wise None/NaN test for an object array."""
+    return np.array([v is None or (isinstance(v, float) and v != v) for v in values], dtype=bool)
 
 
-def _as_float(values: pa.Array | pa.ChunkedArray) -> list[float | None]:
+def _as_float(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     import pyarrow.compute as pc
 
-    return list(pc.cast(values, pa.float64()).to_pylist())
+    return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -261,7 +265,7 @@ def map_with_bundle(
 # ------------------------------------------------------------------------- Spark
 
 
-def output_fields(emit_code: bool, flags: bool = True) -> list[Any]:
+def output_fields(emit_code: bool, flags: bool = False) -> list[Any]:
     """Spark fields of :func:`build_output`'s columns."""
     from pyspark.sql.types import (
         ArrayType,
@@ -327,11 +331,11 @@ def score_frame(
         threshold=bundle.threshold if threshold is None else float(threshold),
         top_reasons=top_reasons,
         emit_code=emit_code,
+        flags=keep_flags,
     )
-    scored = map_with_bundle(
-        spark, df, bundle, ids=ids, table=table, transform=transform, fields=output_fields(emit_code)
+    return map_with_bundle(
+        spark, df, bundle, ids=ids, table=table, transform=transform, fields=output_fields(emit_code, keep_flags)
     )
-    return scored if keep_flags else scored.drop("__flags")
 
 
 # ----------------------------------------------------------------------------- job

@@ -129,6 +129,7 @@ class ColumnVocab:
     null_count: int
     oov_count: int
     _index: Any = field(default=None, repr=False, compare=False)
+    _labels: Any = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -146,6 +147,13 @@ class ColumnVocab:
         if index == OOV_INDEX:
             return "<other>"
         return self.values[index - FIRST_INDEX]
+
+    def labels(self) -> np.ndarray:
+        """:meth:`label_of` for every index, as an object array (built once)."""
+        if self._labels is None:
+            labels = np.array(["<null>", "<other>", *self.values], dtype=object)
+            object.__setattr__(self, "_labels", labels)
+        return self._labels  # type: ignore[no-any-return]
 
     def positions(self, uniques: pa.Array) -> np.ndarray:
         """Index of each (normalised, non-null) unique value; OOV where unseen."""

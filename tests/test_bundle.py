@@ -87,7 +87,8 @@ def test_scores_add_up_and_match_the_loss(adult_trained) -> None:  # type: ignor
     # mean score on held-out rows is of the order of the validation loss
     assert 0.5 < scored.score.mean() / result.metrics["validation_loss"] < 2.0
     assert ((scored.expected_prob > 0) & (scored.expected_prob <= 1)).all()
-    assert (scored.observed_prob <= scored.expected_prob + 1e-12).all()
+    # the arg-max is at least as likely as the observed value (to float32 precision)
+    assert (scored.observed_prob <= scored.expected_prob + 1e-6).all()
 
 
 def test_loads_and_scores_without_pyspark(adult_trained) -> None:  # type: ignore[no-untyped-def]
