@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    with tempfile.TemporaryDirectory(prefix="train-bench-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="train-bench-"))
         conf = {"spark.sql.shuffle.partitions": "4", "spark.driver.memory": "4g"}
         if use_gpu and run_ddp:
             # TorchDistributor's local mode takes its GPUs from the driver's resources
@@ -237,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
             conf["spark.driver.resource.gpu.amount"] = str(torch.cuda.device_count())
             conf["spark.driver.resource.gpu.discoveryScript"] = str(script)
         spark = get_session(SparkConfig(master="local[2]", conf=conf), app_name="train-bench")
+        stack.callback(spark.stop)
         spark.sparkContext.setLogLevel("ERROR")
         cfg = load_config(
             [ROOT / "conf" / "base.yaml", ROOT / "conf" / "adult.yaml"],
@@ -356,7 +358,6 @@ def main(argv: list[str] | None = None) -> None:
                 f"per epoch: {two_epochs / len(two['history']):.2f}s ({world} proc) vs "
                 f"{one_epochs / len(one['history']):.2f}s (1 proc)",
             ]
-        spark.stop()
 
     out = sys.stdout.write
     out(f"rows encoded: {args.rows:,} ({shards.train_rows:,} train / {shards.valid_rows:,} validation, "
