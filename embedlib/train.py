@@ -557,7 +557,14 @@ def launch(spark: SparkSession | None, job: TrainJob, t: TrainConfig) -> dict[st
     """Run :func:`train_loop` on the configured backend; return rank 0's metrics."""
     if t.backend == "local":
         job = replace(job, use_gpu=_resolve_gpu(spark, t, on_driver=True))
-        return train_loop(SingleProcess(_device(job.use_gpu)), job)
+        # Leave a core to Spark's own driver processes: torch's spinning threads on a
+        # fully used machine slow each step down ~200x (measured, benchmarks/train_bench.py).
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
+        try:
+            return train_loop(SingleProcess(_device(job.use_gpu)), job)
+        finally:
+            torch.set_num_threads(before)
     if spark is None:
         raise TrainError(f"train.backend={t.backend} needs a Spark session")
     if t.backend == "torch_distributor":
