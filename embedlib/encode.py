@@ -295,7 +295,7 @@ def _collect_shards(spark: SparkSession, root: str, fingerprint: str) -> ShardSe
     for split in ("train", "valid"):
         folder = f"{base}/split={split}"
         try:
-            infos = fs.get_file_info(pa_selector(folder))
+            infos = fs.get_file_info(_selector(folder))
         except FileNotFoundError:
             infos = []
         names = sorted(i.base_name for i in infos if i.base_name.endswith(".parquet"))
@@ -313,7 +313,7 @@ def _collect_shards(spark: SparkSession, root: str, fingerprint: str) -> ShardSe
     )
 
 
-def pa_selector(folder: str) -> Any:
+def _selector(folder: str) -> Any:
     import pyarrow.fs as pafs
 
     return pafs.FileSelector(folder, allow_not_found=False, recursive=False)

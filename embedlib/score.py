@@ -152,7 +152,7 @@ def build_output(
             cv = bundle.vocab[name]
             raw = features.column(name).to_numpy(zero_copy_only=False)[sel]
             observed = result.observed[sel, c]
-            shown = np.where(pd_isnull(raw) | (observed == NULL_INDEX), "<null>", raw.astype(str))
+            shown = np.where(_is_null(raw) | (observed == NULL_INDEX), "<null>", raw.astype(str))
             values[hit] = shown
             expected[hit] = cv.labels()[result.expected[sel, c]]
             probability[hit] = result.expected_prob[sel, c]
@@ -189,7 +189,7 @@ def build_output(
     return out
 
 
-def pd_isnull(values: np.ndarray) -> np.ndarray:
+def _is_null(values: np.ndarray) -> np.ndarray:
     """Element-wise None/NaN test for an object array."""
     return np.array([v is None or (isinstance(v, float) and v != v) for v in values], dtype=bool)
 

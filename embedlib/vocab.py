@@ -41,7 +41,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:
-    import pandas as pd
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import StructType
 
@@ -839,8 +838,3 @@ def run_vocab_job(spark: SparkSession, cfg: Config) -> Vocabulary:
         vocab.content_hash[:12],
     )
     return vocab
-
-
-def vocab_frame(vocab: Vocabulary) -> pd.DataFrame:
-    """The vocabulary table as pandas (for notebooks and summaries)."""
-    return vocab.to_arrow().to_pandas()
