@@ -188,7 +188,7 @@ class Bundle:
                 expected_prob.append(torch.exp(top.values.double() - torch.logsumexp(lg.double(), dim=1)))
             # −log p(observed) is the categorical's contribution
             observed_prob = [torch.exp(-contrib[:, i]) for i in range(len(logits))]
-        rows = enc.cat.shape[0] if enc.cat.size else enc.num.shape[0]
+        rows = len(enc)
         stats = [self.vocab.numeric[c] for c in self.spec.numeric]
         pred_np = pred.double().numpy()
         expected_num = np.stack(

@@ -51,7 +51,7 @@ class Encoded:
     missing: np.ndarray  # float32 [rows, numerics]
 
     def __len__(self) -> int:
-        return int(self.cat.shape[0] if self.cat.size or not self.num.size else self.num.shape[0])
+        return int(self.cat.shape[0])  # [rows, 0] when there are no categoricals
 
 
 @dataclass(frozen=True)

@@ -61,8 +61,11 @@ log = logging.getLogger(__name__)
 FAULT_ENV = "EMBEDLIB_FAULT_AFTER_EPOCH"
 
 
-class TrainError(RuntimeError):
-    """Training cannot start or did not finish; the message says why and what to do."""
+class TrainError(ValueError):
+    """Training cannot start or did not finish; the message says why and what to do.
+
+    A ValueError like every other embedlib input error, so the CLI reports it as a
+    message with exit code 2 rather than a stack trace."""
 
 
 # --------------------------------------------------------------------- collectives
@@ -243,7 +246,7 @@ def _batches(
     for idx in rng.permutation(len(files)):
         for chunk in read_shards([files[int(idx)]], encoder):
             pending.append(chunk)
-            held += len(chunk.cat) if chunk.cat.size else len(chunk.num)
+            held += len(chunk)
             if held >= buffer_rows:
                 yield from drain(final=False)
     yield from drain(final=True)
@@ -282,7 +285,7 @@ def evaluate(
             cat, num, miss = _tensors(enc, device)
             logits, pred, _ = model(cat, num, miss)
             sums += column_nll(logits, pred, cat, num, miss).double().sum(0).cpu()
-            rows += cat.shape[0] if cat.numel() else num.shape[0]
+            rows += cat.shape[0]
     return sums, rows
 
 
@@ -553,35 +556,15 @@ def _threads_per_worker(spark: SparkSession, t: TrainConfig, on_driver: bool) ->
     return max(1, int(spark.conf.get("spark.task.cpus", "1") or 1))
 
 
-def launch(spark: SparkSession | None, job: TrainJob, t: TrainConfig) -> dict[str, Any]:
-    """Run :func:`train_loop` on the configured backend; return rank 0's metrics."""
+def check_backend(spark: SparkSession | None, t: TrainConfig) -> bool:
+    """Fail fast (before any data is encoded) if the backend cannot run here.
+
+    Returns whether the workers run on the driver.
+    """
     if t.backend == "local":
-        job = replace(job, use_gpu=_resolve_gpu(spark, t, on_driver=True))
-        # Leave a core to Spark's own driver processes: torch's spinning threads on a
-        # fully used machine slow each step down ~200x (measured, benchmarks/train_bench.py).
-        before = torch.get_num_threads()
-        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
-        try:
-            return train_loop(SingleProcess(_device(job.use_gpu)), job)
-        finally:
-            torch.set_num_threads(before)
+        return True
     if spark is None:
         raise TrainError(f"train.backend={t.backend} needs a Spark session")
-    if t.backend == "torch_distributor":
-        from pyspark.ml.torch.distributor import TorchDistributor
-
-        local_mode = _is_local_master(spark) if t.local_mode == "auto" else bool(t.local_mode)
-        _check_slots(spark, t, on_driver=local_mode)
-        job = replace(
-            job,
-            use_gpu=_resolve_gpu(spark, t, on_driver=local_mode),
-            threads=_threads_per_worker(spark, t, on_driver=local_mode),
-        )
-        distributor = TorchDistributor(num_processes=t.num_workers, local_mode=local_mode, use_gpu=job.use_gpu)
-        result = distributor.run(ddp_worker, job)
-        if result is None:
-            raise TrainError("TorchDistributor returned no result from rank 0")
-        return dict(result)
     if t.backend == "horovod":
         try:
             import horovod.spark  # noqa: F401
@@ -592,14 +575,45 @@ def launch(spark: SparkSession | None, job: TrainJob, t: TrainConfig) -> dict[st
                 f"({exc}); install it with `make horovod` (builds horovod 0.28.1 with the C++17 fix, "
                 "see .ci/build_horovod.sh) or use train.backend=torch_distributor"
             ) from exc
+        on_driver = False
+    elif t.backend == "torch_distributor":
+        on_driver = _is_local_master(spark) if t.local_mode == "auto" else bool(t.local_mode)
+    else:
+        raise TrainError(f"unknown train.backend {t.backend!r}; use local, torch_distributor or horovod")
+    _check_slots(spark, t, on_driver=on_driver)
+    return on_driver
+
+
+def launch(spark: SparkSession | None, job: TrainJob, t: TrainConfig) -> dict[str, Any]:
+    """Run :func:`train_loop` on the configured backend; return rank 0's metrics."""
+    on_driver = check_backend(spark, t)
+    if t.backend == "local":
+        job = replace(job, use_gpu=_resolve_gpu(spark, t, on_driver=True))
+        # Leave a core to Spark's own driver processes: torch's spinning threads on a
+        # fully used machine slow each step down ~200x (measured, benchmarks/train_bench.py).
+        before = torch.get_num_threads()
+        torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
+        try:
+            return train_loop(SingleProcess(_device(job.use_gpu)), job)
+        finally:
+            torch.set_num_threads(before)
+    assert spark is not None  # check_backend refused otherwise
+    job = replace(
+        job,
+        use_gpu=_resolve_gpu(spark, t, on_driver=on_driver),
+        threads=_threads_per_worker(spark, t, on_driver=on_driver),
+    )
+    if t.backend == "torch_distributor":
+        from pyspark.ml.torch.distributor import TorchDistributor
+
+        distributor = TorchDistributor(num_processes=t.num_workers, local_mode=on_driver, use_gpu=job.use_gpu)
+        result = distributor.run(ddp_worker, job)
+        if result is None:
+            raise TrainError("TorchDistributor returned no result from rank 0")
+        return dict(result)
+    if t.backend == "horovod":
         import horovod.spark
 
-        _check_slots(spark, t, on_driver=False)
-        job = replace(
-            job,
-            use_gpu=_resolve_gpu(spark, t, on_driver=False),
-            threads=_threads_per_worker(spark, t, on_driver=False),
-        )
         results = horovod.spark.run(horovod_worker, args=(job,), num_proc=t.num_workers)
         if not results:
             raise TrainError("horovod.spark.run returned no result")
@@ -661,6 +675,7 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     from embedlib.vocab import Vocabulary, check_columns
 
     layout = cfg.layout
+    check_backend(spark, cfg.train)
     vocab = Vocabulary.load(spark, layout.vocab)
     check_vocab_matches(vocab, cfg)
     df = read_source(spark, cfg.source)

@@ -37,6 +37,16 @@ def test_cli_bad_input_exits_2_with_message(spark, tmp_path: Path, caplog) -> No
     assert not (tmp_path / "adult-demo" / "vocab").exists()
 
 
+def test_cli_training_error_is_a_message(spark, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    assert main(["vocab", *adult_args(tmp_path)]) == 0
+    code = main(["train", *adult_args(tmp_path, "--set", "train.backend=torch_distributor",
+                                      "--set", "train.num_workers=64")])
+    assert code == 2
+    assert "train.num_workers=64 but there are only" in caplog.text
+    assert not (tmp_path / "adult-demo" / "bundle").exists()
+    assert not (tmp_path / "adult-demo" / "_work").exists()  # refused before any encoding
+
+
 @pytest.mark.timeout(600)
 def test_build_vocab_job_on_local_cluster_equals_local(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # Adult as 4 Parquet files, so both executors get work

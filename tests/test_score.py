@@ -30,6 +30,14 @@ def test_rows() -> pd.DataFrame:
     return frame
 
 
+def odd_rows(test_rows: pd.DataFrame, n: int) -> pd.DataFrame:
+    """The first ``n`` rows with an unseen country (row 0) and a missing age (row 1)."""
+    rows = test_rows.head(n).copy()
+    rows.loc[0, "native-country"] = "Atlantis"
+    rows.loc[1, "age"] = None
+    return rows
+
+
 def score_cfg(run_cfg, *extra: str):  # type: ignore[no-untyped-def]
     return load_config([BASE_CONF, ADULT_CONF], [
         f"output_dir={run_cfg.output_dir}", f"source.path={run_cfg.source.path}", *TRAIN_SETS,
@@ -63,17 +71,15 @@ def test_spark_scores_equal_plain_python(spark, adult_trained, test_rows: pd.Dat
 def test_unseen_and_null_values_score_through_reserved_rows(spark, adult_trained, test_rows: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
     _, result = adult_trained
     bundle = load_bundle(result.bundle_path)
-    rows = test_rows.head(4).copy()
-    rows.loc[0, "native-country"] = "Atlantis"
-    rows.loc[1, "workclass"] = None
-    rows.loc[2, "age"] = None
+    rows = odd_rows(test_rows, 4)
+    rows.loc[2, "workclass"] = None
     scored = score_frame(spark, spark.createDataFrame(rows), bundle, ids=("row_id",), top_reasons=14)
     got = {r["row_id"]: r for r in scored.collect()}
     assert len(got) == 4 and all(np.isfinite(r["anomaly_score"]) for r in got.values())
     reason = {x["column"]: x for x in got[0]["reasons"]}["native-country"]
     assert reason["value"] == "Atlantis"
-    assert {x["column"]: x for x in got[1]["reasons"]}["workclass"]["value"] == "<null>"
-    assert {x["column"]: x for x in got[2]["reasons"]}["age"]["nats"] == 0.0
+    assert {x["column"]: x for x in got[2]["reasons"]}["workclass"]["value"] == "<null>"
+    assert {x["column"]: x for x in got[1]["reasons"]}["age"]["nats"] == 0.0
 
 
 def test_detects_planted_anomalies_better_than_baselines(spark, adult_trained) -> None:  # type: ignore[no-untyped-def]
@@ -138,9 +144,7 @@ def test_extracted_matrices_match_the_model(spark, adult_trained, tmp_path: Path
 def test_features_for_new_data_use_the_oov_row(spark, adult_trained, test_rows: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
     _, result = adult_trained
     bundle = load_bundle(result.bundle_path)
-    rows = test_rows.head(3).copy()
-    rows.loc[0, "native-country"] = "Atlantis"
-    rows.loc[1, "age"] = None
+    rows = odd_rows(test_rows, 3)
     flat = features_frame(spark, spark.createDataFrame(rows), bundle, ids=("row_id",), flatten=True)
     nested = features_frame(spark, spark.createDataFrame(rows), bundle, ids=("row_id",), flatten=False)
     got = {r["row_id"]: r for r in nested.collect()}
