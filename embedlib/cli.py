@@ -68,7 +68,8 @@ def _score(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[s
 
     run = run_score_job(spark, cfg)
     if not run.written:
-        return [f"score run {run.run_id} was already written to {run.output}; nothing added"]
+        rebuilt = "; its missing run summary was rebuilt" if run.rows else ""
+        return [f"score run {run.run_id} was already written to {run.output}; nothing added{rebuilt}"]
     return score_report(spark, run, cfg)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedlib.bundle import Bundle, BundleError, bundle_from_files, read_bundle_files
+from embedlib.faults import fail_task_attempt
 from embedlib.vocab import NULL_INDEX, OOV_INDEX, SchemaError, check_columns
 
 if TYPE_CHECKING:
@@ -218,7 +219,9 @@ class BundleBatches:
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         bundle = cached_bundle(self.bundle_id, self.files)
-        for batch in batches:
+        for n, batch in enumerate(batches):
+            if n == 1:  # after a batch has gone out, as a real failure would
+                fail_task_attempt("score.fail_attempts")
             feats = pa.table({name: batch.column(f"__f{i}") for i, name in enumerate(self.features)})
             out = self.transform(bundle, feats)
             arrays = [batch.column(f"__id{k}") for k in range(len(self.ids))] + list(out.values())
@@ -419,7 +422,6 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         emit_code=cfg.score.emit_code, table=source_name, keep_flags=True, batch_size=cfg.score.batch_size,
     )
     columns = bundle.spec.columns
-    obs = Observation(f"score-{run_id}")
     metrics = [
         F.count(F.lit(1)).alias("rows"),
         F.count(F.when(F.col("is_anomaly"), 1)).alias("anomalies"),
@@ -429,17 +431,24 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         flag = F.element_at(F.col("__flags"), i + 1)
         metrics.append(F.count(F.when(flag == FLAG_MISSING, 1)).alias(f"missing_{i}"))
         metrics.append(F.count(F.when(flag == FLAG_OOV, 1)).alias(f"oov_{i}"))
-    observed = scored.observe(obs, *metrics).drop("__flags")
+    obs = Observation(f"score-{run_id}")
     txn = (f"embedlib-score:{run_id}", 1)
     result = write_table(
-        spark, observed, output, mode=cfg.score.mode, txn=txn,
+        spark, scored.observe(obs, *metrics).drop("__flags"), output, mode=cfg.score.mode, txn=txn,
         user_metadata={"run_id": run_id, "bundle_id": bundle.bundle_id, "source": source_name},
     )
-    seconds = round(time.perf_counter() - started, 3)
     if not result.committed:
-        log.info("score run %s is already in %s; nothing written", run_id, output)
-        return ScoreRun(run_id, bundle.bundle_id, source_name, output, False, 0, 0, threshold, {}, {}, {},
-                        started_at, seconds)
+        if _has_summary(spark, layout.score_runs, run_id):
+            log.info("score run %s is already in %s; nothing written", run_id, output)
+            return ScoreRun(run_id, bundle.bundle_id, source_name, output, False, 0, 0, threshold, {}, {}, {},
+                            started_at, round(time.perf_counter() - started, 3))
+        # The scores were committed but the run stopped before its summary: score
+        # again without writing (deterministic, so the same figures) to rebuild it.
+        log.warning("score run %s is in %s but its summary is missing from %s; recomputing it",
+                    run_id, output, layout.score_runs)
+        obs = Observation(f"score-{run_id}-summary")
+        scored.observe(obs, *metrics).write.format("noop").mode("overwrite").save()
+    seconds = round(time.perf_counter() - started, 3)
     m = obs.get
     rows = int(m["rows"])
     summary = ScoreRun(
@@ -447,7 +456,7 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         bundle_id=bundle.bundle_id,
         source=source_name,
         output=output,
-        written=True,
+        written=result.committed,
         rows=rows,
         anomalies=int(m["anomalies"]),
         threshold=float(threshold),
@@ -475,6 +484,16 @@ def _check_vocab(spark: SparkSession, cfg: Config, bundle: Bundle, vocab_cls: An
             f"{bundle.vocab.content_hash}) than the run's vocabulary table {cfg.layout.vocab} (hash "
             f"{vocab.content_hash}); retrain with `embedlib train` or point the run at the matching vocabulary"
         )
+
+
+def _has_summary(spark: SparkSession, path: str, run_id: str) -> bool:
+    from pyspark.sql import functions as F
+
+    from embedlib.tables import delta_version, read_table
+
+    if delta_version(spark, path) is None:
+        return False
+    return not read_table(spark, path).where(F.col("run_id") == run_id).isEmpty()
 
 
 def _write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str, int]) -> None:

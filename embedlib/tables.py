@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
 import uuid
@@ -26,6 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from embedlib.faults import fault, kill_self
 from embedlib.layout import check_path, join, local_path
 
 if TYPE_CHECKING:
@@ -50,6 +52,8 @@ WriteMode = Literal["append", "overwrite"]
 
 #: Delta reader features this reader understands when reading through delta-rs + Spark.
 SUPPORTED_READER_FEATURES = frozenset({"timestampNtz", "vacuumProtocolCheck", "v2Checkpoint"})
+#: Commit attempts of one delta-rs write when other writers commit first.
+COMMIT_ATTEMPTS = 10
 #: Sub-folder of a table directory where the delta-rs path stages its data files.
 DATA_DIR = "data"
 
@@ -376,6 +380,8 @@ def _write_delta_rs(
         )
         for name, size, mtime, rows in _list_data_files(spark, stage)
     ]
+    if fault("commit.kill"):
+        kill_self("commit.kill")
     custom: dict[str, Any] = {}
     if meta is not None:
         custom["userMetadata"] = meta
@@ -384,8 +390,13 @@ def _write_delta_rs(
         app_transactions=[Transaction(txn[0], txn[1])] if txn is not None else None,
         max_commit_retries=20,
     )
-    for attempt in range(3):
-        if DeltaTable.is_deltatable(location):
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            if not DeltaTable.is_deltatable(location):
+                create_table_with_add_actions(
+                    location, delta_schema, adds, mode="error", commit_properties=props
+                )
+                return WriteResult(target, True, 0)
             dt = DeltaTable(location)
             if txn is not None:
                 done = dt.transaction_version(txn[0])
@@ -396,16 +407,26 @@ def _write_delta_rs(
             actions: list[AddAction | RemoveAction] = list(adds)
             dt.create_write_transaction(actions, mode, delta_schema, commit_properties=props)
             return WriteResult(target, True, DeltaTable(location).version())
-        try:
-            create_table_with_add_actions(
-                location, delta_schema, adds, mode="error", commit_properties=props
-            )
-            return WriteResult(target, True, 0)
-        except Exception as exc:  # another writer created the table first: append to it
-            if not DeltaTable.is_deltatable(location) or attempt == 2:
+        except Exception as exc:
+            # Another writer committed first: a concurrent append, the same app
+            # transaction, or the table's creation. Look at the table again.
+            if not _is_conflict(exc, location) or attempt == COMMIT_ATTEMPTS:
                 _discard_stage(spark, stage)
                 raise TableError(f"Delta commit to {target} failed: {_first_line(exc)}") from exc
+            log.warning("%s: commit conflicted with another writer (%s); retrying (%d/%d)",
+                        target, _first_line(exc), attempt, COMMIT_ATTEMPTS)
+            time.sleep(random.uniform(0.05, 0.2) * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _is_conflict(exc: BaseException, location: str) -> bool:
+    from deltalake import DeltaTable
+    from deltalake.exceptions import CommitFailedError
+
+    if isinstance(exc, CommitFailedError):
+        return True
+    # a failed create_table_with_add_actions because the table exists by now
+    return "already exists" in str(exc).lower() and DeltaTable.is_deltatable(location)
 
 
 def _list_data_files(spark: SparkSession, folder: str) -> list[tuple[str, int, int, int | None]]:

@@ -25,7 +25,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -34,7 +34,8 @@ import torch
 from torch import nn
 
 from embedlib.encode import Encoded, Encoder, ShardSet, read_shards
-from embedlib.layout import join, read_bytes, read_text, write_bytes_atomic, write_text_atomic
+from embedlib.faults import InjectedFault, fault, kill_self
+from embedlib.layout import join, read_bytes, read_text, remove_tree, write_bytes_atomic, write_text_atomic
 from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll, corrupt
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ __all__ = [
     "SingleProcess",
     "TorchDistributed",
     "TrainError",
+    "TrainFailure",
     "TrainJob",
     "TrainResult",
     "run_train_job",
@@ -57,15 +59,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Test hook: raise after checkpointing this epoch (1-based), to inject a crash.
-FAULT_ENV = "EMBEDLIB_FAULT_AFTER_EPOCH"
-
-
 class TrainError(ValueError):
-    """Training cannot start or did not finish; the message says why and what to do.
+    """Training cannot start as configured; the message says why and what to do.
 
     A ValueError like every other embedlib input error, so the CLI reports it as a
     message with exit code 2 rather than a stack trace."""
+
+
+class TrainFailure(RuntimeError):
+    """A training worker died or failed; the message names the ranks, what each
+    reported, and the checkpoint a rerun resumes from."""
 
 
 # --------------------------------------------------------------------- collectives
@@ -322,7 +325,9 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
             )
         # every rank runs the same number of steps (DDP/Horovod need it)
         steps = _allreduce_min(coll, my_rows // batch_size)
-    fault_after = int(os.environ.get(FAULT_ENV, "0") or 0)
+    fault_after = int(fault("train.after_epoch") or 0)
+    kill_rank, _, kill_epoch = (fault("train.kill_rank") or "-1:0").partition(":")
+    kill_step = steps // 2 if int(kill_rank) == coll.rank else -1
     show_bar = coll.world_size == 1
 
     for epoch in range(state.epoch, job.epochs):
@@ -338,6 +343,8 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         for step, enc in enumerate(batches):
             if step >= steps:
                 break
+            if step == kill_step and epoch + 1 == int(kill_epoch):
+                kill_self("train.kill_rank")
             cpu = torch.device("cpu")
             cat, num, miss = _tensors(enc, cpu)
             ccat, cnum = corrupt(cat, num, miss, job.spec.cardinalities, job.corruption, gen)
@@ -381,7 +388,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
             )
         coll.barrier()
         if fault_after and epoch + 1 == fault_after:
-            raise TrainError(f"injected fault after epoch {epoch + 1} ({FAULT_ENV})")
+            raise InjectedFault(f"injected fault after epoch {epoch + 1} (train.after_epoch)")
     return {
         "history": state.history,
         "best_epoch": state.best_epoch,
@@ -503,11 +510,16 @@ def ddp_worker(job: TrainJob) -> dict[str, Any]:
     device = _device(job.use_gpu, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    try:
-        return train_loop(TorchDistributed(device), job)
-    finally:
-        dist.destroy_process_group()
+    rank = int(os.environ.get("RANK", "0"))
+
+    def run() -> dict[str, Any]:
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        try:
+            return train_loop(TorchDistributed(device), job)
+        finally:
+            dist.destroy_process_group()
+
+    return _reporting(job, rank, run)
 
 
 def horovod_worker(job: TrainJob) -> dict[str, Any]:
@@ -520,7 +532,63 @@ def horovod_worker(job: TrainJob) -> dict[str, Any]:
     device = _device(job.use_gpu, hvd.local_rank())
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    return train_loop(HorovodCollective(hvd, device), job)
+    return _reporting(job, int(hvd.rank()), lambda: train_loop(HorovodCollective(hvd, device), job))
+
+
+def _report_path(job: TrainJob, rank: int) -> str:
+    return join(job.checkpoint_dir, "workers", f"rank-{rank}.json")
+
+
+def _reporting(job: TrainJob, rank: int, run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run a worker, leaving ``running`` / ``failed`` / ``done`` in its report file.
+
+    A worker that is killed leaves ``running``: the driver reads the reports of a
+    failed run to say which rank died and which only lost their peers.
+    """
+    import socket
+
+    def report(state: str, **extra: Any) -> None:
+        doc = {"rank": rank, "state": state, "host": socket.gethostname(), "pid": os.getpid(), **extra}
+        write_text_atomic(_report_path(job, rank), json.dumps(doc))
+
+    report("running")
+    try:
+        out = run()
+    except BaseException as exc:
+        report("failed", error=f"{type(exc).__name__}: {_one_line(exc)}")
+        raise
+    report("done")
+    return out
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def _failure(job: TrainJob, backend: str, world: int, exc: BaseException) -> TrainFailure:
+    """What the worker reports say about a failed distributed run, and how to resume."""
+    died, failed = [], []
+    for rank in range(world):
+        raw = read_text(_report_path(job, rank))
+        doc = json.loads(raw) if raw else {"state": "missing"}
+        where = f"rank {rank}" + (f" (pid {doc['pid']} on {doc['host']})" if "pid" in doc else "")
+        if doc["state"] == "running":
+            died.append(f"{where} died without reporting an error (killed, out of memory, or its "
+                        "executor was lost)")
+        elif doc["state"] == "missing":
+            died.append(f"{where} never started")
+        elif doc["state"] == "failed":
+            failed.append(f"{where} failed: {doc['error']}")
+    pointer = read_text(join(job.checkpoint_dir, "latest.json"))
+    epoch = int(json.loads(pointer)["name"].split("-")[1]) if pointer else 0
+    if epoch:
+        resume = (f"the last checkpoint is epoch {epoch}, in {job.checkpoint_dir}; rerun the same "
+                  f"`embedlib train` to resume from epoch {epoch + 1}")
+    else:
+        resume = "no epoch was checkpointed yet; a rerun starts from the beginning"
+    what = "; ".join(died + failed) or f"{type(exc).__name__}: {_one_line(exc)}"
+    return TrainFailure(f"training on {backend} with {world} workers failed: {what}. {resume}")
 
 
 def _is_local_master(spark: SparkSession) -> bool:
@@ -603,22 +671,23 @@ def launch(spark: SparkSession | None, job: TrainJob, t: TrainConfig) -> dict[st
         use_gpu=_resolve_gpu(spark, t, on_driver=on_driver),
         threads=_threads_per_worker(spark, t, on_driver=on_driver),
     )
-    if t.backend == "torch_distributor":
-        from pyspark.ml.torch.distributor import TorchDistributor
+    remove_tree(join(job.checkpoint_dir, "workers"))
+    try:
+        if t.backend == "torch_distributor":
+            from pyspark.ml.torch.distributor import TorchDistributor
 
-        distributor = TorchDistributor(num_processes=t.num_workers, local_mode=on_driver, use_gpu=job.use_gpu)
-        result = distributor.run(ddp_worker, job)
-        if result is None:
-            raise TrainError("TorchDistributor returned no result from rank 0")
-        return dict(result)
-    if t.backend == "horovod":
-        import horovod.spark
+            distributor = TorchDistributor(num_processes=t.num_workers, local_mode=on_driver, use_gpu=job.use_gpu)
+            result = distributor.run(ddp_worker, job)
+        else:
+            import horovod.spark
 
-        results = horovod.spark.run(horovod_worker, args=(job,), num_proc=t.num_workers)
-        if not results:
-            raise TrainError("horovod.spark.run returned no result")
-        return dict(results[0])
-    raise TrainError(f"unknown train.backend {t.backend!r}; use local, torch_distributor or horovod")
+            results = horovod.spark.run(horovod_worker, args=(job,), num_proc=t.num_workers)
+            result = results[0] if results else None
+    except Exception as exc:
+        raise _failure(job, t.backend, t.num_workers, exc) from exc
+    if result is None:
+        raise TrainFailure(f"{t.backend} returned no result from rank 0")
+    return dict(result)
 
 
 # ------------------------------------------------------------------------------ job

@@ -13,7 +13,9 @@ import torch
 
 from embedlib.bundle import load_bundle
 from embedlib.config import ConfigError
-from embedlib.train import FAULT_ENV, TrainError, run_train_job
+from embedlib.faults import ENV as FAULTS
+from embedlib.faults import InjectedFault
+from embedlib.train import TrainError, run_train_job
 from embedlib.vocab import SchemaError
 
 from .conftest import copy_vocab, train_cfg
@@ -58,11 +60,11 @@ def test_resume_after_injected_fault_matches_uninterrupted_run(
     cfg, result = adult_trained
     run = train_cfg(tmp_path)
     copy_vocab(cfg, run)
-    monkeypatch.setenv(FAULT_ENV, "3")
-    with pytest.raises(TrainError, match="injected fault after epoch 3"):
+    monkeypatch.setenv(FAULTS, "train.after_epoch=3")
+    with pytest.raises(InjectedFault, match="injected fault after epoch 3"):
         run_train_job(spark, run)
     assert not Path(run.layout.bundle).exists()
-    monkeypatch.delenv(FAULT_ENV)
+    monkeypatch.delenv(FAULTS)
     with caplog.at_level(logging.INFO, logger="embedlib.train"):
         resumed = run_train_job(spark, run)
     assert "resuming from the checkpoint of epoch 3" in caplog.text

@@ -1,0 +1,69 @@
+"""Fault injection, for the reliability tests and for drills on a real cluster.
+
+Off unless the environment variable ``EMBEDLIB_FAULTS`` names a fault site:
+``EMBEDLIB_FAULTS="site=value,site=value"``. On executors, pass it with
+``--set spark.conf.spark.executorEnv.EMBEDLIB_FAULTS=...``; training workers on
+the driver inherit the driver's environment.
+
+=========================  =====================================================
+site                       what happens
+=========================  =====================================================
+``train.after_epoch=N``    training raises after checkpointing epoch N (1-based)
+``train.kill_rank=R:E``    the training worker of rank R kills itself (SIGKILL)
+                           halfway through epoch E (1-based)
+``score.fail_attempts=N``  the first N attempts of the scoring task of
+                           partition 0 raise (Spark retries up to
+                           ``spark.task.maxFailures``)
+``commit.kill=1``          a Delta write through delta-rs kills its process
+                           (SIGKILL) after its data files are written and
+                           before it commits them
+=========================  =====================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+__all__ = ["ENV", "InjectedFault", "fail_task_attempt", "fault", "kill_self"]
+
+ENV = "EMBEDLIB_FAULTS"
+
+log = logging.getLogger(__name__)
+
+
+class InjectedFault(RuntimeError):
+    """Raised at a fault site; never a ValueError, so it is never mistaken for bad input."""
+
+
+def fault(site: str) -> str | None:
+    """The value configured for ``site`` in ``EMBEDLIB_FAULTS``, or None (the normal case)."""
+    raw = os.environ.get(ENV)
+    if not raw:
+        return None
+    for item in raw.split(","):
+        name, _, value = item.strip().partition("=")
+        if name == site:
+            return value or "1"
+    return None
+
+
+def kill_self(site: str) -> None:
+    """Die at once, as ``kill -9`` would: no cleanup, no finally blocks, no flush."""
+    import signal
+
+    log.error("injected fault %s: killing process %d", site, os.getpid())
+    logging.shutdown()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def fail_task_attempt(site: str) -> None:
+    """Inside a Spark task: raise if ``site`` says this attempt of partition 0 must fail."""
+    value = fault(site)
+    if value is None:
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None and ctx.partitionId() == 0 and ctx.attemptNumber() < int(value):
+        raise InjectedFault(f"injected fault {site}: attempt {ctx.attemptNumber()} of partition 0 fails")

@@ -1,0 +1,249 @@
+"""Faults injected into real jobs: failed task attempts, reruns, concurrent writers,
+a training worker killed mid-epoch, jobs killed between writing files and committing.
+
+Each fault comes from ``EMBEDLIB_FAULTS`` (see :mod:`embedlib.faults`). Jobs whose
+process must die, or that need their own Spark master, run as real subprocesses
+of ``embedlib``; their outputs are read back with delta-rs, without Spark.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from embedlib.faults import ENV as FAULTS
+from embedlib.score import run_score_job
+from embedlib.tables import write_table
+from embedlib.train import TrainFailure, run_train_job
+from embedlib.vocab import Vocabulary
+
+from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT, adult_pandas, copy_vocab, train_cfg
+
+ROWS = 16281  # adult.test
+
+
+@pytest.fixture(scope="module")
+def test_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """adult.test as Parquet with a ``row_id`` column, so duplicates and losses show."""
+    frame = adult_pandas(ADULT_TEST)
+    frame.insert(0, "row_id", range(len(frame)))
+    path = tmp_path_factory.mktemp("source") / "adult_test.parquet"
+    frame.to_parquet(path, index=False)
+    return path
+
+
+@pytest.fixture()
+def run_dir(adult_trained, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """A run directory holding a copy of the trained bundle and its vocabulary."""
+    cfg, _ = adult_trained
+    shutil.copytree(cfg.layout.root, tmp_path / cfg.name, ignore=shutil.ignore_patterns("scores", "score_runs", "_work"))
+    return tmp_path
+
+
+def score_sets(out: Path, source: Path, run_id: str) -> list[str]:
+    return [f"output_dir={out}", f"source.path={source}", "source.format=parquet", "source.options={}",
+            "source.schema=null", f"score.source={source}", "columns.id=[row_id]", "score.batch_size=2000",
+            f"score.run_id={run_id}"]
+
+
+def score_args(out: Path, source: Path, run_id: str) -> list[str]:
+    args = ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF)]
+    for item in score_sets(out, source, run_id):
+        args += ["--set", item]
+    return args
+
+
+def score_config(out: Path, source: Path, run_id: str):  # type: ignore[no-untyped-def]
+    from embedlib.config import load_config
+
+    return load_config([BASE_CONF, ADULT_CONF], score_sets(out, source, run_id))
+
+
+def cli(command: str, args: list[str], faults: str | None = None, master: str = "local[2]") -> subprocess.CompletedProcess[str]:
+    """``embedlib <command>`` in its own process and Spark application."""
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.pop(FAULTS, None)
+    if faults:
+        env[FAULTS] = faults
+    cmd = [sys.executable, "-m", "embedlib.cli", command, *args, "--set", f"spark.master={master}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+
+def scores(out: Path) -> pd.DataFrame:
+    return pa.table(DeltaTable(str(out / "adult-demo" / "scores")).to_pyarrow_table()).to_pandas()
+
+
+def staged_files(table: Path) -> set[str]:
+    return {str(p.relative_to(table)) for p in table.glob("data/*/*.parquet")}
+
+
+@pytest.mark.timeout(900)
+def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test_source: Path) -> None:
+    # local[2,3]: up to 3 attempts per task; partition 0 fails its first two, after a batch went out
+    proc = cli("score", score_args(run_dir, test_source, "r1"),
+               faults="score.fail_attempts=2", master="local[2,3]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("injected fault score.fail_attempts") >= 2  # the fault did happen
+    got = scores(run_dir)
+    assert len(got) == ROWS and got["row_id"].is_unique
+    assert set(got["row_id"]) == set(range(ROWS))
+    runs = DeltaTable(str(run_dir / "adult-demo" / "score_runs")).to_pandas()
+    assert runs["rows"].tolist() == [ROWS]  # failed attempts are not counted either
+
+    # local[2]: no retry, the job fails, and the table does not move
+    table = run_dir / "adult-demo" / "scores"
+    version = DeltaTable(str(table)).version()
+    proc = cli("score", score_args(run_dir, test_source, "r2"), faults="score.fail_attempts=1")
+    assert proc.returncode != 0
+    assert "injected fault score.fail_attempts" in proc.stderr
+    assert DeltaTable(str(table)).version() == version
+    assert len(scores(run_dir)) == ROWS
+    assert len(DeltaTable(str(run_dir / "adult-demo" / "score_runs")).to_pandas()) == 1
+
+
+@pytest.mark.timeout(900)
+def test_jobs_killed_before_commit_leave_nothing_visible(adult_trained, run_dir: Path, test_source: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = adult_trained
+    fresh = run_dir / "fresh"
+    vocab_args = ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF), "--set", f"output_dir={fresh}",
+                  "--set", f"source.path={ADULT_DATA}"]
+    proc = cli("vocab", vocab_args, faults="commit.kill=1")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    vocab = fresh / "adult-demo" / "vocab"
+    assert staged_files(vocab) and not DeltaTable.is_deltatable(str(vocab))  # files, but no table
+    proc = cli("vocab", vocab_args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rebuilt = Vocabulary.load_delta(str(vocab))
+    assert rebuilt.to_arrow().equals(Vocabulary.load_delta(cfg.layout.vocab).to_arrow())  # leftovers not read
+    assert rebuilt.content_hash == Vocabulary.load_delta(cfg.layout.vocab).content_hash
+
+    assert cli("score", score_args(run_dir, test_source, "r1")).returncode == 0
+    table = run_dir / "adult-demo" / "scores"
+    version, before = DeltaTable(str(table)).version(), staged_files(table)
+    proc = cli("score", score_args(run_dir, test_source, "r2"), faults="commit.kill=1")
+    assert proc.returncode == -signal.SIGKILL
+    assert DeltaTable(str(table)).version() == version
+    leftovers = staged_files(table) - before
+    assert leftovers and len(scores(run_dir)) == ROWS
+    assert cli("score", score_args(run_dir, test_source, "r2")).returncode == 0
+    got = scores(run_dir)
+    assert len(got) == 2 * ROWS and (got["row_id"].value_counts() == 2).all()
+    committed = {a["path"] for a in pa.table(DeltaTable(str(table)).get_add_actions(flatten=True)).to_pylist()}
+    assert not committed & leftovers
+
+
+def test_rerun_rebuilds_a_missing_run_summary(spark, adult_trained, run_dir: Path, test_source: Path) -> None:  # type: ignore[no-untyped-def]
+    run = score_config(run_dir, test_source, "r1")
+    first = run_score_job(spark, run)
+    assert first.written and first.rows == ROWS
+    # the run stopped after committing its scores and before its summary
+    shutil.rmtree(run.layout.score_runs)
+    again = run_score_job(spark, run)
+    assert not again.written and len(scores(run_dir)) == ROWS
+    summary = DeltaTable(run.layout.score_runs).to_pandas()
+    assert summary["run_id"].tolist() == ["r1"] and summary["rows"].tolist() == [ROWS]
+    assert summary["anomalies"].tolist() == [first.anomalies]
+    assert not run_score_job(spark, run).written and len(DeltaTable(run.layout.score_runs).to_pandas()) == 1
+
+
+def test_concurrent_score_runs_both_land_once(spark, adult_trained, run_dir: Path, test_source: Path) -> None:  # type: ignore[no-untyped-def]
+    # two different runs and a duplicate of one of them, all started at once
+    run_ids = ["a", "b", "a"]
+    barrier = threading.Barrier(len(run_ids))
+    results: dict[int, Any] = {}
+
+    def work(k: int) -> None:
+        barrier.wait()
+        try:
+            results[k] = run_score_job(spark, score_config(run_dir, test_source, run_ids[k]))
+        except BaseException as exc:  # surfaced below
+            results[k] = exc
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(len(run_ids))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    errors = [r for r in results.values() if isinstance(r, BaseException)]
+    assert not errors, errors
+    got = scores(run_dir)
+    assert len(got) == 2 * ROWS and (got["row_id"].value_counts() == 2).all()
+    runs = DeltaTable(str(run_dir / "adult-demo" / "score_runs")).to_pandas()
+    assert sorted(runs["run_id"]) == ["a", "b"]
+    assert sum(r.written for r in results.values()) == 2
+
+
+def test_commit_conflicts_are_retried_not_lost_or_doubled(spark, tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
+    """Another writer commits between our check and our commit (real delta-rs conflicts)."""
+    import deltalake
+    from deltalake import write_deltalake
+    from deltalake.transaction import CommitProperties, Transaction
+
+    target = str(tmp_path / "t")
+    ours = spark.createDataFrame(pd.DataFrame({"x": [1, 2, 3]}))
+    theirs = pa.table({"x": pa.array([10, 20], pa.int64())})
+
+    # 1. the table is created by someone else while we stage: we append to it
+    real_create = deltalake.transaction.create_table_with_add_actions
+
+    def create_first(*args, **kwargs):  # type: ignore[no-untyped-def]
+        write_deltalake(target, theirs)
+        monkeypatch.setattr(deltalake.transaction, "create_table_with_add_actions", real_create)
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(deltalake.transaction, "create_table_with_add_actions", create_first)
+    with caplog.at_level(logging.WARNING, logger="embedlib.tables"):
+        first = write_table(spark, ours, target, txn=("app", 1))
+    assert first.committed and sorted(DeltaTable(target).to_pandas()["x"]) == [1, 2, 3, 10, 20]
+    assert "conflicted with another writer" in caplog.text
+
+    # 2. the same run (app transaction) is committed by another writer meanwhile: we skip
+    real_commit = deltalake.DeltaTable.create_write_transaction
+
+    def commit_first(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        write_deltalake(target, theirs, mode="append",
+                        commit_properties=CommitProperties(app_transactions=[Transaction("app", 2)]))
+        monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", real_commit)
+        return real_commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", commit_first)
+    second = write_table(spark, ours, target, txn=("app", 2))
+    assert not second.committed
+    assert sorted(DeltaTable(target).to_pandas()["x"]) == [1, 2, 3, 10, 10, 20, 20]
+    committed = {a["path"] for a in pa.table(DeltaTable(target).get_add_actions(flatten=True)).to_pylist()}
+    assert staged_files(Path(target)) <= committed  # the skipped write removed its staged files
+
+
+@pytest.mark.timeout(900)
+def test_killed_training_worker_fails_fast_and_rerun_resumes(spark, adult_trained, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cfg, _ = adult_trained
+    run = train_cfg(tmp_path, "train.backend=torch_distributor", "train.num_workers=2", "train.epochs=3")
+    copy_vocab(cfg, run)
+    monkeypatch.setenv(FAULTS, "train.kill_rank=1:2")  # rank 1 is SIGKILLed halfway through epoch 2
+    with pytest.raises(TrainFailure) as failure:
+        run_train_job(spark, run)
+    message = str(failure.value)
+    assert "rank 1 (pid" in message and "died without reporting an error" in message
+    assert "rank 0 (pid" in message and "failed" in message  # it lost its peer
+    assert "the last checkpoint is epoch 1" in message and "resume from epoch 2" in message
+    assert not Path(run.layout.bundle).exists()
+    saved = json.loads(Path(run.layout.checkpoints, "epoch-0001.json").read_text())["state"]["history"]
+    monkeypatch.delenv(FAULTS)
+    resumed = run_train_job(spark, run)
+    assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3]
+    # epoch 1 came from the checkpoint, not from training it again (its timing would differ)
+    assert resumed.metrics["history"][0] == saved[0]
+    assert Path(resumed.bundle_path, "bundle.json").exists()
