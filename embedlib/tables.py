@@ -23,7 +23,7 @@ import random
 import re
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -326,14 +326,41 @@ def write_table(
             writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
         if meta is not None:
             writer = writer.option("userMetadata", meta)
-        writer.saveAsTable(target) if table else writer.save(target)
-        return WriteResult(target, True, delta_version(spark, target))
+        committed = _with_conflict_retries(
+            lambda: writer.saveAsTable(target) if table else writer.save(target), target, txn
+        )
+        return WriteResult(target, committed, delta_version(spark, target))
     if table:
         raise TableError(
             f"catalog table {target} needs the Spark Delta connector, which this session lacks; "
             "write to a path instead or add io.delta:delta-spark to the session"
         )
     return _write_delta_rs(spark, df, target, mode, txn, meta)
+
+
+def _with_conflict_retries(write: Callable[[], None], target: str, txn: tuple[str, int] | None) -> bool:
+    """Run a connector write, retrying Delta's optimistic-concurrency conflicts.
+
+    Blind appends of two runs never conflict; an overwrite racing an append does
+    (``ConcurrentAppendException``…) and is written again. The same app
+    transaction committed by another writer (``ConcurrentTransactionException``)
+    means this run's rows are already in: nothing more is written.
+    """
+    for attempt in range(1, COMMIT_ATTEMPTS + 1):
+        try:
+            write()
+            return True
+        except Exception as exc:
+            conflict = re.search(r"(Concurrent\w+Exception|ProtocolChangedException|MetadataChangedException)",
+                                 str(exc))
+            if conflict is None or attempt == COMMIT_ATTEMPTS:
+                raise
+            if conflict.group(1) == "ConcurrentTransactionException" and txn is not None:
+                log.info("%s: app %s version %d was committed by another writer", target, *txn)
+                return False
+            log.warning("%s: %s; writing again (%d/%d)", target, conflict.group(1), attempt, COMMIT_ATTEMPTS)
+            time.sleep(random.uniform(0.5, 2.0) * attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _write_delta_rs(

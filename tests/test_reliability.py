@@ -247,3 +247,28 @@ def test_killed_training_worker_fails_fast_and_rerun_resumes(spark, adult_traine
     # epoch 1 came from the checkpoint, not from training it again (its timing would differ)
     assert resumed.metrics["history"][0] == saved[0]
     assert Path(resumed.bundle_path, "bundle.json").exists()
+
+
+def test_connector_conflicts_are_retried_or_recognised_as_done() -> None:
+    """The connector path's retry rule (the connector itself is absent on this machine)."""
+    from embedlib.tables import _with_conflict_retries
+
+    calls: list[int] = []
+
+    def append_conflict_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("py4j: io.delta.exceptions.ConcurrentAppendException: Files were added ...")
+
+    assert _with_conflict_retries(append_conflict_once, "t", ("app", 1)) is True and len(calls) == 2
+
+    def same_run_committed() -> None:
+        raise RuntimeError("io.delta.exceptions.ConcurrentTransactionException: app app version 1")
+
+    assert _with_conflict_retries(same_run_committed, "t", ("app", 1)) is False
+
+    def other_failure() -> None:
+        raise RuntimeError("java.io.IOException: disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        _with_conflict_retries(other_failure, "t", None)
