@@ -66,4 +66,6 @@ def fail_task_attempt(site: str) -> None:
 
     ctx = TaskContext.get()
     if ctx is not None and ctx.partitionId() == 0 and ctx.attemptNumber() < int(value):
-        raise InjectedFault(f"injected fault {site}: attempt {ctx.attemptNumber()} of partition 0 fails")
+        message = f"injected fault {site}: attempt {ctx.attemptNumber()} of partition 0 fails"
+        log.warning("%s", message)  # on the executor's stderr, whatever Spark logs
+        raise InjectedFault(message)
