@@ -39,6 +39,7 @@ _PYTHON_ERROR = re.compile(r"^(?P<cls>[A-Za-z_][\w.]*(?:Error|Exception|Interrup
 _SPARK_CLASS = re.compile(r"\[(?P<cls>[A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)\] (?P<msg>.+?)(?:\s+SQLSTATE: \w+)?\s*$", re.M)
 _JAVA_ERROR = re.compile(r"^(?::\s*|Caused by:\s*)?(?P<cls>(?:[a-z]\w*\.)+[A-Z][\w$]*): (?P<msg>.+)$", re.M)
 _MALFORMED = re.compile(r"\[MALFORMED_RECORD_IN_PARSING[\w.]*\] (?P<msg>.+?)(?:\s+SQLSTATE: \w+)?\s*$", re.M)
+_WRAPPERS = ("PythonException", "Py4JJavaError", "SparkException")
 _READ_FILE = re.compile(r"while reading file (?P<file>\S+?)\.?\s")
 _BAD_TOKEN = re.compile(r'For input string: "(?P<value>[^"]*)"')
 
@@ -65,6 +66,10 @@ def explain(
     found = _embedlib_error(text)
     if found is not None:
         return found
+    tb = text.rfind("Traceback (most recent call last)")
+    python = [m for m in _PYTHON_ERROR.finditer(text, max(tb, 0)) if not m.group("cls").endswith(_WRAPPERS)]
+    if tb >= 0 and python:  # a Python error in a task: the exception line ending its (last) traceback
+        return Failure(f"{python[0].group('cls')}: {python[0].group('msg').strip()}", 1)
     spark_class = _SPARK_CLASS.search(text)
     if spark_class is not None:
         cls, msg = spark_class.group("cls"), spark_class.group("msg").strip()
@@ -85,10 +90,6 @@ def explain(
     java = _JAVA_ERROR.search(text)
     if java is not None and type(exc).__name__ == "Py4JJavaError":
         return Failure(f"{java.group('cls').rsplit('.', 1)[-1]}: {java.group('msg').strip()}", 1)
-    python = list(_PYTHON_ERROR.finditer(text))
-    if "Traceback (most recent call last)" in text and python:
-        last = python[-1]
-        return Failure(f"{last.group('cls')}: {last.group('msg').strip()}", 1)
     first = next((line.strip() for line in text.splitlines() if line.strip()), "")
     return Failure(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 1)
 
