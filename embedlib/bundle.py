@@ -2,8 +2,9 @@
 
 A bundle is a directory::
 
-    bundle.json          schema version, columns and kinds, vocab sizes, embedding dims,
-                         numeric statistics, model spec, threshold, training metrics,
+    bundle.json          schema version, columns and kinds, the source's column types,
+                         vocab sizes, embedding dims, numeric statistics, model spec,
+                         threshold, training metrics,
                          library/torch versions, sha256 of every other file, bundle id
     weights.safetensors  the model's tensors (safetensors: no pickle, ever)
     vocab.parquet        the vocabulary table; its metadata in the Parquet schema
@@ -104,6 +105,7 @@ def save_bundle(
         "vocab_sizes": dict(zip(spec.categorical, spec.cardinalities)),
         "embedding_dims": dict(zip(spec.categorical, spec.embedding_dims)),
         "numeric_stats": {k: vocab.meta.get("numeric", {}).get(k) for k in spec.numeric},
+        "source_types": dict(vocab.meta.get("source_types", {})),
         "vocab_hash": vocab.content_hash,
         "model": spec.to_dict(),
         "model_config": dict(model_config),
@@ -170,6 +172,11 @@ class Bundle:
     @property
     def columns(self) -> tuple[str, ...]:
         return self.spec.columns
+
+    @property
+    def source_types(self) -> dict[str, str]:
+        """Spark type of each feature column when the vocabulary was built ({} for older bundles)."""
+        return dict(self.manifest.get("source_types") or self.vocab.meta.get("source_types") or {})
 
     def score_encoded(self, enc: Encoded) -> ScoreResult:
         """Score already-encoded rows (one forward pass)."""

@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from embedlib import __version__
-from embedlib.config import Config, ConfigError, load_config
-from embedlib.layout import PathError
+from embedlib.config import Config, ConfigError, SourceConfig, load_config
+from embedlib.layout import PathError, check_path
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -85,6 +85,8 @@ def score_report(spark: SparkSession, run: Any, cfg: Config, top: int = 10) -> l
         f"({100.0 * run.anomalies / max(run.rows, 1):.2f}%)",
         "score quantiles (nats): " + ", ".join(f"q{float(q) * 100:g}={v:.2f}" for q, v in run.quantiles.items()),
     ]
+    if run.inf_rows:
+        lines.append(f"{run.inf_rows:,} row(s) had ±inf numerics, scored as missing (the vocabulary's inf_policy is null)")
     oov = {c: r for c, r in run.oov_rate.items() if r > 0}
     if oov:
         lines.append("out-of-vocabulary rate: " + ", ".join(f"{c} {100 * r:.3f}%" for c, r in oov.items()))
@@ -160,34 +162,86 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; returns the process exit code (0 ok, 2 bad input)."""
+    """Run one command; returns the process exit code (0 ok, 2 bad input, 1 other failures).
+
+    A failure is logged as one line: an embedlib error raised inside a Spark task
+    is found in Spark's wrapping (:func:`embedlib.errors.explain`). The full trace
+    is logged at DEBUG only; ``--log-level DEBUG`` also leaves Spark's own
+    per-task stack traces on stderr.
+    """
     args = _parser().parse_args(argv)
-    _setup_logging(args.log_level)
+    debug = _setup_logging(args.log_level)
     try:
         cfg = load_config(args.conf, args.overrides)
+        if getattr(args, "npz", None):
+            check_path(args.npz, what="--npz")
     except (ConfigError, PathError) as exc:
         log.error("configuration error: %s", exc)
         return 2
-    from embedlib.spark import get_session
-
-    spark = get_session(cfg.spark, app_name=f"embedlib-{args.command}-{cfg.name}")
+    spark: SparkSession | None = None
     try:
+        from embedlib.spark import get_session
+
+        spark = get_session(cfg.spark, app_name=f"embedlib-{args.command}-{cfg.name}")
+        if not debug:
+            _quiet_task_failure_logs(spark)
         lines = COMMANDS[args.command][1](spark, cfg, args)
     except ValueError as exc:  # every embedlib input error is a ValueError with a clear message
         log.error("%s failed: %s", args.command, exc)
+        log.debug("%s failed", args.command, exc_info=True)
         return 2
+    except Exception as exc:  # a Spark job failed, or something unexpected: one line, trace at DEBUG
+        from embedlib.errors import explain
+
+        failure = explain(exc, spark, _sources(cfg))
+        log.error("%s failed: %s", args.command, failure.message)
+        log.debug("%s failed", args.command, exc_info=True)
+        return failure.exit_code
     sys.stdout.write("\n".join(lines) + "\n")
     sys.stdout.flush()
     return 0
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+def _sources(cfg: Config) -> list[SourceConfig]:
+    """Every source configuration a command may read (to explain read failures)."""
+    from dataclasses import replace
+
+    out = [cfg.source]
+    for other in (cfg.score.source, cfg.features.source):
+        if other is not None:
+            out.append(replace(cfg.source, path=other, table=None))
+    return out
+
+
+#: Spark loggers that print a whole Java/Python stack trace for each failed task.
+_TASK_FAILURE_LOGGERS = (
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+    "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+    "org.apache.spark.sql.execution.datasources.FileFormatDataWriter",
+    "org.apache.spark.util.Utils",
+)
+
+
+def _quiet_task_failure_logs(spark: SparkSession) -> None:
+    """Keep Spark's per-task stack traces off stderr; :func:`main` reports the failure."""
+    try:
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        level = jvm.org.apache.logging.log4j.Level.OFF
+        for name in _TASK_FAILURE_LOGGERS:
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
+    except Exception as exc:  # another logging backend: its traces stay, nothing else changes
+        log.debug("could not quiet Spark's task failure logs: %s", exc)
+
+
+def _setup_logging(level: str) -> bool:
+    """Configure logging; True when the level is DEBUG (or lower)."""
+    numeric = getattr(logging, level.upper(), logging.INFO)
+    logging.basicConfig(level=numeric, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("py4j", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    return bool(numeric <= logging.DEBUG)
 
 
 def entry(command: str) -> Callable[[Sequence[str] | None], int]:

@@ -17,6 +17,7 @@ The keys are a contract other tools drive: extend them, never rename or drop the
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -229,6 +230,8 @@ def load_config(
         try:
             value = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
+            if _SECRET_KEY.search(key):  # the parser's message quotes the value
+                raise ConfigError(f"--set {key}: the value is not valid YAML (not shown); quote it") from None
             raise ConfigError(f"--set {key}: value {raw!r} is not valid YAML ({exc})") from exc
         nested: Any = value
         for part in reversed(_split_key(key)):
@@ -367,9 +370,10 @@ def _origin_of(path: str, origins: Mapping[str, str]) -> str:
 
 def _coerce(value: Any, hint: Any, path: str, origins: Mapping[str, str]) -> Any:
     def bad() -> ConfigError:
+        got = f"a {type(value).__name__} (value not shown)" if _SECRET_KEY.search(path) else repr(value)
         return ConfigError(
             f"{_origin_of(path, origins)}: key '{path}' must be {_type_name(hint)}"
-            f"{' or null' if _is_optional(hint) else ''}, got {value!r}"
+            f"{' or null' if _is_optional(hint) else ''}, got {got}"
         )
 
     inner = _strip_optional(hint)
@@ -469,6 +473,19 @@ def _validate(cfg: Config, origins: Mapping[str, str]) -> None:
             seen[name] = kind
     if len(set(cols.id)) != len(cols.id):
         raise err("columns.id", f"declares a column twice: {list(cols.id)}")
+    for name in cols.id:
+        if name in seen:
+            raise err(
+                "columns.id",
+                f"names '{name}', which is also in columns.{seen[name]}; an id column is passed through "
+                "unchanged to every output, a feature is encoded — declare it in one of the two",
+            )
+        if name in OUTPUT_COLUMNS:
+            raise err("columns.id", f"names '{name}', a column embedlib writes itself; rename it in the source")
+    if cfg.vocab.engine == "arrow" and (src.table is not None or src.format == "csv"):
+        what = "source.table" if src.table is not None else "source.format=csv"
+        raise err("vocab.engine", f"is 'arrow', which reads Parquet/Delta files, but {what} is set; "
+                  "use vocab.engine=auto or spark")
     for name in cols.log1p:
         if name not in cols.numeric:
             raise err("columns.log1p", f"names '{name}', which is not in columns.numeric")
@@ -518,9 +535,28 @@ def _validate_training(cfg: Config, err: Any) -> None:
             value = getattr(obj, key)
             if value is not None:
                 check_path(value, what=f"key '{section}.{key}'")
+    outputs = [(k, v) for k, v in (("score.output", sc.output), ("features.output", cfg.features.output)) if v]
+    run_tables = {"vocab": cfg.layout.vocab, "embeddings": cfg.layout.embeddings,
+                  "score_runs": cfg.layout.score_runs}
+    for key, value in outputs:
+        for other_key, other in outputs + list(run_tables.items()):
+            if other_key != key and _same_path(value, other):
+                raise err(key, f"is the same table as {other_key} ({value}); give each output its own path")
+
+
+def _same_path(a: str, b: str) -> bool:
+    from embedlib.layout import has_scheme
+
+    def norm(p: str) -> str:
+        return (p if has_scheme(p) else os.path.abspath(p)).rstrip("/")
+
+    return norm(a) == norm(b)
 
 
 _SECRET_KEY = re.compile(r"(key|secret|token|password|passwd|credential|sas|auth)", re.I)
+
+#: Columns the score and features jobs write themselves; an id column may not take these names.
+OUTPUT_COLUMNS = frozenset({"anomaly_score", "is_anomaly", "contributions", "reasons", "code", "bundle_id"})
 
 
 def redact(conf: Mapping[str, Any]) -> dict[str, Any]:

@@ -110,8 +110,9 @@ class Encoder:
         if inf.any():
             if self.inf_policy == "error":
                 raise EncodeError(
-                    f"numeric column '{name}' has {int(inf.sum()):,} infinite value(s); clean them, "
-                    "or set vocab.inf_policy=null to treat them as missing"
+                    f"numeric column '{name}' has {int(inf.sum()):,} infinite value(s) in one batch and the "
+                    "vocabulary's inf_policy is 'error'; clean them, or rebuild the vocabulary (and retrain) "
+                    "with vocab.inf_policy=null to treat them as missing"
                 )
             x[inf] = np.nan
         miss = np.isnan(x)

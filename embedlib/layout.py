@@ -11,7 +11,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 __all__ = ["ALLOWED_SCHEMES", "PathError", "RunLayout", "check_path", "join"]
 
@@ -28,11 +28,22 @@ class PathError(ValueError):
 def check_path(path: str, *, what: str = "path") -> str:
     """Return ``path`` if it is acceptable, else raise :class:`PathError` naming ``what``.
 
-    Refused: empty paths, ``..`` segments, NUL bytes, ``#`` fragments and ``?``
-    queries, unknown URI schemes, and ``file://host/...`` forms that name a host.
+    Refused: empty paths, ``..`` segments (also percent-encoded), NUL bytes,
+    ``#`` fragments and ``?`` queries, unknown URI schemes, ``file://host/...``
+    forms that name a host, and a password in the URI (``s3a://key:secret@bucket``)
+    — the message then leaves the path out.
     """
     if not isinstance(path, str) or not path.strip():
         raise PathError(f"{what}: the path is empty")
+    try:
+        password = urlsplit(path).password
+    except ValueError as exc:
+        raise PathError(f"{what}: the path cannot be parsed as a path or URI ({exc})") from None
+    if password is not None:
+        raise PathError(
+            f"{what}: the path has a user name and password in it (not shown); pass credentials "
+            "through spark.conf (e.g. spark.hadoop.fs.s3a.secret.key), never in a path"
+        )
     if "\x00" in path:
         raise PathError(f"{what}: the path {path!r} contains a NUL byte")
     if "#" in path or "?" in path:
@@ -51,7 +62,7 @@ def check_path(path: str, *, what: str = "path") -> str:
             raise PathError(
                 f"{what}: the path {path!r} names a host after file://; use file:///absolute/path"
             )
-    segments = (parts.path if scheme else path).replace("\\", "/").split("/")
+    segments = unquote(parts.path if scheme else path).replace("\\", "/").split("/")
     if ".." in segments:
         raise PathError(f"{what}: the path {path!r} contains a '..' segment; give a direct path")
     return path

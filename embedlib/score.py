@@ -57,7 +57,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
-FLAG_OK, FLAG_MISSING, FLAG_OOV = 0, 1, 2
+#: Per-column marks of the hidden ``__flags`` column the score job aggregates:
+#: ok, missing (null/NaN), out of vocabulary, ±inf read as missing (``inf_policy: null``).
+FLAG_OK, FLAG_MISSING, FLAG_OOV, FLAG_INF = 0, 1, 2, 3
 
 REASON_TYPE = pa.struct(
     [
@@ -122,7 +124,8 @@ def build_output(
     """Score raw feature columns (named as in the bundle) into the output arrays.
 
     ``flags`` adds the hidden ``__flags`` column (per column: 0 ok, 1 missing,
-    2 out of vocabulary) that the score job aggregates into its run summary.
+    2 out of vocabulary, 3 ±inf treated as missing) that the score job
+    aggregates into its run summary.
     """
     result = bundle.score(features)
     spec = bundle.spec
@@ -186,6 +189,8 @@ def build_output(
             marks[:, :n_cat][result.observed == OOV_INDEX] = FLAG_OOV
         if spec.numeric:
             marks[:, n_cat:][result.missing > 0] = FLAG_MISSING
+            for j, name in enumerate(spec.numeric):  # ±inf only gets here under inf_policy: null
+                marks[np.isinf(_as_float(features.column(name))), n_cat + j] = FLAG_INF
         out["__flags"] = pa.ListArray.from_arrays(offsets, pa.array(marks.reshape(-1), pa.int8()))
     return out
 
@@ -305,8 +310,10 @@ def output_fields(emit_code: bool, flags: bool = False) -> list[Any]:
 
 
 def check_source(df: DataFrame, bundle: Bundle, ids: tuple[str, ...], table: str) -> None:
-    """Schema check before any work: missing columns by name, uncastable types named."""
-    check_columns(df.schema, table, categorical=bundle.spec.categorical, numeric=bundle.spec.numeric, ids=ids)
+    """Schema check before any work: missing columns by name, uncastable types named, and
+    types changed since training named with the type the bundle was trained on."""
+    check_columns(df.schema, table, categorical=bundle.spec.categorical, numeric=bundle.spec.numeric, ids=ids,
+                  trained=bundle.source_types)
 
 
 def score_frame(
@@ -361,6 +368,8 @@ class ScoreRun:
     oov_rate: Mapping[str, float]
     started_at: str
     seconds: float
+    #: rows with at least one ±inf numeric read as missing (vocabulary ``inf_policy: null``)
+    inf_rows: int = 0
 
 
 def source_version(spark: SparkSession, cfg: Config, path: str | None, table: str | None) -> str:
@@ -429,8 +438,9 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     ]
     for i, _ in enumerate(columns):
         flag = F.element_at(F.col("__flags"), i + 1)
-        metrics.append(F.count(F.when(flag == FLAG_MISSING, 1)).alias(f"missing_{i}"))
+        metrics.append(F.count(F.when(flag.isin(FLAG_MISSING, FLAG_INF), 1)).alias(f"missing_{i}"))
         metrics.append(F.count(F.when(flag == FLAG_OOV, 1)).alias(f"oov_{i}"))
+    metrics.append(F.count(F.when(F.array_contains("__flags", FLAG_INF), 1)).alias("inf_rows"))
     obs = Observation(f"score-{run_id}")
     txn = (f"embedlib-score:{run_id}", 1)
     result = write_table(
@@ -465,7 +475,11 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         oov_rate={c: int(m[f"oov_{i}"]) / max(rows, 1) for i, c in enumerate(columns[: len(bundle.spec.categorical)])},
         started_at=started_at,
         seconds=seconds,
+        inf_rows=int(m["inf_rows"]),
     )
+    if summary.inf_rows:
+        log.warning("%d row(s) of %s had ±inf numerics, scored as missing (the vocabulary's inf_policy is null)",
+                    summary.inf_rows, source_name)
     _write_summary(spark, summary, layout.score_runs, txn)
     log.info("scored %d rows of %s into %s (%d above the threshold %.3f)", rows, source_name, output,
              summary.anomalies, threshold)
@@ -512,6 +526,7 @@ def _write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str
         "oov_rate": list(run.oov_rate.items()),
         "started_at": dt.datetime.fromisoformat(run.started_at),
         "seconds": run.seconds,
+        "inf_rows": run.inf_rows,
     }
     schema = pa.schema(
         [
@@ -522,6 +537,7 @@ def _write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str
             ("null_rate", pa.map_(pa.string(), pa.float64())),
             ("oov_rate", pa.map_(pa.string(), pa.float64())),
             ("started_at", pa.timestamp("us", tz="UTC")), ("seconds", pa.float64()),
+            ("inf_rows", pa.int64()),
         ]
     )
     frame = spark.createDataFrame(pa.Table.from_pylist([row], schema=schema)).coalesce(1)

@@ -76,7 +76,9 @@ def _set_runtime_conf(spark: SparkSession, key: str, value: str) -> None:
     try:
         spark.conf.set(key, value)
     except Exception as exc:  # static confs cannot change on a running session
-        log.warning("spark.conf %s cannot be set on the running session: %s", key, exc)
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("spark.conf %s cannot be set on the running session: %s", key,
+                    reason.replace(value, "***") if value else reason)
 
 
 def delta_connector_available(spark: SparkSession) -> bool:

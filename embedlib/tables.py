@@ -121,7 +121,10 @@ def read_table(
     if format not in ("parquet", "csv"):
         raise TableError(f"{target}: unknown format {format!r}; use delta, parquet or csv")
     _require_exists(spark, target)
-    reader = spark.read.format(format).options(**{k: _opt(v) for k, v in (options or {}).items()})
+    # a CSV value that does not parse as its schema type fails the read (embedlib.errors names it)
+    # instead of turning into a silent null; source.options.mode overrides
+    opts = {**({"mode": "FAILFAST"} if format == "csv" else {}), **(options or {})}
+    reader = spark.read.format(format).options(**{k: _opt(v) for k, v in opts.items()})
     if schema:
         reader = reader.schema(schema)
     try:

@@ -21,7 +21,8 @@ The vocabulary table is ``(column, value, index, count)``, one row per index
 including the null row (index 0, its count the number of nulls) and the OOV row
 (index 1, its count the number of values that went there); both have a null
 ``value``. Its metadata — source, row count, parameters, build time, numeric
-statistics and a content hash — is the JSON ``userMetadata`` of the commit.
+statistics, the source's Spark type of every declared column (``source_types``)
+and a content hash — is the JSON ``userMetadata`` of the commit.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ __all__ = [
     "build_vocabulary",
     "check_columns",
     "normalize_arrow",
+    "type_family",
     "run_vocab_job",
 ]
 
@@ -355,6 +357,18 @@ _CATEGORICAL_TYPES = ("string", "varchar", "char", "int", "bigint", "smallint", 
 _NUMERIC_TYPES = ("int", "bigint", "smallint", "tinyint", "float", "double", "decimal")
 
 
+def type_family(simple_type: str) -> str:
+    """``string``, ``integer``, ``float``, ``boolean``, … of a Spark type's simple string."""
+    kind = simple_type.split("(")[0]
+    if kind in ("string", "varchar", "char"):
+        return "string"
+    if kind in ("int", "bigint", "smallint", "tinyint"):
+        return "integer"
+    if kind in ("float", "double", "decimal"):
+        return "float"
+    return kind
+
+
 def check_columns(
     schema: StructType,
     table: str,
@@ -362,20 +376,38 @@ def check_columns(
     categorical: Sequence[str],
     numeric: Sequence[str],
     ids: Sequence[str] = (),
+    trained: Mapping[str, str] | None = None,
 ) -> None:
     """Raise :class:`SchemaError` if the declared columns do not fit ``schema``.
 
+    ``trained`` maps columns to their Spark types when the vocabulary was built
+    (a bundle's ``source_types``): a categorical whose type family changed since
+    (string ↔ integer ↔ boolean: its values would no longer match the vocabulary)
+    or a numeric that is no longer numeric is refused, naming both types.
     Runs on the schema only — no Spark job.
     """
     types = {f.name: f.dataType.simpleString() for f in schema.fields}
     declared = list(categorical) + list(numeric) + list(ids)
+    trained = trained or {}
     if not categorical and not numeric:
         raise SchemaError("no columns declared: set columns.categorical and/or columns.numeric")
     missing = [c for c in dict.fromkeys(declared) if c not in types]
     if missing:
+        at_training = [f"{c} {trained[c]}" for c in missing if c in trained]
         raise SchemaError(
             f"{table} lacks column(s) {', '.join(missing)}; it has: {', '.join(types)}"
+            + (f" (the model was trained with {', '.join(at_training)})" if at_training else "")
         )
+    for name in list(categorical) + list(numeric):
+        before = trained.get(name)
+        if before is None or type_family(before) == type_family(types[name]):
+            continue
+        if name in categorical or type_family(types[name]) not in ("integer", "float"):
+            raise SchemaError(
+                f"{'categorical' if name in categorical else 'numeric'} column '{name}' of {table} is "
+                f"{types[name]} now but was {before} when the vocabulary was built; cast it back to {before} "
+                "(e.g. with source.schema), or rebuild the vocabulary and retrain"
+            )
     for name in categorical:
         kind = types[name].split("(")[0]
         if kind not in _CATEGORICAL_TYPES:
@@ -430,6 +462,7 @@ def build_vocabulary(
     """
     check_columns(df.schema, source, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
                   ids=cfg.columns.id)
+    types = {c: df.schema[c].dataType.simpleString() for c in cfg.feature_columns}
     engine = cfg.vocab.engine
     if engine == "arrow" and files is None:
         raise VocabError(
@@ -443,7 +476,12 @@ def build_vocabulary(
     row_count = totals.get(0, 0)
     if row_count == 0:
         raise VocabError(f"source {source} has no rows; nothing to build a vocabulary from")
-    return _assemble(cfg, kept, totals, row_count, source)
+    if cfg.columns.categorical and cfg.vocab.min_count > row_count:
+        raise VocabError(
+            f"vocab.min_count={cfg.vocab.min_count} is larger than the {row_count:,} row(s) of {source}: every "
+            "categorical value would go to the out-of-vocabulary row; lower vocab.min_count"
+        )
+    return _assemble(cfg, kept, totals, row_count, source, types)
 
 
 def _count_spark(df: DataFrame, cfg: Config) -> tuple[pa.Table, dict[int, int]]:
@@ -601,6 +639,7 @@ class _ArrowCountSpec:
 
                 pf = pq.ParquetFile(local_path(path) or path, read_dictionary=list(self.categorical))
                 present = set(pf.schema_arrow.names)
+                self._check_types(pf.schema_arrow, schema, path)
                 for rg in range(pf.num_row_groups):
                     table = pf.read_row_group(rg, columns=[c for c in schema.names if c in present])
                     rows = table.num_rows
@@ -631,6 +670,24 @@ class _ArrowCountSpec:
         rows_out.append({"cid": -1, "value": task, "n": total_rows})
         yield pa.RecordBatch.from_pylist(rows_out, schema=_partial_arrow_schema())
 
+    def _check_types(self, found: pa.Schema, expected: pa.Schema, path: str) -> None:
+        """Every file must hold each column with the source's type (numerics: any number type)."""
+        for name in (*self.categorical, *self.numeric):
+            if name not in found.names:
+                continue
+            have_t, want_t = found.field(name).type, expected.field(name).type
+            if pa.types.is_dictionary(have_t):
+                have_t = have_t.value_type
+            have, want = _arrow_family(have_t), _arrow_family(want_t)
+            numbers = ("integer", "float")
+            if have != want and not (name in self.numeric and have in numbers and want in numbers):
+                raise SchemaError(
+                    f"column '{name}' is {have_t} in file {path} but "
+                    f"{expected.field(name).type} in the source's schema (Spark took it from the other "
+                    "files); the files of one source must agree on each column's type: rewrite that file "
+                    f"with '{name}' as {expected.field(name).type}, or the others with its type"
+                )
+
     def _value_counts(self, col: pa.ChunkedArray, target: pa.DataType) -> pa.Table:
         parts = []
         for chunk in col.chunks:
@@ -650,6 +707,21 @@ class _ArrowCountSpec:
         if not tables:
             return pa.table({"value": pa.array([], pa.string()), "n": pa.array([], pa.int64())})
         return pa.concat_tables(tables)
+
+
+def _arrow_family(t: pa.DataType) -> str:
+    """The :func:`type_family` of an Arrow type (dictionaries by their values)."""
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    if pa.types.is_integer(t):
+        return "integer"
+    if pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "float"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    return str(t)
 
 
 def _partial_arrow_schema() -> pa.Schema:
@@ -702,7 +774,8 @@ class _Moments:
 
 
 def _assemble(
-    cfg: Config, kept: pa.Table, totals: Mapping[int, int], row_count: int, source: str
+    cfg: Config, kept: pa.Table, totals: Mapping[int, int], row_count: int, source: str,
+    types: Mapping[str, str],
 ) -> Vocabulary:
     cats, nums = cfg.columns.categorical, cfg.columns.numeric
     kept = kept.select(["cid", "value", "n"] + [c for c in kept.column_names if c not in ("cid", "value", "n")])
@@ -723,10 +796,15 @@ def _assemble(
             name=name, values=tuple(values), counts=tuple(counts), null_count=nulls, oov_count=oov
         )
         if len(values) <= 1:
+            why = ""
+            if not values:
+                why = (f" (its {oov:,} non-null value(s) are all rarer than vocab.min_count={cfg.vocab.min_count})"
+                       if oov else " (every value is null)")
             log.warning(
-                "categorical column '%s' has %d value(s) in its vocabulary; it carries no information",
+                "categorical column '%s' has %d value(s) in its vocabulary%s; it carries no information",
                 name,
                 len(values),
+                why,
             )
     numeric: dict[str, NumericStats] = {}
     for j, name in enumerate(nums):
@@ -769,6 +847,7 @@ def _assemble(
         "numeric_columns": list(nums),
         "numeric": {k: asdict(v) for k, v in numeric.items()},
         "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "source_types": dict(types),  # Spark types at build time; not part of the content hash
     }
     vocab = Vocabulary(columns=columns, numeric=numeric, meta=meta)
     meta["content_hash"] = content_hash(vocab)

@@ -105,3 +105,18 @@ def copy_vocab(src_cfg, dst_cfg) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
     shutil.copytree(src_cfg.layout.vocab, dst_cfg.layout.vocab)
+
+
+def adult_args(out: Path, *extra: str) -> list[str]:
+    """CLI arguments of the Adult demo config, writing under ``out``."""
+    return ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF),
+            "--set", f"output_dir={out}", "--set", f"source.path={ADULT_DATA}", *extra]
+
+
+def copy_run(cfg, dest: Path) -> Path:  # type: ignore[no-untyped-def]
+    """Copy a trained run (vocabulary + bundle, no outputs) under ``dest``; return the copy's root."""
+    import shutil
+
+    root = dest / cfg.name
+    shutil.copytree(cfg.layout.root, root, ignore=shutil.ignore_patterns("scores", "score_runs", "_work"))
+    return root

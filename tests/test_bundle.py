@@ -47,8 +47,19 @@ def test_one_changed_byte_is_refused(adult_trained, tmp_path: Path, name: str) -
         pos = key + 1
     data[pos] = (data[pos] + 1) % 256 if name != MANIFEST else ord("7" if chr(data[pos]) != "7" else "8")
     (copy / name).write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=name if name != MANIFEST else "was edited"):
+    with pytest.raises(BundleError, match=name if name != MANIFEST else "was edited") as err:
         load_bundle(str(copy))
+    # the message gives both hashes: what the file hashes to now, and what bundle.json recorded
+    manifest = json.loads((copy / MANIFEST).read_text())
+    if name == MANIFEST:
+        from embedlib.bundle import _bundle_id
+
+        both = (_bundle_id(manifest), manifest["bundle_id"])
+    else:
+        import hashlib
+
+        both = (hashlib.sha256(bytes(data)).hexdigest(), manifest["files"][name])
+    assert both[0] != both[1] and all(h in str(err.value) for h in both), str(err.value)
 
 
 def test_missing_file_and_foreign_vocab_are_refused(adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -123,7 +134,11 @@ def test_pickled_weights_never_run(adult_trained, tmp_path: Path) -> None:  # ty
         def __reduce__(self):  # type: ignore[no-untyped-def]
             return (Path.touch, (marker,))
 
-    (copy / WEIGHTS).write_bytes(pickle.dumps(Payload()))
+    payload = pickle.dumps(Payload())
+    pickle.loads(payload)  # what unpickling would do: the payload really runs ...
+    assert marker.exists()
+    marker.unlink()  # ... so its absence below means nothing unpickled it
+    (copy / WEIGHTS).write_bytes(payload)
     with pytest.raises(BundleError, match=WEIGHTS):
         load_bundle(str(copy))
     # even with the manifest's hash updated, safetensors never unpickles

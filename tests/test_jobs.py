@@ -12,12 +12,7 @@ import pytest
 from embedlib.cli import main
 from embedlib.vocab import Vocabulary
 
-from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, ROOT
-
-
-def adult_args(out: Path, *extra: str) -> list[str]:
-    return ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF),
-            "--set", f"output_dir={out}", "--set", f"source.path={ADULT_DATA}", *extra]
+from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, ROOT, adult_args
 
 
 def test_cli_vocab_prints_summary(spark, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
