@@ -325,6 +325,8 @@ def write_table(
         raise TableError(f"{target}: unknown output format {format!r}; use delta or parquet")
     if delta_connector_available(spark):
         writer = df.write.format("delta").mode(mode)
+        if mode == "append":
+            writer = writer.option("mergeSchema", "true")  # new columns are added, as with delta-rs
         if txn is not None:
             writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
         if meta is not None:
@@ -395,7 +397,11 @@ def _write_delta_rs(
 
     stage_rel = f"{DATA_DIR}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
     stage = join(target, stage_rel)
-    df.write.mode("errorifexists").parquet(stage)
+    try:
+        df.write.mode("errorifexists").parquet(stage)
+    except BaseException:
+        _discard_stage(spark, stage)  # nothing names these files; do not leave them behind
+        raise
     arrow_schema = to_arrow_schema(df.schema, timezone="UTC")
     arrow_schema = pa.schema([f.with_nullable(True) for f in arrow_schema])
     delta_schema = DeltaSchema.from_arrow(arrow_schema)
@@ -434,6 +440,8 @@ def _write_delta_rs(
                     log.info("%s: app %s version %d committed meanwhile", target, *txn)
                     _discard_stage(spark, stage)
                     return WriteResult(target, False, dt.version())
+            if mode == "append":
+                _add_new_columns(dt, arrow_schema, target)
             actions: list[AddAction | RemoveAction] = list(adds)
             dt.create_write_transaction(actions, mode, delta_schema, commit_properties=props)
             return WriteResult(target, True, DeltaTable(location).version())
@@ -447,6 +455,29 @@ def _write_delta_rs(
                         target, _first_line(exc), attempt, COMMIT_ATTEMPTS)
             time.sleep(random.uniform(0.05, 0.2) * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _add_new_columns(dt: Any, arrow_schema: Any, target: str) -> None:
+    """Schema evolution of an append: columns the table lacks are added (nullable);
+    a column whose type changed is refused, naming both types."""
+    import pyarrow as pa
+    from deltalake import Field
+
+    table = pa.schema(dt.schema().to_arrow())
+    changed = [
+        f"{f.name} ({table.field(f.name).type} in the table, {f.type} now)"
+        for f in arrow_schema
+        if f.name in table.names and not table.field(f.name).type.equals(f.type)
+    ]
+    if changed:
+        raise TableError(
+            f"cannot append to {target}: column type(s) changed: {'; '.join(changed)}; "
+            "write to a new table or use mode overwrite"
+        )
+    new = [f for f in arrow_schema if f.name not in table.names]
+    if new:
+        log.info("%s: adding column(s) %s", target, ", ".join(f.name for f in new))
+        dt.alter.add_columns([Field.from_arrow(f.with_nullable(True)) for f in new])
 
 
 def _is_conflict(exc: BaseException, location: str) -> bool:

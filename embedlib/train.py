@@ -750,7 +750,7 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     df = read_source(spark, cfg.source)
     source = cfg.source.table or str(cfg.source.path)
     check_columns(df.schema, source, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
-                  ids=cfg.columns.id)
+                  ids=cfg.columns.id, trained=vocab.meta.get("source_types"))
     version = ""
     if cfg.source.format == "delta" and cfg.source.path is not None:
         version = str(delta_version(spark, cfg.source.path))

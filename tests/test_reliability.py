@@ -107,8 +107,9 @@ def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test
     table = run_dir / "adult-demo" / "scores"
     version = DeltaTable(str(table)).version()
     proc = cli("score", score_args(run_dir, test_source, "r2"), faults="score.fail_attempts=1")
-    assert proc.returncode != 0
-    assert "injected fault score.fail_attempts" in proc.stderr
+    assert proc.returncode == 1  # a runtime failure, not bad input
+    assert "score failed: InjectedFault: injected fault score.fail_attempts" in proc.stderr
+    assert "Traceback" not in proc.stderr  # one line, no stack trace
     assert DeltaTable(str(table)).version() == version
     assert len(scores(run_dir)) == ROWS
     assert len(DeltaTable(str(run_dir / "adult-demo" / "score_runs")).to_pandas()) == 1

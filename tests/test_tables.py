@@ -131,3 +131,30 @@ def test_newer_protocol_is_refused(spark, tmp_path: Path) -> None:  # type: igno
         "readerFeatures": ["deletionVectors"], "writerFeatures": ["deletionVectors"]}}) + "\n")
     with pytest.raises(TableError, match="deletionVectors"):
         read_table(spark, str(path))
+
+
+def test_append_adds_new_columns_and_refuses_changed_types(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    path = str(tmp_path / "t")
+    write_table(spark, frame(spark), path)
+    # a later version of a job writes one more column (e.g. score_runs.inf_rows)
+    write_table(spark, frame(spark).withColumn("extra", F.lit(7)), path)
+    got = read_table(spark, path)
+    assert "extra" in got.columns and got.count() == 6
+    assert sorted(r["extra"] for r in got.collect() if r["extra"] is not None) == [7, 7, 7]
+    with pytest.raises(TableError, match=r"column type\(s\) changed: x \(double in the table, string now\)"):
+        write_table(spark, frame(spark).withColumn("x", F.col("x").cast("string")), path)
+    assert read_table(spark, path).count() == 6
+
+
+def test_failed_write_leaves_no_staged_files(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    path = tmp_path / "t"
+    write_table(spark, frame(spark), str(path))
+    staged = set(path.glob("data/*"))
+    boom = frame(spark).withColumn("x", F.raise_error(F.lit("task failed on purpose")))
+    with pytest.raises(Exception, match="task failed on purpose"):
+        write_table(spark, boom, str(path))
+    assert set(path.glob("data/*")) == staged and DeltaTable(str(path)).version() == 0
