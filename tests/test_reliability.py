@@ -108,7 +108,7 @@ def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test
     version = DeltaTable(str(table)).version()
     proc = cli("score", score_args(run_dir, test_source, "r2"), faults="score.fail_attempts=1")
     assert proc.returncode == 1  # a runtime failure, not bad input
-    assert "score failed: InjectedFault: injected fault score.fail_attempts" in proc.stderr
+    assert "score failed: injected fault score.fail_attempts: attempt 0 of partition 0 fails" in proc.stderr
     assert "Traceback" not in proc.stderr  # one line, no stack trace
     assert DeltaTable(str(table)).version() == version
     assert len(scores(run_dir)) == ROWS
