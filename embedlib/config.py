@@ -27,7 +27,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from embedlib.layout import RunLayout, check_path
+from embedlib.layout import RunLayout, check_path, is_catalog_schema, is_catalog_table, looks_like_table_name
 
 __all__ = [
     "ColumnsConfig",
@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "SourceConfig",
     "SparkConfig",
+    "TrackingConfig",
     "VocabConfig",
     "load_config",
     "redact",
@@ -71,6 +72,15 @@ class SourceConfig:
     format: SourceFormat = "csv"
     options: Mapping[str, Any] = field(default_factory=dict)
     schema: str | None = None
+
+    def with_target(self, target: str | None) -> SourceConfig:
+        """This source read from ``target`` instead (``score.source``, ``features.source``):
+        a catalog table ``catalog.schema.table``, or a path in the same format and options."""
+        if target is None:
+            return self
+        if is_catalog_table(target):
+            return dataclasses.replace(self, path=None, table=target)
+        return dataclasses.replace(self, path=target, table=None)
 
 
 @dataclass(frozen=True)
@@ -109,7 +119,7 @@ class VocabConfig:
     engine: VocabEngine = "auto"
 
 
-Backend = Literal["local", "torch_distributor", "horovod"]
+Backend = Literal["local", "torch_distributor", "horovod", "auto"]
 
 
 @dataclass(frozen=True)
@@ -134,12 +144,15 @@ class TrainConfig:
     """``train``: where and how long the model trains.
 
     ``backend``: ``local`` (the driver), ``torch_distributor`` (DDP through
-    ``pyspark.ml.torch.distributor.TorchDistributor``) or ``horovod``
-    (``horovod.spark.run``). ``local_mode`` (TorchDistributor only): ``auto``
-    trains on the driver when the master is local, on executors otherwise.
+    ``pyspark.ml.torch.distributor.TorchDistributor``), ``horovod``
+    (``horovod.spark.run``) or ``auto`` (the default): ``torch_distributor`` on
+    Databricks (``DATABRICKS_RUNTIME_VERSION`` is set), ``local`` everywhere else
+    — see :func:`embedlib.train.resolve_backend`. ``local_mode`` (TorchDistributor
+    only): ``auto`` trains on the driver when the master is local, on executors
+    otherwise.
     """
 
-    backend: Backend = "local"
+    backend: Backend = "auto"
     num_workers: int = 2
     use_gpu: bool | Literal["auto"] = "auto"
     local_mode: bool | Literal["auto"] = "auto"
@@ -180,11 +193,34 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """``tracking``: MLflow (``pip install 'embedlib[mlflow]'``), off by default.
+
+    With ``mlflow: true`` training logs its parameters, per-epoch metrics and the
+    bundle, and scoring its run summary. ``tracking_uri: null`` keeps MLflow's own
+    setting (``MLFLOW_TRACKING_URI``, or the workspace on Databricks) and otherwise
+    uses a ``./mlruns`` file store; ``experiment: null`` is ``embedlib-<name>``
+    (``/Shared/embedlib-<name>`` on Databricks).
+    """
+
+    mlflow: bool = False
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
-    """The whole configuration of a run; every job reads the part it needs."""
+    """The whole configuration of a run; every job reads the part it needs.
+
+    ``output_schema`` (``catalog.schema``) makes the run's tables — vocab,
+    embeddings, features, scores, score_runs — catalog tables
+    ``<output_schema>.<name>_<table>``; the bundle and scratch files stay under
+    ``output_dir``.
+    """
 
     name: str = "embedlib"
     output_dir: str = "output"
+    output_schema: str | None = None
     spark: SparkConfig = field(default_factory=SparkConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
@@ -193,11 +229,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def layout(self) -> RunLayout:
-        """Every path this run reads or writes, derived from ``output_dir``/``name``."""
-        return RunLayout(self.output_dir, self.name)
+        """Every path (or catalog table) this run reads or writes, derived from
+        ``output_dir``/``name`` and ``output_schema``."""
+        return RunLayout(self.output_dir, self.name, self.output_schema)
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -516,8 +554,18 @@ def _validate_training(cfg: Config, err: Any) -> None:
     for section, obj in (("score", sc), ("features", cfg.features)):
         for key in ("source", "output"):
             value = getattr(obj, key)
-            if value is not None:
+            if value is None:
+                continue
+            if looks_like_table_name(value):
+                if not is_catalog_table(value):
+                    raise err(f"{section}.{key}", f"must be a path or a catalog table catalog.schema.table "
+                              f"(names of letters, digits and '_'), got {value!r}; write a relative path "
+                              f"with dots as ./{value}")
+            else:
                 check_path(value, what=f"key '{section}.{key}'")
+    if cfg.output_schema is not None and not is_catalog_schema(cfg.output_schema):
+        raise err("output_schema", "must be catalog.schema (two names of letters, digits and '_'), "
+                  f"got {cfg.output_schema!r}")
 
 
 _SECRET_KEY = re.compile(r"(key|secret|token|password|passwd|credential|sas|auth)", re.I)
