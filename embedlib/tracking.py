@@ -2,7 +2,7 @@
 
 Training logs one MLflow run: the configuration as parameters (flattened to
 ``section.key``, secret-looking Spark and reader settings redacted), the
-per-epoch ``train_loss`` / ``validation_loss`` (and ``validation_loss/<column>``)
+per-epoch ``train_loss`` / ``validation_loss`` (and ``validation_loss_by_column/<column>``)
 with ``step`` = epoch, the final figures (best validation loss, threshold, rows,
 seconds) and the bundle's files as artifacts under ``bundle/``. Scoring logs one
 run with its summary: rows, anomalies, threshold, score quantiles, null and
@@ -17,7 +17,10 @@ here imports MLflow.
 
 Where runs go (``tracking.tracking_uri``): the configured URI; if null,
 ``MLFLOW_TRACKING_URI`` when set, the workspace on Databricks, and otherwise a
-``./mlruns`` file store in the working directory. The experiment
+``./mlruns`` file store in the working directory (MLflow 3.7+ keeps file stores
+in maintenance mode and wants ``MLFLOW_ALLOW_FILE_STORE=true``, which embedlib sets
+for ``file:`` URIs unless it is already set; for shared use point
+``tracking_uri`` at a tracking server or a database). The experiment
 (``tracking.experiment``) defaults to ``embedlib-<name>``
 (``/Shared/embedlib-<name>`` on Databricks, where experiments are workspace paths).
 """
@@ -63,6 +66,10 @@ def _on_databricks() -> bool:
 
 
 def _mlflow_client(uri: str | None) -> Any:
+    if uri is not None and uri.startswith("file:"):
+        # MLflow >= 3.7 refuses file stores unless this is set; a file store is what
+        # the configuration (or its default) asked for. An explicit "false" still wins.
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     try:
         from mlflow.tracking import MlflowClient
     except ImportError as exc:
@@ -175,7 +182,7 @@ def log_training(cfg: Config, bundle_path: str, bundle_id: str, metrics: Mapping
         values.append(("train_loss", record["train_loss"], epoch))
         values.append(("validation_loss", record["validation_loss"], epoch))
         for column, loss in record.get("validation_columns", {}).items():
-            values.append((_metric_key(f"validation_loss/{column}"), loss, epoch))
+            values.append((_metric_key(f"validation_loss_by_column/{column}"), loss, epoch))
     final = {
         "best_validation_loss": metrics.get("validation_loss"),
         "best_epoch": metrics.get("best_epoch"),
