@@ -401,13 +401,13 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     from embedlib.vocab import Vocabulary
 
     layout = cfg.layout
+    output = cfg.score.output or layout.scores
+    check_writable(spark, output, layout.score_runs)
     check_tracking(cfg)
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     bundle = load_bundle(layout.bundle)
     _check_vocab(spark, cfg, bundle, Vocabulary)
-    output = cfg.score.output or layout.scores
-    check_writable(spark, output, layout.score_runs)
     src_cfg = cfg.source.with_target(cfg.score.source)
     source_name = src_cfg.table or str(src_cfg.path)
     df = read_source(spark, src_cfg)

@@ -46,7 +46,13 @@ def launched_by_spark() -> bool:
 
 def get_session(cfg: SparkConfig, app_name: str = "embedlib") -> SparkSession:
     """Return the active session or build one from ``cfg``."""
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise ImportError(
+            f"pyspark cannot be imported ({exc}): install Spark with pip install 'embedlib[spark]' "
+            "(Databricks runtimes and spark-submit bring their own)"
+        ) from exc
 
     active = SparkSession.getActiveSession()
     if active is not None:
