@@ -527,6 +527,7 @@ def horovod_worker(job: TrainJob) -> dict[str, Any]:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hvd.init()
+    _log_worker("horovod", hvd.rank())
     _limit_threads(job)
     device = _device(job.use_gpu, hvd.local_rank())
     if device.type == "cuda":
