@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.embedlib-installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test setup check-env horovod lint typecheck bench clean
+.PHONY: demo test setup check-env horovod lint typecheck bench wheel clean
 
 check-env:
 	@bash .ci/check_env.sh "$(PYTHON)"
@@ -44,5 +44,9 @@ typecheck: setup
 bench: setup
 	$(PY) benchmarks/vocab_bench.py
 
+# dist/embedlib-<version>-py3-none-any.whl, for spark-submit --py-files and Databricks
+wheel: setup
+	$(PY) -m build --wheel --no-isolation
+
 clean:
-	rm -rf output spark-warehouse metastore_db derby.log .pytest_cache .mypy_cache .ruff_cache
+	rm -rf output spark-warehouse metastore_db derby.log .pytest_cache .mypy_cache .ruff_cache build dist

@@ -8,6 +8,10 @@ here = Path(__file__).parent
 version = {}
 exec((here / "embedlib" / "__init__.py").read_text().split("__all__")[0], version)
 
+# Spark itself is an extra: Databricks runtimes ship their own pyspark (not visible to pip
+# as a package), and a wheel that requires pyspark would pull the PyPI one over it.
+SPARK = ["pyspark>=4.0,<5", "delta-spark>=4.0,<5"]
+
 setup(
     name="embedlib",
     version=version["__version__"],
@@ -19,20 +23,42 @@ setup(
     packages=find_packages(include=["embedlib", "embedlib.*"]),
     package_data={"embedlib": ["py.typed"]},
     install_requires=[
-        "pyspark>=4.0,<5",
         "pandas>=2.2,<3",
         "pyarrow>=15",
         "numpy>=1.26",
         "deltalake>=1.0",
-        "delta-spark>=4.0,<5",
         "torch>=2.6",
         "safetensors>=0.4",
         "PyYAML>=6",
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "mypy>=1.10", "scikit-learn>=1.4"],
+        # pip install 'embedlib[spark]' everywhere except Databricks (and other runtimes
+        # that bring their own Spark)
+        "spark": SPARK,
+        "dev": [
+            *SPARK,
+            "pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "mypy>=1.10", "scikit-learn>=1.4",
+            "build>=1.0",                   # the wheel test: python -m build --wheel
+            "mlflow-skinny>=2.10",          # the tracking test (the same package as the mlflow extra)
+            "databricks-bundles>=1.0",      # the bundle test checks the job against its schema
+        ],
         "horovod": ["horovod==0.28.1", "cloudpickle", "psutil", "cffi"],
+        # MLflow tracking (tracking.mlflow: true). The skinny client is enough to log to a
+        # file store, a tracking server or Databricks; Databricks runtimes ship full mlflow.
+        "mlflow": ["mlflow-skinny>=2.10"],
     },
-    entry_points={"console_scripts": ["embedlib = embedlib.cli:main"]},
+    # `embedlib <command>` plus one script per command: Databricks python_wheel_task runs
+    # an entry point by name (entry_point: embedlib-train) with the task's parameters.
+    entry_points={
+        "console_scripts": [
+            "embedlib = embedlib.cli:main",
+            "embedlib-vocab = embedlib.cli:vocab_main",
+            "embedlib-train = embedlib.cli:train_main",
+            "embedlib-extract = embedlib.cli:extract_main",
+            "embedlib-features = embedlib.cli:features_main",
+            "embedlib-score = embedlib.cli:score_main",
+            "embedlib-run = embedlib.cli:run_main",
+        ]
+    },
 )

@@ -19,7 +19,17 @@ from embedlib.layout import PathError, check_path
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["COMMANDS", "main"]
+__all__ = [
+    "COMMANDS",
+    "entry",
+    "extract_main",
+    "features_main",
+    "main",
+    "run_main",
+    "score_main",
+    "train_main",
+    "vocab_main",
+]
 
 log = logging.getLogger("embedlib")
 
@@ -44,6 +54,8 @@ def _train(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[s
         "epoch  train    validation",
     ]
     lines += [f"{h['epoch']:>5}  {h['train_loss']:<8.4f} {h['validation_loss']:.4f}" for h in m["history"]]
+    if result.tracking_run_id:
+        lines.append(f"MLflow run {result.tracking_run_id}")
     return lines
 
 
@@ -70,7 +82,10 @@ def _score(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[s
     if not run.written:
         rebuilt = "; its missing run summary was rebuilt" if run.rows else ""
         return [f"score run {run.run_id} was already written to {run.output}; nothing added{rebuilt}"]
-    return score_report(spark, run, cfg)
+    lines = score_report(spark, run, cfg)
+    if run.tracking_run_id:
+        lines.append(f"MLflow run {run.tracking_run_id}")
+    return lines
 
 
 def score_report(spark: SparkSession, run: Any, cfg: Config, top: int = 10) -> list[str]:
@@ -178,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, PathError) as exc:
         log.error("configuration error: %s", exc)
         return 2
+    import embedlib
+
+    log.info("embedlib %s (%s) %s", __version__, embedlib.__file__, args.command)
     spark: SparkSession | None = None
     try:
         from embedlib.spark import get_session
@@ -204,12 +222,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _sources(cfg: Config) -> list[SourceConfig]:
     """Every source configuration a command may read (to explain read failures)."""
-    from dataclasses import replace
-
     out = [cfg.source]
     for other in (cfg.score.source, cfg.features.source):
         if other is not None:
-            out.append(replace(cfg.source, path=other, table=None))
+            out.append(cfg.source.with_target(other))
     return out
 
 
@@ -251,6 +267,34 @@ def entry(command: str) -> Callable[[Sequence[str] | None], int]:
         return main([command, *(sys.argv[1:] if argv is None else argv)])
 
     return run
+
+
+def _script(command: str) -> Callable[[], int]:
+    """The wheel's ``embedlib-<command>`` entry point.
+
+    A console script exits with the returned code; a Databricks
+    ``python_wheel_task`` calls the function and ignores what it returns, so a
+    failure is raised as ``SystemExit`` to fail the task.
+    """
+    run = entry(command)
+
+    def script() -> int:
+        code = run(None)
+        if code:
+            raise SystemExit(code)
+        return 0
+
+    script.__name__ = f"{command}_main"
+    script.__doc__ = f"``embedlib {command}`` with ``sys.argv[1:]`` as its arguments."
+    return script
+
+
+vocab_main = _script("vocab")
+train_main = _script("train")
+extract_main = _script("extract")
+features_main = _script("features")
+score_main = _script("score")
+run_main = _script("run")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from embedlib.layout import RunLayout, check_path
+from embedlib.layout import RunLayout, check_path, is_catalog_schema, is_catalog_table, looks_like_table_name
 
 __all__ = [
     "ColumnsConfig",
@@ -36,6 +36,7 @@ __all__ = [
     "ConfigError",
     "SourceConfig",
     "SparkConfig",
+    "TrackingConfig",
     "VocabConfig",
     "load_config",
     "redact",
@@ -72,6 +73,15 @@ class SourceConfig:
     format: SourceFormat = "csv"
     options: Mapping[str, Any] = field(default_factory=dict)
     schema: str | None = None
+
+    def with_target(self, target: str | None) -> SourceConfig:
+        """This source read from ``target`` instead (``score.source``, ``features.source``):
+        a catalog table ``catalog.schema.table``, or a path in the same format and options."""
+        if target is None:
+            return self
+        if is_catalog_table(target):
+            return dataclasses.replace(self, path=None, table=target)
+        return dataclasses.replace(self, path=target, table=None)
 
 
 @dataclass(frozen=True)
@@ -110,7 +120,7 @@ class VocabConfig:
     engine: VocabEngine = "auto"
 
 
-Backend = Literal["local", "torch_distributor", "horovod"]
+Backend = Literal["local", "torch_distributor", "horovod", "auto"]
 
 
 @dataclass(frozen=True)
@@ -135,12 +145,15 @@ class TrainConfig:
     """``train``: where and how long the model trains.
 
     ``backend``: ``local`` (the driver), ``torch_distributor`` (DDP through
-    ``pyspark.ml.torch.distributor.TorchDistributor``) or ``horovod``
-    (``horovod.spark.run``). ``local_mode`` (TorchDistributor only): ``auto``
-    trains on the driver when the master is local, on executors otherwise.
+    ``pyspark.ml.torch.distributor.TorchDistributor``), ``horovod``
+    (``horovod.spark.run``) or ``auto`` (the default): ``torch_distributor`` on
+    Databricks (``DATABRICKS_RUNTIME_VERSION`` is set), ``local`` everywhere else
+    — see :func:`embedlib.train.resolve_backend`. ``local_mode`` (TorchDistributor
+    only): ``auto`` trains on the driver when the master is local, on executors
+    otherwise.
     """
 
-    backend: Backend = "local"
+    backend: Backend = "auto"
     num_workers: int = 2
     use_gpu: bool | Literal["auto"] = "auto"
     local_mode: bool | Literal["auto"] = "auto"
@@ -181,11 +194,34 @@ class FeaturesConfig:
 
 
 @dataclass(frozen=True)
+class TrackingConfig:
+    """``tracking``: MLflow (``pip install 'embedlib[mlflow]'``), off by default.
+
+    With ``mlflow: true`` training logs its parameters, per-epoch metrics and the
+    bundle, and scoring its run summary. ``tracking_uri: null`` keeps MLflow's own
+    setting (``MLFLOW_TRACKING_URI``, or the workspace on Databricks) and otherwise
+    uses a ``./mlruns`` file store; ``experiment: null`` is ``embedlib-<name>``
+    (``/Shared/embedlib-<name>`` on Databricks).
+    """
+
+    mlflow: bool = False
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
-    """The whole configuration of a run; every job reads the part it needs."""
+    """The whole configuration of a run; every job reads the part it needs.
+
+    ``output_schema`` (``catalog.schema``) makes the run's tables — vocab,
+    embeddings, features, scores, score_runs — catalog tables
+    ``<output_schema>.<name>_<table>``; the bundle and scratch files stay under
+    ``output_dir``.
+    """
 
     name: str = "embedlib"
     output_dir: str = "output"
+    output_schema: str | None = None
     spark: SparkConfig = field(default_factory=SparkConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
     columns: ColumnsConfig = field(default_factory=ColumnsConfig)
@@ -194,11 +230,13 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     @property
     def layout(self) -> RunLayout:
-        """Every path this run reads or writes, derived from ``output_dir``/``name``."""
-        return RunLayout(self.output_dir, self.name)
+        """Every path (or catalog table) this run reads or writes, derived from
+        ``output_dir``/``name`` and ``output_schema``."""
+        return RunLayout(self.output_dir, self.name, self.output_schema)
 
     @property
     def feature_columns(self) -> tuple[str, ...]:
@@ -533,8 +571,18 @@ def _validate_training(cfg: Config, err: Any) -> None:
     for section, obj in (("score", sc), ("features", cfg.features)):
         for key in ("source", "output"):
             value = getattr(obj, key)
-            if value is not None:
+            if value is None:
+                continue
+            if looks_like_table_name(value):
+                if not is_catalog_table(value):
+                    raise err(f"{section}.{key}", f"must be a path or a catalog table catalog.schema.table "
+                              f"(names of letters, digits and '_'), got {value!r}; write a relative path "
+                              f"with dots as ./{value}")
+            else:
                 check_path(value, what=f"key '{section}.{key}'")
+    if cfg.output_schema is not None and not is_catalog_schema(cfg.output_schema):
+        raise err("output_schema", "must be catalog.schema (two names of letters, digits and '_'), "
+                  f"got {cfg.output_schema!r}")
     outputs = [(k, v) for k, v in (("score.output", sc.output), ("features.output", cfg.features.output)) if v]
     run_tables = {"vocab": cfg.layout.vocab, "embeddings": cfg.layout.embeddings,
                   "score_runs": cfg.layout.score_runs}
@@ -548,7 +596,7 @@ def _same_path(a: str, b: str) -> bool:
     from embedlib.layout import has_scheme
 
     def norm(p: str) -> str:
-        return (p if has_scheme(p) else os.path.abspath(p)).rstrip("/")
+        return (p if has_scheme(p) or looks_like_table_name(p) else os.path.abspath(p)).rstrip("/")
 
     return norm(a) == norm(b)
 

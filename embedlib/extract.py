@@ -156,8 +156,9 @@ def features_frame(
 def run_extract_job(spark: SparkSession, cfg: Config, npz_dir: str | None = None) -> tuple[str, list[str]]:
     """Write ``<run>/embeddings`` (Delta), and ``.npz`` files when ``npz_dir`` is given."""
     from embedlib.bundle import load_bundle
-    from embedlib.tables import write_table
+    from embedlib.tables import check_writable, write_table
 
+    check_writable(spark, cfg.layout.embeddings)
     bundle = load_bundle(cfg.layout.bundle)
     table = embedding_table(bundle)
     frame = spark.createDataFrame(table).coalesce(1)
@@ -170,18 +171,17 @@ def run_extract_job(spark: SparkSession, cfg: Config, npz_dir: str | None = None
 
 def run_features_job(spark: SparkSession, cfg: Config) -> str:
     """Write the design matrix of ``features.source`` (default: ``source``)."""
-    from dataclasses import replace
-
     from embedlib.bundle import load_bundle
-    from embedlib.tables import read_source, write_table
+    from embedlib.tables import check_writable, read_source, write_table
 
-    bundle = load_bundle(cfg.layout.bundle)
     fc = cfg.features
-    src_cfg = cfg.source if fc.source is None else replace(cfg.source, path=fc.source, table=None)
+    output = fc.output or cfg.layout.features
+    check_writable(spark, output)
+    bundle = load_bundle(cfg.layout.bundle)
+    src_cfg = cfg.source.with_target(fc.source)
     name = src_cfg.table or str(src_cfg.path)
     frame = features_frame(spark, read_source(spark, src_cfg), bundle, ids=cfg.columns.id, flatten=fc.flatten,
                            table=name)
-    output = fc.output or cfg.layout.features
     write_table(spark, frame, output, mode="overwrite", user_metadata={"bundle_id": bundle.bundle_id, "source": name})
     return output
 

@@ -2,18 +2,34 @@
 
 Every path a run reads or writes is derived here from ``<output_dir>/<name>``
 (one object, as horovod's ``Store`` does), and every user-supplied path passes
-:func:`check_path` before any I/O touches it.
+:func:`check_path` before any I/O touches it. With ``output_schema`` set, the
+run's tables are catalog tables ``<catalog>.<schema>.<name>_<table>`` instead.
+
+A table output (``score.output``, ``features.output``) is a catalog table when it
+has no ``/`` or ``:`` and exactly two dots (:func:`looks_like_table_name`); it
+must then be three names (:func:`is_catalog_table`). A relative path with two
+dots is written ``./my.scores.v1``.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-__all__ = ["ALLOWED_SCHEMES", "PathError", "RunLayout", "check_path", "join"]
+__all__ = [
+    "ALLOWED_SCHEMES",
+    "PathError",
+    "RunLayout",
+    "check_path",
+    "is_catalog_schema",
+    "is_catalog_table",
+    "join",
+    "looks_like_table_name",
+]
 
 #: URI schemes a path may carry; a plain path (no scheme) is a local or default-FS path.
 ALLOWED_SCHEMES = frozenset(
@@ -68,6 +84,26 @@ def check_path(path: str, *, what: str = "path") -> str:
     return path
 
 
+_NAME = r"(?:[A-Za-z0-9_]+|`[A-Za-z0-9_\-]+`)"
+_CATALOG_TABLE = re.compile(rf"^{_NAME}\.{_NAME}\.{_NAME}$")
+_CATALOG_SCHEMA = re.compile(rf"^{_NAME}\.{_NAME}$")
+
+
+def looks_like_table_name(target: str) -> bool:
+    """True for ``a.b.c``-shaped values (no ``/`` or ``:``, two dots): meant as catalog tables."""
+    return "/" not in target and ":" not in target and target.count(".") == 2
+
+
+def is_catalog_table(target: str) -> bool:
+    """True for a three-part catalog table name ``catalog.schema.table``."""
+    return bool(_CATALOG_TABLE.match(target))
+
+
+def is_catalog_schema(target: str) -> bool:
+    """True for a two-part ``catalog.schema`` name."""
+    return bool(_CATALOG_SCHEMA.match(target))
+
+
 def has_scheme(path: str) -> bool:
     scheme = urlsplit(path).scheme
     return len(scheme) > 1
@@ -96,11 +132,21 @@ class RunLayout:
     """All paths of one run: ``<output_dir>/<name>/...``.
 
     A relative local ``output_dir`` is made absolute against the working
-    directory, so Spark and delta-rs see the same place.
+    directory, so Spark and delta-rs see the same place. With ``output_schema``
+    (``catalog.schema``) the tables — vocab, embeddings, features, scores,
+    score_runs — are catalog tables ``<output_schema>.<name>_<table>`` (the name
+    with every character other than letters, digits and ``_`` made ``_``); the
+    bundle and the scratch space stay files under ``output_dir``.
     """
 
     output_dir: str
     name: str
+    output_schema: str | None = None
+
+    def _table(self, table: str) -> str:
+        if self.output_schema is None:
+            return join(self.root, table)
+        return f"{self.output_schema}.{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}_{table}"
 
     @property
     def root(self) -> str:
@@ -110,7 +156,7 @@ class RunLayout:
     @property
     def vocab(self) -> str:
         """The vocabulary Delta table ``(column, value, index, count)``."""
-        return join(self.root, "vocab")
+        return self._table("vocab")
 
     @property
     def work(self) -> str:
@@ -129,19 +175,19 @@ class RunLayout:
 
     @property
     def embeddings(self) -> str:
-        return join(self.root, "embeddings")
+        return self._table("embeddings")
 
     @property
     def features(self) -> str:
-        return join(self.root, "features")
+        return self._table("features")
 
     @property
     def scores(self) -> str:
-        return join(self.root, "scores")
+        return self._table("scores")
 
     @property
     def score_runs(self) -> str:
-        return join(self.root, "score_runs")
+        return self._table("score_runs")
 
 
 # ------------------------------------------------------------------ small-file I/O

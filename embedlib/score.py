@@ -370,6 +370,7 @@ class ScoreRun:
     seconds: float
     #: rows with at least one ±inf numeric read as missing (vocabulary ``inf_policy: null``)
     inf_rows: int = 0
+    tracking_run_id: str | None = None  # the MLflow run, with tracking.mlflow: true
 
 
 def source_version(spark: SparkSession, cfg: Config, path: str | None, table: str | None) -> str:
@@ -407,15 +408,19 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     from pyspark.sql import functions as F
 
     from embedlib.bundle import load_bundle
-    from embedlib.tables import read_source, write_table
+    from embedlib.tables import check_writable, read_source, write_table
+    from embedlib.tracking import check_tracking, log_scoring
     from embedlib.vocab import Vocabulary
 
     layout = cfg.layout
+    output = cfg.score.output or layout.scores
+    check_writable(spark, output, layout.score_runs)
+    check_tracking(cfg)
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     bundle = load_bundle(layout.bundle)
     _check_vocab(spark, cfg, bundle, Vocabulary)
-    src_cfg = cfg.source if cfg.score.source is None else replace(cfg.source, path=cfg.score.source, table=None)
+    src_cfg = cfg.source.with_target(cfg.score.source)
     source_name = src_cfg.table or str(src_cfg.path)
     df = read_source(spark, src_cfg)
     ids = cfg.columns.id
@@ -424,7 +429,6 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         raise SchemaError(f"score source {source_name} has no rows; nothing to score")
     threshold = bundle.threshold if cfg.score.threshold is None else cfg.score.threshold
     run_id = cfg.score.run_id or f"{source_version(spark, cfg, src_cfg.path, src_cfg.table)}-{bundle.bundle_id}"
-    output = cfg.score.output or layout.scores
 
     scored = score_frame(
         spark, df, bundle, ids=ids, threshold=threshold, top_reasons=cfg.score.top_reasons,
@@ -483,7 +487,7 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     _write_summary(spark, summary, layout.score_runs, txn)
     log.info("scored %d rows of %s into %s (%d above the threshold %.3f)", rows, source_name, output,
              summary.anomalies, threshold)
-    return summary
+    return replace(summary, tracking_run_id=log_scoring(cfg, summary))
 
 
 def _check_vocab(spark: SparkSession, cfg: Config, bundle: Bundle, vocab_cls: Any) -> None:

@@ -19,7 +19,7 @@ from embedlib.config import SparkConfig, redact
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["LOCAL_DEFAULTS", "delta_connector_available", "get_session", "launched_by_spark"]
+__all__ = ["LOCAL_DEFAULTS", "delta_connector_available", "get_session", "launched_by_spark", "ship_wheels"]
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +46,19 @@ def launched_by_spark() -> bool:
 
 def get_session(cfg: SparkConfig, app_name: str = "embedlib") -> SparkSession:
     """Return the active session or build one from ``cfg``."""
-    from pyspark.sql import SparkSession
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError as exc:
+        raise ImportError(
+            f"pyspark cannot be imported ({exc}): install Spark with pip install 'embedlib[spark]' "
+            "(Databricks runtimes and spark-submit bring their own)"
+        ) from exc
 
     active = SparkSession.getActiveSession()
     if active is not None:
         for key, value in cfg.conf.items():
             _set_runtime_conf(active, key, value)
+        ship_wheels(active)
         return active
     builder = SparkSession.builder.appName(app_name)
     master = cfg.master
@@ -69,7 +76,37 @@ def get_session(cfg: SparkConfig, app_name: str = "embedlib") -> SparkSession:
     for key, value in settings.items():
         builder = builder.config(key, value)
     log.info("starting Spark session master=%s conf=%s", master or "(from launcher)", redact(cfg.conf))
-    return builder.getOrCreate()
+    session = builder.getOrCreate()
+    ship_wheels(session)
+    return session
+
+
+def ship_wheels(spark: SparkSession) -> list[str]:
+    """Put the wheels given to ``spark-submit --py-files`` on the executors' Python path.
+
+    Spark copies every ``--py-files`` file into each executor's working directory
+    but puts only ``.py``, ``.zip``, ``.egg`` and ``.jar`` files on the Python
+    workers' ``sys.path``; a ``.whl`` (a zip whose root holds the package) is left
+    out, and processes started from a task (torchrun under TorchDistributor,
+    Horovod's ranks) never see ``sys.path`` changes anyway. Adding the wheels'
+    names, relative to that working directory, to the workers' ``PYTHONPATH``
+    (``SparkContext.environment``, sent with every Python function) covers both.
+    Local masters need nothing: their workers inherit the driver's ``PYTHONPATH``,
+    which spark-submit already set. Returns the wheel names added.
+    """
+    from urllib.parse import urlsplit
+
+    sc = spark.sparkContext
+    if str(sc.master or "").startswith("local"):
+        return []
+    files = (sc.getConf().get("spark.submit.pyFiles") or "").split(",")
+    wheels = [os.path.basename(urlsplit(f).path) for f in files if f.strip().lower().endswith(".whl")]
+    parts = [p for p in str(sc.environment.get("PYTHONPATH", "")).split(os.pathsep) if p]
+    added = [w for w in wheels if w not in parts]
+    if added:
+        sc.environment["PYTHONPATH"] = os.pathsep.join(parts + added)
+        log.info("--py-files wheel(s) %s put on the executors' PYTHONPATH", ", ".join(added))
+    return added
 
 
 def _set_runtime_conf(spark: SparkSession, key: str, value: str) -> None:

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from embedlib.faults import fault, kill_self
-from embedlib.layout import check_path, join, local_path
+from embedlib.layout import check_path, is_catalog_table, join, local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "TableError",
     "WriteResult",
+    "check_writable",
     "commit_metadata",
     "delta_version",
     "is_table_name",
@@ -78,6 +79,30 @@ def is_table_name(target: str) -> bool:
     return "/" not in target and ":" not in target and bool(_TABLE_NAME.match(target))
 
 
+def check_writable(spark: SparkSession, *targets: str) -> None:
+    """Refuse, before any work, catalog-table outputs a session cannot write.
+
+    Paths are always writable (Delta through the connector or delta-rs); a
+    catalog table ``catalog.schema.table`` needs the Spark Delta connector.
+    """
+    for target in targets:
+        if is_catalog_table(target):
+            _require_connector(spark, target)
+
+
+def _require_connector(spark: SparkSession, target: str) -> None:
+    from embedlib.spark import delta_connector_available
+
+    if not delta_connector_available(spark):
+        raise TableError(
+            f"catalog table {target} needs the Spark Delta connector, which this session lacks "
+            "(it is there on Databricks; elsewhere: spark-submit --packages "
+            "io.delta:delta-spark_2.13:<version> --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
+            "--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog); "
+            "or write to paths: unset output_schema and give score.output / features.output as paths"
+        )
+
+
 # ----------------------------------------------------------------------------- reads
 
 
@@ -98,14 +123,18 @@ def read_table(
     format: str = "delta",
     options: Mapping[str, Any] | None = None,
     schema: str | None = None,
-    catalog: bool = False,
+    catalog: bool | None = None,
 ) -> DataFrame:
     """Read a path, or with ``catalog=True`` a catalog table name.
 
-    Delta paths read through the Delta log (connector, or delta-rs's file list).
+    ``catalog=None`` reads a three-part name ``catalog.schema.table`` from the
+    catalog and anything else as a path. Delta paths read through the Delta log
+    (connector, or delta-rs's file list).
     """
     from embedlib.spark import delta_connector_available
 
+    if catalog is None:
+        catalog = is_catalog_table(target)
     if catalog:
         if not is_table_name(target):
             raise TableError(f"{target!r} is not a table name like catalog.schema.table")
@@ -249,9 +278,11 @@ def source_files(
 
 
 def delta_version(spark: SparkSession, target: str) -> int | None:
-    """Current version of a Delta table, or None if there is no table there."""
+    """Current version of a Delta table (path or catalog table), or None if there is none."""
     from embedlib.spark import delta_connector_available
 
+    if is_catalog_table(target):
+        _require_connector(spark, target)
     if delta_connector_available(spark):
         ref = f"delta.`{target}`" if not is_table_name(target) else target
         try:
@@ -272,6 +303,8 @@ def commit_metadata(spark: SparkSession, target: str) -> dict[str, Any]:
     from embedlib.spark import delta_connector_available
 
     raw: Any = None
+    if is_catalog_table(target):
+        _require_connector(spark, target)
     if delta_connector_available(spark):
         ref = f"delta.`{target}`" if not is_table_name(target) else target
         row = spark.sql(f"DESCRIBE HISTORY {ref} LIMIT 1").first()
@@ -296,20 +329,23 @@ def write_table(
     mode: WriteMode = "append",
     txn: tuple[str, int] | None = None,
     user_metadata: Mapping[str, Any] | None = None,
-    catalog: bool = False,
+    catalog: bool | None = None,
 ) -> WriteResult:
     """Write ``df`` to a path or catalog table as one atomic commit.
 
     ``txn=(app_id, version)`` makes a Delta append idempotent: if the table has
     already recorded ``version`` (or a later one) for ``app_id``, nothing is written.
     ``user_metadata`` is stored as JSON in the commit (``userMetadata``).
-    ``catalog=True`` makes ``target`` a catalog table name instead of a path.
+    ``catalog=True`` makes ``target`` a catalog table name instead of a path;
+    ``None`` (the default) takes a three-part name ``catalog.schema.table`` as a
+    catalog table and anything else as a path. Delta catalog tables need the
+    Spark Delta connector (:func:`check_writable` says so before any work).
     """
     from embedlib.spark import delta_connector_available
 
     if mode not in ("append", "overwrite"):
         raise TableError(f"{target}: write mode must be append or overwrite, got {mode!r}")
-    table = catalog
+    table = is_catalog_table(target) if catalog is None else catalog
     if table and not is_table_name(target):
         raise TableError(f"{target!r} is not a table name like catalog.schema.table")
     if not table:
@@ -336,10 +372,7 @@ def write_table(
         )
         return WriteResult(target, committed, delta_version(spark, target))
     if table:
-        raise TableError(
-            f"catalog table {target} needs the Spark Delta connector, which this session lacks; "
-            "write to a path instead or add io.delta:delta-spark to the session"
-        )
+        _require_connector(spark, target)
     return _write_delta_rs(spark, df, target, mode, txn, meta)
 
 

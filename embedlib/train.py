@@ -53,6 +53,7 @@ __all__ = [
     "TrainFailure",
     "TrainJob",
     "TrainResult",
+    "resolve_backend",
     "run_train_job",
     "train_loop",
 ]
@@ -217,6 +218,7 @@ class TrainResult:
     bundle_path: str
     metrics: Mapping[str, Any]
     threshold: float
+    tracking_run_id: str | None = None  # the MLflow run, with tracking.mlflow: true
 
 
 def _set_seed(seed: int) -> None:
@@ -505,6 +507,7 @@ def ddp_worker(job: TrainJob) -> dict[str, Any]:
     import torch.distributed as dist
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _log_worker("torch_distributor", os.environ.get("RANK", "?"))
     _limit_threads(job)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = _device(job.use_gpu, local_rank)
@@ -522,12 +525,21 @@ def ddp_worker(job: TrainJob) -> dict[str, Any]:
     return _reporting(job, rank, run)
 
 
+def _log_worker(backend: str, rank: Any) -> None:
+    """Which embedlib a worker runs (the installed package, or the wheel from --py-files)."""
+    import embedlib
+
+    log.info("%s rank %s: embedlib %s from %s, torch %s, pid %d", backend, rank, embedlib.__version__,
+             os.path.dirname(embedlib.__file__ or "?"), torch.__version__, os.getpid())
+
+
 def horovod_worker(job: TrainJob) -> dict[str, Any]:
     """Entry point run by ``horovod.spark.run`` on every rank."""
     import horovod.torch as hvd
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     hvd.init()
+    _log_worker("horovod", hvd.rank())
     _limit_threads(job)
     device = _device(job.use_gpu, hvd.local_rank())
     if device.type == "cuda":
@@ -624,11 +636,27 @@ def _threads_per_worker(spark: SparkSession, t: TrainConfig, on_driver: bool) ->
     return max(1, int(spark.conf.get("spark.task.cpus", "1") or 1))
 
 
+def resolve_backend(t: TrainConfig) -> TrainConfig:
+    """``train.backend: auto`` made concrete: ``torch_distributor`` on Databricks
+    (``DATABRICKS_RUNTIME_VERSION`` is set), ``local`` elsewhere.
+
+    Databricks deprecates HorovodRunner after Runtime 15.4 LTS ML and ships
+    TorchDistributor; on a single-node cluster (a local master) its processes
+    run on the driver (``train.local_mode: auto``).
+    """
+    if t.backend != "auto":
+        return t
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return replace(t, backend="torch_distributor")
+    return replace(t, backend="local")
+
+
 def check_backend(spark: SparkSession | None, t: TrainConfig) -> bool:
     """Fail fast (before any data is encoded) if the backend cannot run here.
 
     Returns whether the workers run on the driver.
     """
+    t = resolve_backend(t)
     if t.backend == "local":
         return True
     if spark is None:
@@ -654,6 +682,7 @@ def check_backend(spark: SparkSession | None, t: TrainConfig) -> bool:
 
 def launch(spark: SparkSession | None, job: TrainJob, t: TrainConfig) -> dict[str, Any]:
     """Run :func:`train_loop` on the configured backend; return rank 0's metrics."""
+    t = resolve_backend(t)
     on_driver = check_backend(spark, t)
     if t.backend == "local":
         job = replace(job, use_gpu=_resolve_gpu(spark, t, on_driver=True))
@@ -741,10 +770,13 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     from embedlib.bundle import save_bundle
     from embedlib.encode import encode_to_shards
     from embedlib.tables import delta_version, read_source
+    from embedlib.tracking import check_tracking, log_training
     from embedlib.vocab import Vocabulary, check_columns
 
     layout = cfg.layout
+    cfg = replace(cfg, train=resolve_backend(cfg.train))
     check_backend(spark, cfg.train)
+    check_tracking(cfg)
     vocab = Vocabulary.load(spark, layout.vocab)
     check_vocab_matches(vocab, cfg)
     df = read_source(spark, cfg.source)
@@ -786,7 +818,9 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
         metrics=metrics,
         model_config=asdict(cfg.model),
     )
-    return TrainResult(bundle_id=bundle_id, bundle_path=layout.bundle, metrics=metrics, threshold=threshold)
+    tracked = log_training(cfg, layout.bundle, bundle_id, metrics, threshold)
+    return TrainResult(bundle_id=bundle_id, bundle_path=layout.bundle, metrics=metrics, threshold=threshold,
+                       tracking_run_id=tracked)
 
 
 def best_model(job: TrainJob) -> EmbeddingAutoencoder:

@@ -120,3 +120,24 @@ def copy_run(cfg, dest: Path) -> Path:  # type: ignore[no-untyped-def]
     root = dest / cfg.name
     shutil.copytree(cfg.layout.root, root, ignore=shutil.ignore_patterns("scores", "score_runs", "_work"))
     return root
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The wheel `python -m build --wheel` makes, built from a copy of the sources (no network)."""
+    import shutil
+    import subprocess
+
+    root = tmp_path_factory.mktemp("wheel")
+    src = root / "src"
+    src.mkdir()
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "embedlib", src / "embedlib", ignore=shutil.ignore_patterns("__pycache__"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(root / "dist"), str(src)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (built,) = (root / "dist").glob("embedlib-*.whl")
+    return built

@@ -1,0 +1,112 @@
+"""Catalog tables (catalog.schema.table) as sources and outputs.
+
+Reading a catalog table works on any session (here: a Parquet table in the test
+session's warehouse, through `spark_catalog.default`). Writing the run's Delta
+tables to a catalog needs the Spark Delta connector, which this machine cannot
+fetch: without it every job refuses a catalog output up front, naming the table
+and what to do, before doing any work.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from embedlib.cli import main
+from embedlib.config import ConfigError, load_config
+from embedlib.layout import RunLayout
+from embedlib.tables import TableError
+
+from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, copy_vocab
+
+
+def cfg_with(*sets: str):  # type: ignore[no-untyped-def]
+    return load_config([BASE_CONF, ADULT_CONF], [f"source.path={ADULT_DATA}", *sets])
+
+
+def test_output_schema_makes_every_table_a_catalog_table(tmp_path: Path) -> None:
+    cfg = cfg_with(f"output_dir={tmp_path}", "output_schema=main.fraud")
+    layout = cfg.layout
+    assert layout.vocab == "main.fraud.adult_demo_vocab"  # '-' in the run name becomes '_'
+    assert (layout.embeddings, layout.features, layout.scores, layout.score_runs) == (
+        "main.fraud.adult_demo_embeddings", "main.fraud.adult_demo_features",
+        "main.fraud.adult_demo_scores", "main.fraud.adult_demo_score_runs")
+    assert layout.bundle == f"{tmp_path}/adult-demo/bundle"  # files stay under output_dir
+    assert RunLayout(str(tmp_path), "adult-demo").vocab == f"{tmp_path}/adult-demo/vocab"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("output_schema=main", "key 'output_schema' must be catalog.schema"),
+        ("output_schema=main.fraud.x", "key 'output_schema' must be catalog.schema"),
+        ("score.output=main.sch.bad-name", r"key 'score\.output' must be a path or a catalog table.*\./main"),
+        ("features.output=a..b", r"key 'features\.output' must be a path or a catalog table"),
+        ("score.source=main.s.t t", r"key 'score\.source' must be a path or a catalog table"),
+    ],
+)
+def test_bad_catalog_names_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        cfg_with(override)
+
+
+def test_outputs_are_paths_or_three_part_names() -> None:
+    cfg = cfg_with("score.output=main.fraud.scores", "features.output=./my.features.v1",
+                   "score.source=main.fraud.new_rows")
+    assert cfg.score.output == "main.fraud.scores"
+    assert cfg.source.with_target(cfg.score.source).table == "main.fraud.new_rows"
+    assert cfg.source.with_target(cfg.score.source).path is None
+    assert cfg.source.with_target(cfg.features.output).path == "./my.features.v1"
+    assert cfg.source.with_target(None) == cfg.source
+
+
+def test_catalog_output_without_connector_fails_before_any_work(spark, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    args = ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF), "--set", f"output_dir={tmp_path}",
+            "--set", f"source.path={ADULT_DATA}", "--set", "output_schema=spark_catalog.default"]
+    assert main(["vocab", *args]) == 2
+    assert "catalog table spark_catalog.default.adult_demo_vocab needs the Spark Delta connector" in caplog.text
+    assert "io.delta:delta-spark_2.13" in caplog.text and "unset output_schema" in caplog.text
+    assert not (tmp_path / "adult-demo").exists()
+    assert not spark.catalog.tableExists("spark_catalog.default.adult_demo_vocab")
+
+    from embedlib.extract import run_features_job
+    from embedlib.score import run_score_job
+
+    # checked before the bundle is even looked for (there is none here)
+    with pytest.raises(TableError, match="catalog table spark_catalog.default.scores needs"):
+        run_score_job(spark, cfg_with(f"output_dir={tmp_path}", "score.output=spark_catalog.default.scores"))
+    with pytest.raises(TableError, match="catalog table spark_catalog.default.features needs"):
+        run_features_job(spark, cfg_with(f"output_dir={tmp_path}", "features.output=spark_catalog.default.features"))
+
+
+@pytest.mark.timeout(600)
+def test_score_a_catalog_table_same_as_its_file(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.sql import functions as F
+
+    from embedlib.score import run_score_job
+    from embedlib.tables import read_source, read_table
+
+    trained, _ = adult_trained
+    run = cfg_with(f"output_dir={tmp_path / 'run'}")
+    copy_vocab(trained, run)
+    shutil.copytree(trained.layout.bundle, run.layout.bundle)
+    table = "spark_catalog.default.adult_test_rows"
+    read_source(spark, run.source.with_target(str(ADULT_TEST))).write.mode("overwrite").format(
+        "parquet").saveAsTable(table)
+    try:
+        by_table = run_score_job(spark, cfg_with(f"output_dir={tmp_path / 'run'}", f"score.source={table}",
+                                                 f"score.output={tmp_path / 'from_table'}"))
+        by_path = run_score_job(spark, cfg_with(f"output_dir={tmp_path / 'run'}", f"score.source={ADULT_TEST}",
+                                                f"score.output={tmp_path / 'from_path'}"))
+    finally:
+        spark.sql(f"DROP TABLE IF EXISTS {table}")
+    assert by_table.source == table and by_table.rows == by_path.rows == 16281
+    assert by_table.anomalies == by_path.anomalies and by_table.bundle_id == by_path.bundle_id
+
+    def scores(path: Path) -> list[float]:
+        frame = read_table(spark, str(path)).select(F.round("anomaly_score", 9).alias("s"))
+        return sorted(r["s"] for r in frame.collect())
+
+    assert scores(tmp_path / "from_table") == scores(tmp_path / "from_path")

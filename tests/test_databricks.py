@@ -1,0 +1,204 @@
+"""The Databricks Asset Bundle (databricks.yml + resources/*.yml) against the wheel and the config.
+
+The `databricks` CLI is a Go binary that no package registry reachable here ships (PyPI's
+`databricks-cli` is the legacy tool without `bundle`), so `databricks bundle validate` cannot
+run on this machine. Instead the job is checked offline: against the schema of Databricks' own
+`databricks-bundles` package (its `Job.from_dict` refuses unknown or mistyped fields), against
+the built wheel's entry points, and through embedlib's config loader for every parameter.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from collections.abc import Mapping
+from configparser import ConfigParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from embedlib.cli import COMMANDS
+from embedlib.config import load_config
+from embedlib.train import check_backend, resolve_backend
+
+from .conftest import ROOT
+
+REF = re.compile(r"\$\{([A-Za-z0-9_.\-]+)\}")
+TARGETS = ("dev", "prod")
+
+
+def bundle_files() -> tuple[dict[str, Any], dict[str, Any]]:
+    """``databricks.yml`` and the merged ``resources`` of every included file."""
+    root = yaml.safe_load((ROOT / "databricks.yml").read_text())
+    resources: dict[str, Any] = {}
+    for pattern in root["include"]:
+        files = sorted(ROOT.glob(pattern))
+        assert files, f"include {pattern} matches no file"
+        for path in files:
+            for kind, items in yaml.safe_load(path.read_text())["resources"].items():
+                resources.setdefault(kind, {}).update(items)
+    return root, resources
+
+
+def resolver(root: Mapping[str, Any], target: str):  # type: ignore[no-untyped-def]
+    """Resolve ``${var.x}``, ``${bundle.*}`` and ``${workspace.file_path}`` as the CLI would for ``target``
+    (the bundle's files are synced to workspace.file_path: here, the repository)."""
+    variables = {name: spec.get("default") for name, spec in root["variables"].items()}
+    variables.update(root["targets"][target].get("variables", {}))
+    known = {"bundle.name": root["bundle"]["name"], "bundle.target": target, "workspace.file_path": str(ROOT)}
+
+    def lookup(ref: str) -> Any:
+        if ref.startswith("var."):
+            assert ref[4:] in variables, f"${{{ref}}} names no variable"
+            value = variables[ref[4:]]
+            assert value is not None, f"variable {ref[4:]} has no value in target {target}"
+            return resolve(value)
+        assert ref in known, f"${{{ref}}} is not resolvable offline"
+        return known[ref]
+
+    def resolve(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: resolve(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [resolve(v) for v in value]
+        if isinstance(value, str):
+            whole = REF.fullmatch(value)
+            if whole:
+                return lookup(whole.group(1))
+            return REF.sub(lambda m: str(lookup(m.group(1))), value)
+        return value
+
+    return resolve
+
+
+def wheel_metadata(wheel: Path) -> tuple[str, dict[str, str], str]:
+    """(package name, console scripts, METADATA text) read from the built wheel."""
+    with zipfile.ZipFile(wheel) as zf:
+        info = next(n.split("/")[0] for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = zf.read(f"{info}/METADATA").decode()
+        entry_points = ConfigParser()
+        entry_points.read_string(zf.read(f"{info}/entry_points.txt").decode())
+    name = re.search(r"^Name: (.+)$", metadata, re.M).group(1).strip()  # type: ignore[union-attr]
+    return name, dict(entry_points["console_scripts"]), metadata
+
+
+def task_config(task: Mapping[str, Any]):  # type: ignore[no-untyped-def]
+    """The embedlib config a python_wheel_task runs with: its --conf files and --set overrides."""
+    params = task["python_wheel_task"]["parameters"]
+    assert len(params) % 2 == 0
+    confs, sets = [], []
+    for flag, value in zip(params[::2], params[1::2]):
+        assert flag in ("--conf", "--set"), f"task {task['task_key']}: unexpected parameter {flag}"
+        (confs if flag == "--conf" else sets).append(value)
+    return load_config(confs, sets)  # raises on any unknown key or bad value
+
+
+def test_wheel_has_the_package_and_an_entry_point_per_command(wheel: Path) -> None:
+    name, scripts, metadata = wheel_metadata(wheel)
+    assert name == "embedlib"
+    assert scripts["embedlib"] == "embedlib.cli:main"
+    for command in COMMANDS:
+        assert scripts[f"embedlib-{command}"] == f"embedlib.cli:{command}_main"
+    with zipfile.ZipFile(wheel) as zf:
+        files = set(zf.namelist())
+    assert {"embedlib/cli.py", "embedlib/tracking.py", "embedlib/py.typed"} <= files
+    assert not any(f.startswith(("tests/", "jobs/", "conf/")) for f in files)
+    # Spark is an extra, so installing the wheel on Databricks leaves the runtime's pyspark alone
+    requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)
+    spark_reqs = [r for r in requires if r.startswith(("pyspark", "delta-spark"))]
+    assert spark_reqs and all('extra == "spark"' in r or 'extra == "dev"' in r for r in spark_reqs), spark_reqs
+    assert any(r.startswith("mlflow-skinny") and 'extra == "mlflow"' in r for r in requires)
+
+
+def test_entry_points_fail_the_task_on_bad_input(monkeypatch, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # python_wheel_task ignores a returned exit code: a failure must raise SystemExit
+    from embedlib.cli import vocab_main
+
+    monkeypatch.setattr("sys.argv", ["embedlib-vocab", "--set", "source.path=x.csv", "--set", "vocab.min_cnt=2"])
+    with pytest.raises(SystemExit) as exc:
+        vocab_main()
+    assert exc.value.code == 2
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_bundle_job_fits_the_schema_the_wheel_and_the_config(wheel: Path, target: str, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from databricks.bundles.jobs import Job
+
+    root, resources = bundle_files()
+    resolve = resolver(root, target)
+    package, scripts, _ = wheel_metadata(wheel)
+    artifact = root["artifacts"]["embedlib_wheel"]
+    assert artifact["type"] == "whl" and artifact["build"] == "python -m build --wheel"
+
+    (job_key, raw_job), = resources["jobs"].items()
+    job_dict = resolve(raw_job)
+    assert "${" not in yaml.safe_dump(job_dict)
+    job = Job.from_dict(job_dict)  # Databricks' schema: unknown or mistyped fields raise
+    assert job.schedule is not None and job.schedule.pause_status.value == "PAUSED"
+
+    tasks = {t["task_key"]: t for t in job_dict["tasks"]}
+    assert [d["task_key"] for d in tasks["train"]["depends_on"]] == ["vocab"]
+    assert [d["task_key"] for d in tasks["score"]["depends_on"]] == ["train"]
+    assert "depends_on" not in tasks["vocab"]
+    clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job_dict["job_clusters"]}
+    variables = {**{k: v.get("default") for k, v in root["variables"].items()}, **root["targets"][target]["variables"]}
+
+    configs = {}
+    for key, task in tasks.items():
+        wheel_task = task["python_wheel_task"]
+        assert wheel_task["package_name"] == package
+        entry = wheel_task["entry_point"]
+        assert entry in scripts, f"task {key}: entry point {entry} is not in the wheel ({sorted(scripts)})"
+        assert entry == f"embedlib-{key}" and key in COMMANDS
+        assert task["libraries"] == [{"whl": "./dist/*.whl"}]  # what the artifact's build writes
+        assert task["job_cluster_key"] in clusters
+        cfg = task_config(task)
+        configs[key] = cfg
+        assert cfg.output_schema == f"{variables['catalog']}.{variables['schema']}"
+        assert cfg.source.table == variables["source_table"] and cfg.source.path is None
+        assert cfg.output_dir == variables["output_dir"]
+        # the tables are Unity Catalog tables of the target's catalog
+        assert cfg.layout.vocab == f"{variables['catalog']}.embedlib.adult_demo_vocab"
+
+    assert configs["score"].score.source == variables["score_table"]
+    assert configs["train"].tracking.mlflow and configs["score"].tracking.mlflow
+    # every task sees the same run: the same vocabulary, bundle and tables
+    assert len({(c.name, c.output_dir, c.output_schema, c.columns) for c in configs.values()}) == 1
+
+    train, train_cluster = configs["train"].train, clusters[tasks["train"]["job_cluster_key"]]
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "17.3")
+    assert resolve_backend(train).backend == "torch_distributor"
+    assert train.num_workers <= train_cluster["num_workers"]  # one process per worker
+    gpu = "gpu" in train_cluster["spark_version"]
+    assert train.use_gpu is gpu
+    if gpu:
+        assert train_cluster["spark_conf"]["spark.task.resource.gpu.amount"] == "1"
+    assert (target == "prod") == gpu  # GPU training in prod, CPU in dev
+
+
+def test_targets_have_their_own_catalogs_and_paths() -> None:
+    root, _ = bundle_files()
+    dev, prod = (root["targets"][t] for t in TARGETS)
+    assert dev["mode"] == "development" and dev.get("default") is True and prod["mode"] == "production"
+    for key in ("catalog", "output_dir", "source_table", "score_table"):
+        assert dev["variables"][key] != prod["variables"][key]
+    for target in (dev, prod):
+        catalog = target["variables"]["catalog"]
+        assert target["variables"]["output_dir"].startswith(f"/Volumes/{catalog}/")
+        assert target["variables"]["source_table"].startswith(f"{catalog}.")
+
+
+def test_auto_backend(spark, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    cfg = load_config([ROOT / "conf" / "base.yaml", ROOT / "conf" / "adult.yaml"])
+    assert cfg.train.backend == "auto"
+    monkeypatch.delenv("DATABRICKS_RUNTIME_VERSION", raising=False)
+    assert resolve_backend(cfg.train).backend == "local"
+    assert check_backend(spark, cfg.train) is True
+    monkeypatch.setenv("DATABRICKS_RUNTIME_VERSION", "17.3")
+    assert resolve_backend(cfg.train).backend == "torch_distributor"
+    # a single-node cluster (local master): the processes run on the driver
+    assert check_backend(spark, cfg.train) is True
+    explicit = load_config([], ["source.path=x.csv", "train.backend=horovod"]).train
+    assert resolve_backend(explicit).backend == "horovod"  # an explicit backend is kept
