@@ -8,6 +8,8 @@ here = Path(__file__).parent
 version = {}
 exec((here / "embedlib" / "__init__.py").read_text().split("__all__")[0], version)
 
+EVALUATE = ["scikit-learn>=1.4", "matplotlib>=3.8"]
+
 setup(
     name="embedlib",
     version=version["__version__"],
@@ -31,7 +33,13 @@ setup(
         "tqdm>=4.60",
     ],
     extras_require={
-        "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "mypy>=1.10", "scikit-learn>=1.4"],
+        # `embedlib evaluate` (metrics and plots) and the IsolationForest baseline
+        "evaluate": EVALUATE,
+        "dev": [
+            "pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "mypy>=1.10", *EVALUATE,
+            # executing the notebooks in tests/test_notebooks.py
+            "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
+        ],
         "horovod": ["horovod==0.28.1", "cloudpickle", "psutil", "cffi"],
     },
     entry_points={"console_scripts": ["embedlib = embedlib.cli:main"]},
