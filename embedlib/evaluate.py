@@ -264,38 +264,39 @@ def score_histogram(scores: np.ndarray, labels: np.ndarray, threshold: float, *,
     return fig
 
 
+def _curves(ax: Any, labels: np.ndarray, scores: Mapping[str, np.ndarray], kind: str) -> None:
+    """One line per method: ROC (``kind="roc"``) or precision-recall (``"pr"``), its area in the legend."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    for method, s in scores.items():
+        if kind == "roc":
+            x, y, _ = roc_curve(labels, s)
+            area = f"AUROC {roc_auc_score(labels, s):.3f}"
+        else:
+            y, x, _ = precision_recall_curve(labels, s)
+            area = f"AUPRC {average_precision_score(labels, s):.3f}"
+        ax.plot(x, y, label=f"{METHODS.get(method, method)}  {area}")
+
+
 def roc_figure(labels: np.ndarray, scores: Mapping[str, np.ndarray]) -> Figure:
     """ROC curves of every method, AUROC in the legend."""
-    from sklearn.metrics import roc_auc_score, roc_curve
-
     fig = _figure(5.5, 5)
     ax = fig.add_subplot()
-    for method, s in scores.items():
-        fpr, tpr, _ = roc_curve(labels, s)
-        ax.plot(fpr, tpr, label=f"{METHODS.get(method, method)}  AUROC {roc_auc_score(labels, s):.3f}")
+    _curves(ax, labels, scores, "roc")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
-    ax.set_xlabel("false positive rate")
-    ax.set_ylabel("true positive rate (recall)")
-    ax.set_title("ROC")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate (recall)", title="ROC")
     ax.legend(loc="lower right", fontsize="small")
     return fig
 
 
 def precision_recall_figure(labels: np.ndarray, scores: Mapping[str, np.ndarray]) -> Figure:
     """Precision-recall curves of every method, AUPRC in the legend, the base rate drawn."""
-    from sklearn.metrics import average_precision_score, precision_recall_curve
-
     fig = _figure(5.5, 5)
     ax = fig.add_subplot()
-    for method, s in scores.items():
-        precision, recall, _ = precision_recall_curve(labels, s)
-        ax.plot(recall, precision, label=f"{METHODS.get(method, method)}  AUPRC {average_precision_score(labels, s):.3f}")
+    _curves(ax, labels, scores, "pr")
     rate = float(np.mean(labels))
     ax.axhline(rate, color="grey", linestyle=":", label=f"base rate {rate:.3f}")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_ylim(0, 1.02)
-    ax.set_title("Precision-recall")
+    ax.set(xlabel="recall", ylabel="precision", ylim=(0, 1.02), title="Precision-recall")
     ax.legend(loc="upper right", fontsize="small")
     return fig
 

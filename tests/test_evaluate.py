@@ -201,3 +201,15 @@ def test_label_errors(spark, labelled_run, tmp_path: Path, caplog) -> None:  # t
         with pytest.raises(SystemExit) as exc:
             main(["evaluate", *args, *both_or_neither])
         assert exc.value.code == 2
+
+
+def test_evaluate_job_entry_point() -> None:
+    import subprocess
+    import sys
+
+    from .conftest import ROOT
+
+    proc = subprocess.run([sys.executable, "jobs/evaluate.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--plant FRACTION" in proc.stdout and "--label-column NAME" in proc.stdout and "--baselines" in proc.stdout
