@@ -11,6 +11,7 @@ exec((here / "embedlib" / "__init__.py").read_text().split("__all__")[0], versio
 # Spark itself is an extra: Databricks runtimes ship their own pyspark (not visible to pip
 # as a package), and a wheel that requires pyspark would pull the PyPI one over it.
 SPARK = ["pyspark>=4.0,<5", "delta-spark>=4.0,<5"]
+EVALUATE = ["scikit-learn>=1.4", "matplotlib>=3.8"]
 
 setup(
     name="embedlib",
@@ -36,12 +37,17 @@ setup(
         # pip install 'embedlib[spark]' everywhere except Databricks (and other runtimes
         # that bring their own Spark)
         "spark": SPARK,
+        # `embedlib evaluate` (metrics and plots) and the IsolationForest baseline
+        "evaluate": EVALUATE,
         "dev": [
             *SPARK,
-            "pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "mypy>=1.10", "scikit-learn>=1.4",
+            *EVALUATE,
+            "pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "mypy>=1.10",
             "build>=1.0",                   # the wheel test: python -m build --wheel
             "mlflow-skinny>=2.10",          # the tracking test (the same package as the mlflow extra)
             "databricks-bundles>=1.0",      # the bundle test checks the job against its schema
+            # executing the notebooks in tests/test_notebooks.py
+            "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
         ],
         "horovod": ["horovod==0.28.1", "cloudpickle", "psutil", "cffi"],
         # MLflow tracking (tracking.mlflow: true). The skinny client is enough to log to a
@@ -59,6 +65,7 @@ setup(
             "embedlib-features = embedlib.cli:features_main",
             "embedlib-score = embedlib.cli:score_main",
             "embedlib-run = embedlib.cli:run_main",
+            "embedlib-evaluate = embedlib.cli:evaluate_main",
         ]
     },
 )

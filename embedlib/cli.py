@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 __all__ = [
     "COMMANDS",
     "entry",
+    "evaluate_main",
     "extract_main",
     "features_main",
     "main",
@@ -139,6 +140,67 @@ def _run(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str
     return lines
 
 
+def _evaluate(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    from embedlib.evaluate import EvaluateOptions, run_evaluate_job
+
+    opts = EvaluateOptions(
+        labels=args.labels, label_column=args.label_column, positive=args.positive,
+        labels_format=args.labels_format, plant=args.plant, seed=args.seed, top_k=args.top_k,
+        baselines=args.baselines, max_rows=args.max_rows,
+    )
+    return evaluation_report(run_evaluate_job(spark, cfg, opts))
+
+
+def evaluation_report(ev: Any) -> list[str]:
+    """The metrics of every method side by side, the columns behind the flags, and the files."""
+    from embedlib.evaluate import METHODS
+
+    k = ev.methods[0].top_k
+    lines = [
+        f"evaluated bundle {ev.bundle_id} on {ev.description}",
+        f"{ev.positives:,} positive of {ev.rows:,} rows ({100.0 * ev.positives / max(ev.rows, 1):.2f}%)",
+        f"{'method':<38} {'AUROC':>6} {'AUPRC':>6} {'threshold':>10} {'flagged':>8} {'precision':>9} "
+        f"{'recall':>6} {'P@' + str(k):>8} {'R@' + str(k):>8}",
+    ]
+    for m in ev.methods:
+        lines.append(
+            f"{METHODS.get(m.method, m.method):<38} {m.auroc:>6.3f} {m.auprc:>6.3f} {m.threshold:>10.4g} "
+            f"{m.flagged:>8,} {m.precision:>9.3f} {m.recall:>6.3f} {m.precision_at_k:>8.3f} {m.recall_at_k:>8.3f}"
+        )
+    gaps = sorted(
+        ((name, v["flagged"], v["unflagged"]) for name, v in ev.column_means.items() if v["flagged"] is not None),
+        key=lambda t: t[1] - (t[2] or 0.0), reverse=True,
+    )
+    if gaps:
+        lines.append("mean nats, flagged vs unflagged rows (embedlib; largest differences first):")
+        lines += [f"  {name:<20} {f:7.2f} vs {u or 0.0:6.2f}" for name, f, u in gaps[:5]]
+    lines.append(f"written to {ev.folder}:")
+    lines += [f"  {name:<17} {path}" for name, path in ev.files.items()]
+    return lines
+
+
+def _evaluate_args(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--labels", metavar="PATH",
+                      help="labels table (Delta path, .parquet, .csv with a header, or catalog name), "
+                           "joined to the run's scores on columns.id")
+    what.add_argument("--plant", type=float, metavar="FRACTION",
+                      help="plant anomalies in this fraction of the rows of score.source (held out) and score them")
+    parser.add_argument("--label-column", metavar="NAME", help="the labels table's label column (with --labels)")
+    parser.add_argument("--positive", metavar="VALUE",
+                        help="the label value that marks an anomaly, when labels are not 0/1 or true/false")
+    parser.add_argument("--labels-format", choices=["delta", "parquet", "csv", "table"],
+                        help="format of --labels (default: from the path)")
+    parser.add_argument("--baselines", action="store_true",
+                        help="also score the rows with the seed design (MSE on embedding output) and IsolationForest")
+    parser.add_argument("--top-k", type=int, metavar="K",
+                        help="precision and recall in the K highest scores (default: the number of positive rows)")
+    parser.add_argument("--max-rows", type=int, default=200_000, metavar="N",
+                        help="rows evaluated, and rows the baselines are fitted on, at most (a seeded sample; "
+                             "default 200000)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the planting and of samples (default 0)")
+
+
 def _npz_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--npz", metavar="DIR", help="also write one <column>.npz per categorical to DIR")
 
@@ -153,6 +215,8 @@ COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None
     "features": ("write the design matrix: embeddings + standardized numerics", _features, None),
     "score": ("score a table: anomaly score, contributions, reasons, flag", _score, None),
     "run": ("vocab -> train -> extract -> score, end to end", _run, _npz_arg),
+    "evaluate": ("detection quality: AUROC, AUPRC, precision/recall, plots (--labels or --plant)", _evaluate,
+                 _evaluate_args),
 }
 
 
@@ -295,6 +359,7 @@ extract_main = _script("extract")
 features_main = _script("features")
 score_main = _script("score")
 run_main = _script("run")
+evaluate_main = _script("evaluate")
 
 
 if __name__ == "__main__":

@@ -189,6 +189,11 @@ class RunLayout:
     def score_runs(self) -> str:
         return self._table("score_runs")
 
+    @property
+    def evaluation(self) -> str:
+        """``embedlib evaluate``'s metrics (JSON) and plots (PNG)."""
+        return join(self.root, "evaluation")
+
 
 # ------------------------------------------------------------------ small-file I/O
 # Bundles, checkpoints and metadata are written by the driver (or rank 0) to the
