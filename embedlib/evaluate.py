@@ -32,7 +32,7 @@ import io
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -383,9 +383,9 @@ def planted_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluate
             "--plant evaluates on rows the model did not train on: set score.source to a held-out table "
             "with the same columns (e.g. --set score.source=data/adult/adult.test.gz)"
         )
-    if cfg.source.path is not None and held_out == cfg.source.path:
+    if held_out in (cfg.source.path, cfg.source.table):
         log.warning("score.source is the training source %s: the planted rows are not held out", held_out)
-    df = read_source(spark, replace(cfg.source, path=held_out, table=None))
+    df = read_source(spark, cfg.source.with_target(held_out))
     check_source(df, bundle, (), held_out)
     table, total = _collect(df.select(*_feature_columns(bundle)), opts.max_rows, opts.seed, held_out)
     planted, labels = plant_anomalies(
@@ -518,8 +518,7 @@ def labelled_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluat
     keep = [F.col("anomaly_score"), F.col("__label"),
             F.array(*[F.col("contributions").getItem(c) for c in columns]).alias("__contributions")]
     if opts.baselines:  # the raw columns of the scored rows, for the baselines
-        source_cfg = cfg.source if cfg.score.source is None else replace(cfg.source, path=cfg.score.source, table=None)
-        source = read_source(spark, source_cfg).select(*[F.col(f"`{c}`") for c in ids], *_feature_columns(bundle))
+        source = read_source(spark, cfg.source.with_target(cfg.score.source)).select(*[F.col(f"`{c}`") for c in ids], *_feature_columns(bundle))
         joined = joined.join(source, on=ids, how="inner")
         keep += [F.col(f"`{c}`") for c in columns]
     table, total = _collect(joined.select(*keep), opts.max_rows, opts.seed, f"{scores_path} joined to {opts.labels}")

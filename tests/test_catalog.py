@@ -110,3 +110,25 @@ def test_score_a_catalog_table_same_as_its_file(spark, adult_trained, tmp_path: 
         return sorted(r["s"] for r in frame.collect())
 
     assert scores(tmp_path / "from_table") == scores(tmp_path / "from_path")
+
+
+def test_evaluate_plants_in_a_catalog_table_as_in_its_file(spark, adult_trained) -> None:  # type: ignore[no-untyped-def]
+    from embedlib.bundle import load_bundle
+    from embedlib.evaluate import EvaluateOptions, planted_set
+    from embedlib.tables import read_source
+
+    trained, _ = adult_trained
+    bundle = load_bundle(trained.layout.bundle)
+    table = "spark_catalog.default.adult_test_planted"
+    read_source(spark, trained.source.with_target(str(ADULT_TEST))).write.mode("overwrite").format(
+        "parquet").saveAsTable(table)
+    opts = EvaluateOptions(plant=0.02, seed=5)
+    try:
+        by_table = planted_set(spark, cfg_with(f"score.source={table}"), bundle, opts)
+        by_path = planted_set(spark, cfg_with(f"score.source={ADULT_TEST}"), bundle, opts)
+    finally:
+        spark.sql(f"DROP TABLE IF EXISTS {table}")
+    assert table in by_table.description and len(by_table.labels) == 16281
+    assert int(by_table.labels.sum()) == 326
+    assert (by_table.labels == by_path.labels).all()
+    assert by_table.scores == pytest.approx(by_path.scores, abs=1e-9)
