@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs
 import pyarrow.parquet as pq
 import torch
 
@@ -240,6 +241,10 @@ def read_bundle_files(path: str) -> dict[str, bytes]:
             with fs.open_input_stream(f"{root}/{name}") as handle:
                 blobs[name] = bytes(handle.read())
         except (FileNotFoundError, OSError) as exc:
+            if not blobs and fs.get_file_info(root).type == pa.fs.FileType.NotFound:
+                raise BundleError(
+                    f"there is no model bundle at {path}; run `embedlib train` with this config first"
+                ) from exc
             raise BundleError(f"bundle {path}: file {name} is missing or unreadable ({exc})") from exc
     return blobs
 

@@ -100,6 +100,13 @@ def test_missing_bundle_file_is_named(adult_trained, tmp_path: Path) -> None:  #
     (bundle / WEIGHTS).unlink()
     with pytest.raises(BundleError, match=f"file {WEIGHTS} is missing or unreadable"):
         load_bundle(str(bundle))
+    for name in list(bundle.iterdir()):
+        name.unlink()
+    with pytest.raises(BundleError, match=f"file {MANIFEST} is missing or unreadable"):
+        load_bundle(str(bundle))  # the folder is there, its files are not
+    bundle.rmdir()
+    with pytest.raises(BundleError, match=f"there is no model bundle at {bundle}; run `embedlib train`"):
+        load_bundle(str(bundle))
 
 
 # -------------------------------------------------------------------------- hostile paths
