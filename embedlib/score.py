@@ -27,7 +27,7 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -374,29 +374,40 @@ class ScoreRun:
 
 
 def source_version(spark: SparkSession, cfg: Config, path: str | None, table: str | None) -> str:
-    """A string that changes whenever the scored source changes."""
+    """A string that changes whenever the scored source changes.
+
+    A Delta table (path or catalog) is its commit version; any other source is
+    a digest of the path, size and modification time of its files.
+    """
     from embedlib.tables import delta_version
 
     if table is not None:
         try:
             row = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()
             return f"v{row['version']}" if row is not None else "v?"
-        except Exception:
-            return "table"
+        except Exception:  # not a Delta table (Parquet, CSV, Hive…): its files tell
+            return _files_digest(spark, spark.table(table).inputFiles())
     assert path is not None
     if cfg.source.format == "delta":
         return f"v{delta_version(spark, path)}"
+    return _files_digest(spark, [path])
+
+
+def _files_digest(spark: SparkSession, paths: Sequence[str]) -> str:
+    """A digest of every file matched by ``paths`` (globs; a folder's direct children too)."""
     sc = spark.sparkContext
     jvm = sc._jvm
     assert jvm is not None
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(sc._jsc.hadoopConfiguration())  # type: ignore[union-attr]
+    conf = sc._jsc.hadoopConfiguration()  # type: ignore[union-attr]
     h = hashlib.sha256()
-    for status in sorted(fs.globStatus(hpath) or [], key=lambda st: str(st.getPath())):
-        h.update(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}".encode())
-        if status.isDirectory():
-            for child in sorted(fs.listStatus(status.getPath()), key=lambda st: str(st.getPath())):
-                h.update(f"{child.getPath()}|{child.getLen()}|{child.getModificationTime()}".encode())
+    for path in sorted(paths):
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        fs = hpath.getFileSystem(conf)
+        for status in sorted(fs.globStatus(hpath) or [], key=lambda st: str(st.getPath())):
+            h.update(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}".encode())
+            if status.isDirectory():
+                for child in sorted(fs.listStatus(status.getPath()), key=lambda st: str(st.getPath())):
+                    h.update(f"{child.getPath()}|{child.getLen()}|{child.getModificationTime()}".encode())
     return h.hexdigest()[:16]
 
 

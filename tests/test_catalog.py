@@ -132,3 +132,30 @@ def test_evaluate_plants_in_a_catalog_table_as_in_its_file(spark, adult_trained)
     assert int(by_table.labels.sum()) == 326
     assert (by_table.labels == by_path.labels).all()
     assert by_table.scores == pytest.approx(by_path.scores, abs=1e-9)
+
+
+@pytest.mark.timeout(600)
+def test_a_changed_parquet_catalog_table_is_scored_again(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """The default run id follows a non-Delta table's files: unchanged → a rerun, changed → a new run."""
+    from embedlib.score import run_score_job
+    from embedlib.tables import read_source, read_table
+
+    trained, _ = adult_trained
+    run = cfg_with(f"output_dir={tmp_path / 'run'}")
+    copy_vocab(trained, run)
+    shutil.copytree(trained.layout.bundle, run.layout.bundle)
+    table = "spark_catalog.default.adult_daily_rows"
+    rows = read_source(spark, run.source.with_target(str(ADULT_TEST)))
+    score_cfg = cfg_with(f"output_dir={tmp_path / 'run'}", f"score.source={table}")
+    try:
+        rows.limit(1000).write.mode("overwrite").format("parquet").saveAsTable(table)
+        first = run_score_job(spark, score_cfg)
+        again = run_score_job(spark, score_cfg)
+        rows.limit(1500).write.mode("overwrite").format("parquet").saveAsTable(table)  # the next day's rows
+        changed = run_score_job(spark, score_cfg)
+    finally:
+        spark.sql(f"DROP TABLE IF EXISTS {table}")
+    assert first.written and first.rows == 1000
+    assert not again.written and again.run_id == first.run_id
+    assert changed.written and changed.rows == 1500 and changed.run_id != first.run_id
+    assert read_table(spark, first.output).count() == 2500
