@@ -9,7 +9,7 @@ and what to do, before doing any work.
 
 from __future__ import annotations
 
-import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -19,11 +19,28 @@ from embedlib.config import ConfigError, load_config
 from embedlib.layout import RunLayout
 from embedlib.tables import TableError
 
-from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, copy_vocab
+from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, copy_run
 
 
 def cfg_with(*sets: str):  # type: ignore[no-untyped-def]
     return load_config([BASE_CONF, ADULT_CONF], [f"source.path={ADULT_DATA}", *sets])
+
+
+@contextmanager
+def parquet_table(spark, name: str, rows):  # type: ignore[no-untyped-def]
+    """``rows`` saved as the Parquet catalog table ``name`` (not Delta: no connector here), dropped after."""
+    rows.write.mode("overwrite").format("parquet").saveAsTable(name)
+    try:
+        yield name
+    finally:
+        spark.sql(f"DROP TABLE IF EXISTS {name}")
+
+
+def held_out_rows(spark):  # type: ignore[no-untyped-def]
+    """adult.test as the demo config reads it."""
+    from embedlib.tables import read_source
+
+    return read_source(spark, cfg_with().source.with_target(str(ADULT_TEST)))
 
 
 def test_output_schema_makes_every_table_a_catalog_table(tmp_path: Path) -> None:
@@ -86,22 +103,14 @@ def test_score_a_catalog_table_same_as_its_file(spark, adult_trained, tmp_path: 
     from pyspark.sql import functions as F
 
     from embedlib.score import run_score_job
-    from embedlib.tables import read_source, read_table
+    from embedlib.tables import read_table
 
-    trained, _ = adult_trained
-    run = cfg_with(f"output_dir={tmp_path / 'run'}")
-    copy_vocab(trained, run)
-    shutil.copytree(trained.layout.bundle, run.layout.bundle)
-    table = "spark_catalog.default.adult_test_rows"
-    read_source(spark, run.source.with_target(str(ADULT_TEST))).write.mode("overwrite").format(
-        "parquet").saveAsTable(table)
-    try:
+    copy_run(adult_trained[0], tmp_path / "run")
+    with parquet_table(spark, "spark_catalog.default.adult_test_rows", held_out_rows(spark)) as table:
         by_table = run_score_job(spark, cfg_with(f"output_dir={tmp_path / 'run'}", f"score.source={table}",
                                                  f"score.output={tmp_path / 'from_table'}"))
         by_path = run_score_job(spark, cfg_with(f"output_dir={tmp_path / 'run'}", f"score.source={ADULT_TEST}",
                                                 f"score.output={tmp_path / 'from_path'}"))
-    finally:
-        spark.sql(f"DROP TABLE IF EXISTS {table}")
     assert by_table.source == table and by_table.rows == by_path.rows == 16281
     assert by_table.anomalies == by_path.anomalies and by_table.bundle_id == by_path.bundle_id
 
@@ -115,19 +124,12 @@ def test_score_a_catalog_table_same_as_its_file(spark, adult_trained, tmp_path: 
 def test_evaluate_plants_in_a_catalog_table_as_in_its_file(spark, adult_trained) -> None:  # type: ignore[no-untyped-def]
     from embedlib.bundle import load_bundle
     from embedlib.evaluate import EvaluateOptions, planted_set
-    from embedlib.tables import read_source
 
-    trained, _ = adult_trained
-    bundle = load_bundle(trained.layout.bundle)
-    table = "spark_catalog.default.adult_test_planted"
-    read_source(spark, trained.source.with_target(str(ADULT_TEST))).write.mode("overwrite").format(
-        "parquet").saveAsTable(table)
+    bundle = load_bundle(adult_trained[0].layout.bundle)
     opts = EvaluateOptions(plant=0.02, seed=5)
-    try:
+    with parquet_table(spark, "spark_catalog.default.adult_test_planted", held_out_rows(spark)) as table:
         by_table = planted_set(spark, cfg_with(f"score.source={table}"), bundle, opts)
         by_path = planted_set(spark, cfg_with(f"score.source={ADULT_TEST}"), bundle, opts)
-    finally:
-        spark.sql(f"DROP TABLE IF EXISTS {table}")
     assert table in by_table.description and len(by_table.labels) == 16281
     assert int(by_table.labels.sum()) == 326
     assert (by_table.labels == by_path.labels).all()
@@ -138,23 +140,16 @@ def test_evaluate_plants_in_a_catalog_table_as_in_its_file(spark, adult_trained)
 def test_a_changed_parquet_catalog_table_is_scored_again(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The default run id follows a non-Delta table's files: unchanged → a rerun, changed → a new run."""
     from embedlib.score import run_score_job
-    from embedlib.tables import read_source, read_table
+    from embedlib.tables import read_table
 
-    trained, _ = adult_trained
-    run = cfg_with(f"output_dir={tmp_path / 'run'}")
-    copy_vocab(trained, run)
-    shutil.copytree(trained.layout.bundle, run.layout.bundle)
-    table = "spark_catalog.default.adult_daily_rows"
-    rows = read_source(spark, run.source.with_target(str(ADULT_TEST)))
-    score_cfg = cfg_with(f"output_dir={tmp_path / 'run'}", f"score.source={table}")
-    try:
-        rows.limit(1000).write.mode("overwrite").format("parquet").saveAsTable(table)
+    copy_run(adult_trained[0], tmp_path / "run")
+    rows = held_out_rows(spark)
+    with parquet_table(spark, "spark_catalog.default.adult_daily_rows", rows.limit(1000)) as table:
+        score_cfg = cfg_with(f"output_dir={tmp_path / 'run'}", f"score.source={table}")
         first = run_score_job(spark, score_cfg)
         again = run_score_job(spark, score_cfg)
         rows.limit(1500).write.mode("overwrite").format("parquet").saveAsTable(table)  # the next day's rows
         changed = run_score_job(spark, score_cfg)
-    finally:
-        spark.sql(f"DROP TABLE IF EXISTS {table}")
     assert first.written and first.rows == 1000
     assert not again.written and again.run_id == first.run_id
     assert changed.written and changed.rows == 1500 and changed.run_id != first.run_id
