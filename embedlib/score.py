@@ -385,8 +385,9 @@ def source_version(spark: SparkSession, cfg: Config, path: str | None, table: st
         try:
             row = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()
             return f"v{row['version']}" if row is not None else "v?"
-        except Exception:  # not a Delta table (Parquet, CSV, Hive…): its files tell
-            return _files_digest(spark, spark.table(table).inputFiles())
+        except Exception:  # not a Delta table (Parquet, CSV, Hive…): its folders' files tell
+            folders = {f.rsplit("/", 1)[0] for f in spark.table(table).inputFiles()}  # one listing per partition
+            return _files_digest(spark, sorted(folders))
     assert path is not None
     if cfg.source.format == "delta":
         return f"v{delta_version(spark, path)}"
