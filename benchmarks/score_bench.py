@@ -32,12 +32,12 @@ Then, in one process, for each size (all figures wall-clock, ``time.perf_counter
    ``build_output(bundle, table, threshold=…, top_reasons=3, emit_code=False)`` per
    table — exactly what each executor does per batch — in this plain Python process
    with ``torch.set_num_threads(1)``: the per-core figure. The line below it times
-   ``bundle.score(table)`` alone on the same tables (encode + forward pass + softmax),
+   ``score_rows(bundle, table)`` alone on the same tables (encode + forward pass + softmax),
    so the rest of ``build_output`` (contributions map, top reasons, flags) is the
    difference.
 3. **row UDF**: a plain ``pyspark.sql.functions.udf`` returning a double, called once
    per row with the 30 raw values; it builds a one-row Arrow table and calls
-   ``bundle.score`` on it, with the bundle held by ``embedlib.score.cached_bundle``
+   ``score_rows`` on it, with the bundle held by ``embedlib.workers.cached_bundle``
    (a module-level cache: loaded once per Python worker, never per row). It runs on
    ``--udf-rows`` rows spread over the whole id range (``id % step == 0``), written to
    their own Parquet (one file per core, untimed), and its output (``id`` and the
@@ -263,7 +263,7 @@ def time_batches(fn: Callable[[Any], Any], batches: list[Any]) -> float:
 
 
 def row_udf(bundle: Any) -> Callable[..., float]:
-    """The per-row scorer: one-row Arrow table → ``bundle.score``; bundle cached per worker."""
+    """The per-row scorer: one-row Arrow table → ``score_rows``; bundle cached per worker."""
     from pyspark import SparkContext
 
     from embedlib.bundle import read_bundle_files
@@ -277,14 +277,15 @@ def row_udf(bundle: Any) -> Callable[..., float]:
     def score_row(*values: Any) -> float:
         import pyarrow as pa
 
-        from embedlib.score import cached_bundle
+        from embedlib.inference import score_rows
+        from embedlib.workers import cached_bundle
 
         scorer = cached_bundle(bundle_id, files)
         table = pa.table({
             name: pa.array([value], pa.string() if k < n_cat else pa.float64())
             for k, (name, value) in enumerate(zip(columns, values))
         })
-        return float(scorer.score(table).score[0])
+        return float(score_rows(scorer, table).score[0])
 
     return score_row
 
@@ -347,6 +348,7 @@ def main(argv: list[str] | None = None) -> None:
     load_start = os.getloadavg()
 
     from embedlib.config import SparkConfig
+    from embedlib.inference import score_rows
     from embedlib.score import build_output
     from embedlib.spark import delta_connector_available, get_session
     from embedlib.tables import read_table
@@ -403,8 +405,8 @@ def main(argv: list[str] | None = None) -> None:
             secs = time_batches(
                 lambda t: build_output(bundle, t, threshold=threshold, top_reasons=3, emit_code=False), batches)
             out.append(Result("ceiling: build_output, 1 thread", m, secs, 1))
-            secs = time_batches(bundle.score, batches)
-            out.append(Result("  of which bundle.score", m, secs, 1))
+            secs = time_batches(lambda b: score_rows(bundle, b), batches)
+            out.append(Result("  of which score_rows", m, secs, 1))
             del batches
 
             step = max(1, n // args.udf_rows)

@@ -19,7 +19,7 @@ the same model (``EmbeddingAutoencoder(spec)``), it times:
   backend runs it: streams the shards through ``_batches`` (shuffle buffer,
   ``read_shards``), corrupts on the CPU, trains, and every epoch also runs a
   validation pass over the validation shards and writes a checkpoint. The wall
-  time counts all of that. The loop's ``evaluate`` and ``save_checkpoint`` are
+  time counts all of that. The loop's ``evaluate`` and ``CheckpointStore.save`` are
   wrapped with timers while it runs (instrumentation only), which splits the
   wall time into training / validation / checkpoint / setup; "training only"
   is the epoch time (``metrics['history'][i]['seconds']``, which includes the
@@ -216,12 +216,12 @@ def main(argv: list[str] | None = None) -> None:
 
     from pyspark.sql import functions as F
 
-    import embedlib.train as train_mod
+    import embedlib.train.loop as loop_mod
     from embedlib.config import SparkConfig, load_config
     from embedlib.encode import Encoder, encode_to_shards
     from embedlib.spark import get_session
     from embedlib.tables import read_source
-    from embedlib.train import SingleProcess, TrainJob, launch, spec_for, train_loop
+    from embedlib.train import CheckpointStore, SingleProcess, TrainJob, resolve_backend, spec_for, train_loop
     from embedlib.vocab import run_vocab_job
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -262,8 +262,7 @@ def main(argv: list[str] | None = None) -> None:
             spec=spec_for(vocab, cfg),
             shards=shards,
             encoder=Encoder.for_vocab(vocab),
-            checkpoint_dir=f"{tmp}/checkpoints/unused",
-            fingerprint="train-bench",
+            store=CheckpointStore(f"{tmp}/checkpoints/unused", f"{tmp}/checkpoints/unused/workers", "train-bench"),
             epochs=args.epochs,
             batch_size=args.batch_size,
             learning_rate=t.learning_rate,
@@ -276,7 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = iter(range(1_000_000))
 
         def fresh() -> TrainJob:
-            return dataclasses.replace(job, checkpoint_dir=f"{tmp}/checkpoints/run-{next(runs)}")
+            folder = f"{tmp}/checkpoints/run-{next(runs)}"
+            return dataclasses.replace(job, store=CheckpointStore(folder, f"{folder}/workers", "train-bench"))
 
         train_rows = shards.train_rows
         samples = train_rows * args.epochs
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         # 1. embedlib's loop, in this process, with its validation and checkpoint calls timed
         def ours() -> tuple[float, dict[str, Any], dict[str, float]]:
             sink: dict[str, float] = {}
-            with _timed(train_mod, ("evaluate", "save_checkpoint"), sink):
+            with _timed(loop_mod, ("evaluate",), sink), _timed(CheckpointStore, ("save",), sink):
                 _sync(device)
                 start = time.perf_counter()
                 metrics = train_loop(SingleProcess(device), fresh())
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
                 # TorchDistributor copies its workers' output to stdout: keep stdout for the table
                 with contextlib.redirect_stdout(sys.stderr):
                     start = time.perf_counter()
-                    out = launch(spark, fresh(), train_cfg)
+                    out = resolve_backend(spark, train_cfg).run(train_loop, fresh())
                     return time.perf_counter() - start, out
 
             return once
@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> None:
         wall, metrics, sink = best["ours"]
         epoch_s = sum(r["seconds"] for r in metrics["history"])
         valid_s = sink.get("evaluate", 0.0)
-        ckpt_s = sink.get("save_checkpoint", 0.0)
+        ckpt_s = sink.get("save", 0.0)
         bare = best["bare"][0]
         results.append(Timing("embedlib train_loop (all)", wall, samples,
                               "train + validation + checkpoint every epoch"))

@@ -1,9 +1,7 @@
 """embedlib: embeddings for categorical columns and anomaly scores for large tables.
 
-The library is cut into small modules (see ``README.md`` and ``ARCHITECTURE``):
-``config`` (frozen job configuration), ``layout`` (paths of a run), ``spark``
-(session building), ``tables`` (Delta / Parquet / CSV I/O with and without the
-Delta connector) and ``vocab`` (vocabularies and numeric statistics).
+The library is cut into small modules, one responsibility each; the README's
+"Architecture" section is the map (what each module owns and may import).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Baselines to compare the embedding autoencoder with, on exactly the same rows.
 
-* the seed design — :class:`~embedlib.model.EmbeddingMSEAutoencoder`, trained on
-  MSE against its own embedding output (the trap; its embeddings collapse),
+* the seed design — :class:`EmbeddingMSEAutoencoder`, trained on MSE against its
+  own embedding output (the trap: the target moves with the weights and the
+  cheapest way to lower the loss is to shrink every embedding toward the same
+  point — the embeddings collapse),
 * IsolationForest on one-hot categoricals + standardized numerics (scikit-learn).
 
 Also :func:`embedding_spread`, the measure the tests and notebooks use to show
@@ -10,7 +12,7 @@ the collapse. Torch and numpy only at import time.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -18,16 +20,44 @@ import torch
 from torch import nn
 
 from embedlib.encode import Encoded
-from embedlib.model import EmbeddingMSEAutoencoder, ModelSpec
-from embedlib.vocab import FIRST_INDEX
+from embedlib.indices import FIRST_INDEX
+from embedlib.model import ModelSpec, mlp
 
 __all__ = [
+    "EmbeddingMSEAutoencoder",
     "IsolationForestBaseline",
     "embedding_spread",
     "fit_mse_autoencoder",
     "isolation_forest_scores",
     "mse_scores",
 ]
+
+
+class EmbeddingMSEAutoencoder(nn.Module):
+    """The trap: reconstruct concat(embeddings, numerics) with MSE against itself.
+
+    Same encoder as :class:`EmbeddingAutoencoder`; the decoder outputs a vector
+    as wide as the input and the loss is the mean squared error between the two.
+    The embeddings are both input and target, so training can lower the loss by
+    shrinking them together — they collapse. Its row score is that squared error.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        self.embeddings = nn.ModuleList(
+            nn.Embedding(n, d) for n, d in zip(spec.cardinalities, spec.embedding_dims)
+        )
+        width = sum(spec.embedding_dims) + len(spec.numeric)
+        self.encoder = nn.Sequential(mlp((width, *spec.hidden)), nn.Linear(spec.hidden[-1], spec.bottleneck))
+        back = tuple(reversed(spec.hidden))
+        self.decoder = nn.Sequential(mlp((spec.bottleneck, *back)), nn.Linear(back[-1], width))
+
+    def row_error(self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
+        """Per-row squared reconstruction error (the loss before averaging)."""
+        target = torch.cat([*(emb(cat[:, i]) for i, emb in enumerate(self.embeddings)), num], dim=1)
+        recon = self.decoder(self.encoder(target))
+        return ((recon - target) ** 2).mean(dim=1)
 
 
 def fit_mse_autoencoder(
@@ -73,7 +103,7 @@ def mse_scores(model: EmbeddingMSEAutoencoder, enc: Encoded) -> np.ndarray:
     return err.double().numpy()
 
 
-def embedding_spread(embeddings: Sequence[nn.Embedding]) -> np.ndarray:
+def embedding_spread(embeddings: Iterable[nn.Module]) -> np.ndarray:
     """Per column: mean distance of the category vectors (index ≥ 2) to their centroid.
 
     Collapse shows as this shrinking toward 0 relative to its value at
@@ -81,6 +111,7 @@ def embedding_spread(embeddings: Sequence[nn.Embedding]) -> np.ndarray:
     """
     out = []
     for emb in embeddings:
+        assert isinstance(emb, nn.Embedding)
         w = emb.weight.detach().double()[FIRST_INDEX:]
         if w.shape[0] < 2:
             out.append(float("nan"))

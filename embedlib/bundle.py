@@ -1,4 +1,4 @@
-"""The model bundle: everything needed to score or extract, loadable without Spark.
+"""The model bundle: saved, loaded and verified without Spark (scoring it: :mod:`embedlib.inference`).
 
 A bundle is a directory::
 
@@ -18,6 +18,7 @@ This module imports no pyspark.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import io
 import json
@@ -27,19 +28,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 import torch
 
 from embedlib import __version__
-from embedlib.encode import Encoded, Encoder
+from embedlib.encode import Encoder
 from embedlib.layout import filesystem
-from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
-from embedlib.vocab import Vocabulary
+from embedlib.model import EmbeddingAutoencoder, ModelSpec
+from embedlib.vocab.model import Vocabulary
 
-__all__ = ["Bundle", "BundleError", "ScoreResult", "load_bundle", "save_bundle"]
+__all__ = ["Bundle", "BundleError", "bundle_from_files", "load_bundle", "read_bundle_files", "save_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -137,21 +137,6 @@ def save_bundle(
 
 
 @dataclass(frozen=True)
-class ScoreResult:
-    """Scores of a batch. ``contributions[:, k]`` is column ``k``'s nats; rows sum to ``score``."""
-
-    score: np.ndarray  # float64 [rows]
-    contributions: np.ndarray  # float64 [rows, columns]
-    observed: np.ndarray  # int64 [rows, categoricals]: observed index
-    expected: np.ndarray  # int64 [rows, categoricals]: arg-max index
-    expected_prob: np.ndarray  # float64 [rows, categoricals]
-    observed_prob: np.ndarray  # float64 [rows, categoricals]
-    expected_num: np.ndarray  # float64 [rows, numerics], in the column's own units
-    code: np.ndarray  # float32 [rows, bottleneck]
-    missing: np.ndarray  # float32 [rows, numerics]: 1 where the numeric was missing
-
-
-@dataclass(frozen=True)
 class Bundle:
     """A verified, loaded bundle: model, vocabulary, encoder and metadata."""
 
@@ -162,7 +147,7 @@ class Bundle:
     model: EmbeddingAutoencoder
     vocab: Vocabulary
 
-    @property
+    @functools.cached_property
     def encoder(self) -> Encoder:
         return Encoder.for_vocab(self.vocab)
 
@@ -171,65 +156,9 @@ class Bundle:
         return float(self.manifest["threshold"])
 
     @property
-    def columns(self) -> tuple[str, ...]:
-        return self.spec.columns
-
-    @property
     def source_types(self) -> dict[str, str]:
         """Spark type of each feature column when the vocabulary was built ({} for older bundles)."""
         return dict(self.manifest.get("source_types") or self.vocab.meta.get("source_types") or {})
-
-    def score_encoded(self, enc: Encoded) -> ScoreResult:
-        """Score already-encoded rows (one forward pass)."""
-        with torch.inference_mode():
-            cat = torch.from_numpy(enc.cat)
-            num = torch.from_numpy(enc.num)
-            missing = torch.from_numpy(enc.missing)
-            logits, pred, code = self.model(cat, num, missing)
-            contrib = column_nll(logits, pred, cat, num, missing).double()
-            expected = []
-            expected_prob = []
-            for lg in logits:
-                # arg-max and its probability from the logits: no full softmax needed
-                top = lg.max(dim=1)
-                expected.append(top.indices)
-                expected_prob.append(torch.exp(top.values.double() - torch.logsumexp(lg.double(), dim=1)))
-            # −log p(observed) is the categorical's contribution
-            observed_prob = [torch.exp(-contrib[:, i]) for i in range(len(logits))]
-        rows = len(enc)
-        stats = [self.vocab.numeric[c] for c in self.spec.numeric]
-        pred_np = pred.double().numpy()
-        expected_num = np.stack(
-            [_unstandardize(pred_np[:, j], s.mean, s.scale, s.log1p) for j, s in enumerate(stats)], axis=1
-        ) if stats else np.zeros((rows, 0))
-
-        def stack(parts: list[torch.Tensor], dtype: Any) -> np.ndarray:
-            if not parts:
-                return np.zeros((rows, 0), dtype=dtype)
-            return torch.stack(parts, dim=1).numpy().astype(dtype)
-
-        return ScoreResult(
-            score=contrib.sum(dim=1).numpy(),
-            contributions=contrib.numpy(),
-            observed=enc.cat,
-            expected=stack(expected, np.int64),
-            expected_prob=stack(expected_prob, np.float64),
-            observed_prob=stack(observed_prob, np.float64),
-            expected_num=expected_num,
-            code=code.float().numpy(),
-            missing=enc.missing,
-        )
-
-    def score(self, data: pa.Table | pa.RecordBatch) -> ScoreResult:
-        """Encode raw rows with the bundle's vocabulary and score them."""
-        return self.score_encoded(self.encoder.arrays(data))
-
-
-def _unstandardize(z: np.ndarray, mean: float, scale: float, log1p: bool) -> np.ndarray:
-    x = z * scale + mean
-    if log1p:
-        x = np.sign(x) * np.expm1(np.abs(x))
-    return x
 
 
 def read_bundle_files(path: str) -> dict[str, bytes]:

@@ -10,11 +10,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from embedlib import __version__
 from embedlib.config import Config, ConfigError, SourceConfig, load_config
 from embedlib.layout import PathError, check_path
+from embedlib.reports import evaluation_report, format_reason, score_report  # re-exported: notebooks use them
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -23,11 +24,14 @@ __all__ = [
     "COMMANDS",
     "entry",
     "evaluate_main",
+    "evaluation_report",
     "extract_main",
     "features_main",
+    "format_reason",
     "main",
     "run_main",
     "score_main",
+    "score_report",
     "train_main",
     "vocab_main",
 ]
@@ -36,38 +40,25 @@ log = logging.getLogger("embedlib")
 
 
 def _vocab(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    from embedlib.reports import vocab_report
     from embedlib.vocab import run_vocab_job
 
-    vocab = run_vocab_job(spark, cfg)
-    return [f"vocabulary written to {cfg.layout.vocab}", *vocab.summary()]
+    return vocab_report(run_vocab_job(spark, cfg), cfg)
 
 
 def _train(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    from embedlib.reports import train_report
     from embedlib.train import run_train_job
 
-    result = run_train_job(spark, cfg)
-    m = result.metrics
-    lines = [
-        f"bundle {result.bundle_id} written to {result.bundle_path}",
-        f"backend {m['backend']} ({m['world_size']} worker(s)), {m['epochs_run']} epoch(s), "
-        f"best epoch {m['best_epoch']}, validation loss {m['validation_loss']:.4f} nats/row, "
-        f"threshold {result.threshold:.3f} nats, {m['train_seconds']}s",
-        "epoch  train    validation",
-    ]
-    lines += [f"{h['epoch']:>5}  {h['train_loss']:<8.4f} {h['validation_loss']:.4f}" for h in m["history"]]
-    if result.tracking_run_id:
-        lines.append(f"MLflow run {result.tracking_run_id}")
-    return lines
+    return train_report(run_train_job(spark, cfg))
 
 
 def _extract(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
     from embedlib.extract import run_extract_job
+    from embedlib.reports import extract_report
 
-    path, npz = run_extract_job(spark, cfg, getattr(args, "npz", None))
-    lines = [f"embeddings written to {path}"]
-    if npz:
-        lines.append(f"{len(npz)} .npz file(s) written to {args.npz}")
-    return lines
+    npz = getattr(args, "npz", None)
+    return extract_report(*run_extract_job(spark, cfg, npz), npz)
 
 
 def _features(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
@@ -79,65 +70,13 @@ def _features(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> lis
 def _score(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
     from embedlib.score import run_score_job
 
-    run = run_score_job(spark, cfg)
-    if not run.written:
-        rebuilt = "; its missing run summary was rebuilt" if run.rows else ""
-        return [f"score run {run.run_id} was already written to {run.output}; nothing added{rebuilt}"]
-    lines = score_report(spark, run, cfg)
-    if run.tracking_run_id:
-        lines.append(f"MLflow run {run.tracking_run_id}")
-    return lines
-
-
-def score_report(spark: SparkSession, run: Any, cfg: Config, top: int = 10) -> list[str]:
-    """Readable summary of a score run: the top rows with reasons, the distribution."""
-    from pyspark.sql import functions as F
-
-    from embedlib.tables import read_table
-
-    lines = [
-        f"scored {run.rows:,} rows of {run.source} -> {run.output} (run {run.run_id})",
-        f"threshold {run.threshold:.3f} nats: {run.anomalies:,} rows flagged "
-        f"({100.0 * run.anomalies / max(run.rows, 1):.2f}%)",
-        "score quantiles (nats): " + ", ".join(f"q{float(q) * 100:g}={v:.2f}" for q, v in run.quantiles.items()),
-    ]
-    if run.inf_rows:
-        lines.append(f"{run.inf_rows:,} row(s) had ±inf numerics, scored as missing (the vocabulary's inf_policy is null)")
-    oov = {c: r for c, r in run.oov_rate.items() if r > 0}
-    if oov:
-        lines.append("out-of-vocabulary rate: " + ", ".join(f"{c} {100 * r:.3f}%" for c, r in oov.items()))
-    scores = read_table(spark, run.output).where(F.col("bundle_id") == run.bundle_id)
-    rows = scores.orderBy(F.col("anomaly_score").desc()).limit(top).collect()
-    lines.append(f"top {len(rows)} rows:")
-    for row in rows:
-        ids = ", ".join(f"{c}={row[c]}" for c in cfg.columns.id)
-        lines.append(f"  {row['anomaly_score']:8.2f} nats{'  ' + ids if ids else ''}")
-        for reason in row["reasons"]:
-            lines.append("      " + format_reason(reason))
-    return lines
-
-
-def format_reason(reason: Any) -> str:
-    """``native-country=Holand-Netherlands — expected United-States (p=0.91), +4.1 nats``."""
-    prob = f" (p={reason['probability']:.2f})" if reason["probability"] is not None else ""
-    return (
-        f"{reason['column']}={reason['value']} — expected {reason['expected']}{prob}, "
-        f"+{reason['nats']:.1f} nats"
-    )
+    return score_report(spark, run_score_job(spark, cfg), cfg)
 
 
 def _run(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
-    lines = ["== vocab", *_vocab(spark, cfg, args), "== train", *_train(spark, cfg, args)]
-    lines += ["== extract", *_extract(spark, cfg, args), "== score", *_score(spark, cfg, args)]
-    lines += [
-        "== outputs",
-        f"  vocabulary  {cfg.layout.vocab}",
-        f"  bundle      {cfg.layout.bundle}",
-        f"  embeddings  {cfg.layout.embeddings}",
-        f"  scores      {cfg.score.output or cfg.layout.scores}",
-        f"  score runs  {cfg.layout.score_runs}",
-    ]
-    return lines
+    from embedlib.pipeline import run_pipeline
+
+    return run_pipeline(spark, cfg, npz_dir=getattr(args, "npz", None))
 
 
 def _evaluate(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
@@ -149,34 +88,6 @@ def _evaluate(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> lis
         baselines=args.baselines, max_rows=args.max_rows,
     )
     return evaluation_report(run_evaluate_job(spark, cfg, opts))
-
-
-def evaluation_report(ev: Any) -> list[str]:
-    """The metrics of every method side by side, the columns behind the flags, and the files."""
-    from embedlib.evaluate import METHODS
-
-    k = ev.methods[0].top_k
-    lines = [
-        f"evaluated bundle {ev.bundle_id} on {ev.description}",
-        f"{ev.positives:,} positive of {ev.rows:,} rows ({100.0 * ev.positives / max(ev.rows, 1):.2f}%)",
-        f"{'method':<38} {'AUROC':>6} {'AUPRC':>6} {'threshold':>10} {'flagged':>8} {'precision':>9} "
-        f"{'recall':>6} {'P@' + str(k):>8} {'R@' + str(k):>8}",
-    ]
-    for m in ev.methods:
-        lines.append(
-            f"{METHODS.get(m.method, m.method):<38} {m.auroc:>6.3f} {m.auprc:>6.3f} {m.threshold:>10.4g} "
-            f"{m.flagged:>8,} {m.precision:>9.3f} {m.recall:>6.3f} {m.precision_at_k:>8.3f} {m.recall_at_k:>8.3f}"
-        )
-    gaps = sorted(
-        ((name, v["flagged"], v["unflagged"]) for name, v in ev.column_means.items() if v["flagged"] is not None),
-        key=lambda t: t[1] - (t[2] or 0.0), reverse=True,
-    )
-    if gaps:
-        lines.append("mean nats, flagged vs unflagged rows (embedlib; largest differences first):")
-        lines += [f"  {name:<20} {f:7.2f} vs {u or 0.0:6.2f}" for name, f, u in gaps[:5]]
-    lines.append(f"written to {ev.folder}:")
-    lines += [f"  {name:<17} {path}" for name, path in ev.files.items()]
-    return lines
 
 
 def _evaluate_args(parser: argparse.ArgumentParser) -> None:
@@ -262,11 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("embedlib %s (%s) %s", __version__, embedlib.__file__, args.command)
     spark: SparkSession | None = None
     try:
-        from embedlib.spark import get_session
+        from embedlib.spark import get_session, quiet_task_failure_logs
 
         spark = get_session(cfg.spark, app_name=f"embedlib-{args.command}-{cfg.name}")
         if not debug:
-            _quiet_task_failure_logs(spark)
+            quiet_task_failure_logs(spark)
         lines = COMMANDS[args.command][1](spark, cfg, args)
     except ValueError as exc:  # every embedlib input error is a ValueError with a clear message
         log.error("%s failed: %s", args.command, exc)
@@ -291,28 +202,6 @@ def _sources(cfg: Config) -> list[SourceConfig]:
         if other is not None:
             out.append(cfg.source.with_target(other))
     return out
-
-
-#: Spark loggers that print a whole Java/Python stack trace for each failed task.
-_TASK_FAILURE_LOGGERS = (
-    "org.apache.spark.executor.Executor",
-    "org.apache.spark.scheduler.TaskSetManager",
-    "org.apache.spark.sql.execution.datasources.FileFormatWriter",
-    "org.apache.spark.sql.execution.datasources.FileFormatDataWriter",
-    "org.apache.spark.util.Utils",
-)
-
-
-def _quiet_task_failure_logs(spark: SparkSession) -> None:
-    """Keep Spark's per-task stack traces off stderr; :func:`main` reports the failure."""
-    try:
-        jvm = spark.sparkContext._jvm
-        assert jvm is not None
-        level = jvm.org.apache.logging.log4j.Level.OFF
-        for name in _TASK_FAILURE_LOGGERS:
-            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
-    except Exception as exc:  # another logging backend: its traces stay, nothing else changes
-        log.debug("could not quiet Spark's task failure logs: %s", exc)
 
 
 def _setup_logging(level: str) -> bool:

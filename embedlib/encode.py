@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from embedlib.vocab import VocabError, Vocabulary
+from embedlib.vocab.model import VocabError, Vocabulary
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -36,6 +36,10 @@ if TYPE_CHECKING:
 __all__ = ["EncodeError", "Encoded", "Encoder", "ShardSet", "encode_to_shards", "read_shards"]
 
 log = logging.getLogger(__name__)
+
+#: Hidden columns of the encoding job: the row's hash (split, shard, order), the
+#: sampling key and the validation flag. ``spark_batches`` passes ``__*`` columns through.
+HASH, SAMPLE, VALID = "__h", "__s", "__valid"
 
 
 class EncodeError(VocabError):
@@ -236,13 +240,13 @@ def encode_to_shards(
     """
     from pyspark.sql import functions as F
 
-    from embedlib.layout import join, read_text, write_text_atomic
+    from embedlib.layout import read_text, write_text_atomic
 
     t = cfg.train
     shards = t.num_shards or max(8, 4 * t.num_workers)
     fingerprint = _fingerprint(vocab, cfg, shards, source_version)
-    root = join(cfg.layout.work, "encoded")
-    meta_path = join(root, "_shards.json")
+    root = cfg.layout.encoded
+    meta_path = cfg.layout.shards_manifest
     existing = read_text(meta_path)
     if existing is not None:
         found = ShardSet.from_dict(json.loads(existing))
@@ -252,24 +256,24 @@ def encode_to_shards(
 
     encoder = Encoder.for_vocab(vocab)
     cols = [F.col(f"`{c}`") for c in encoder.columns]
-    frame = df.select(*cols).withColumn("__h", F.xxhash64(*cols))
+    frame = df.select(*cols).withColumn(HASH, F.xxhash64(*cols))
     scale = 1_000_000
     if t.sample_fraction is not None or t.max_rows is not None:
-        frame = frame.withColumn("__s", F.pmod(F.xxhash64(F.col("__h"), F.lit(t.seed)), F.lit(scale)))
+        frame = frame.withColumn(SAMPLE, F.pmod(F.xxhash64(F.col(HASH), F.lit(t.seed)), F.lit(scale)))
         if t.sample_fraction is not None:
-            frame = frame.where(F.col("__s") < F.lit(int(t.sample_fraction * scale)))
+            frame = frame.where(F.col(SAMPLE) < F.lit(int(t.sample_fraction * scale)))
         else:
             assert t.max_rows is not None
-            frame = frame.orderBy("__s", "__h").limit(t.max_rows)
-        frame = frame.drop("__s")
+            frame = frame.orderBy(SAMPLE, HASH).limit(t.max_rows)
+        frame = frame.drop(SAMPLE)
     frame = frame.withColumn(
-        "__valid", F.pmod(F.col("__h"), F.lit(scale)) < F.lit(int(t.validation_fraction * scale))
+        VALID, F.pmod(F.col(HASH), F.lit(scale)) < F.lit(int(t.validation_fraction * scale))
     )
     out_schema = _spark_schema(encoder)
     encoded = frame.mapInArrow(encoder.spark_batches, out_schema)
-    encoded = encoded.repartition(shards, "__h").sortWithinPartitions("__h")
-    split = F.when(F.col("__valid"), F.lit("valid")).otherwise(F.lit("train"))
-    encoded.withColumn("split", split).drop("__valid", "__h").write.mode("overwrite").partitionBy(
+    encoded = encoded.repartition(shards, HASH).sortWithinPartitions(HASH)
+    split = F.when(F.col(VALID), F.lit("valid")).otherwise(F.lit("train"))
+    encoded.withColumn("split", split).drop(VALID, HASH).write.mode("overwrite").partitionBy(
         "split"
     ).parquet(root)
     result = _collect_shards(spark, root, fingerprint)
@@ -282,7 +286,7 @@ def _spark_schema(encoder: Encoder) -> str:
     parts = [f"cat_{i} INT" for i in range(len(encoder.categorical))]
     parts += [f"num_{j} FLOAT" for j in range(len(encoder.numeric))]
     parts += [f"miss_{j} FLOAT" for j in range(len(encoder.numeric))]
-    return ", ".join(parts + ["__h BIGINT", "__valid BOOLEAN"])
+    return ", ".join(parts + [f"{HASH} BIGINT", f"{VALID} BOOLEAN"])
 
 
 def _collect_shards(spark: SparkSession, root: str, fingerprint: str) -> ShardSet:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from embedlib.config import SourceConfig
 
-__all__ = ["Failure", "explain", "unparsable_csv_values"]
+__all__ = ["Failure", "explain", "first_line", "unparsable_csv_values"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,12 @@ _MALFORMED = re.compile(r"\[MALFORMED_RECORD_IN_PARSING[\w.]*\] (?P<msg>.+?)(?:\
 _WRAPPERS = ("PythonException", "Py4JJavaError", "SparkException")
 _READ_FILE = re.compile(r"while reading file (?P<file>\S+?)\.?\s")
 _BAD_TOKEN = re.compile(r'For input string: "(?P<value>[^"]*)"')
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-blank line of an exception's message (its class name if it has none)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -90,8 +96,8 @@ def explain(
     java = _JAVA_ERROR.search(text)
     if java is not None and type(exc).__name__ == "Py4JJavaError":
         return Failure(f"{java.group('cls').rsplit('.', 1)[-1]}: {java.group('msg').strip()}", 1)
-    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
-    return Failure(f"{type(exc).__name__}: {first}" if first else type(exc).__name__, 1)
+    first = first_line(exc)
+    return Failure(f"{type(exc).__name__}: {first}" if first != type(exc).__name__ else first, 1)
 
 
 def _embedlib_error(text: str) -> Failure | None:

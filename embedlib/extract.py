@@ -142,7 +142,7 @@ def features_frame(
     spark: SparkSession, df: DataFrame, bundle: Bundle, *, ids: tuple[str, ...], flatten: bool, table: str = "source"
 ) -> DataFrame:
     """The design matrix of ``df`` (lazy), with the bundle shipped once per worker."""
-    from embedlib.score import map_with_bundle
+    from embedlib.workers import map_with_bundle
 
     transform = functools.partial(features_arrow, flatten=flatten)
     return map_with_bundle(
@@ -175,11 +175,11 @@ def run_features_job(spark: SparkSession, cfg: Config) -> str:
     from embedlib.tables import check_writable, read_source, write_table
 
     fc = cfg.features
-    output = fc.output or cfg.layout.features
+    output = cfg.features_output
     check_writable(spark, output)
     bundle = load_bundle(cfg.layout.bundle)
     src_cfg = cfg.source.with_target(fc.source)
-    name = src_cfg.table or str(src_cfg.path)
+    name = src_cfg.name
     frame = features_frame(spark, read_source(spark, src_cfg), bundle, ids=cfg.columns.id, flatten=fc.flatten,
                            table=name)
     write_table(spark, frame, output, mode="overwrite", user_metadata={"bundle_id": bundle.bundle_id, "source": name})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "check_path",
     "is_catalog_schema",
     "is_catalog_table",
+    "is_table_name",
     "join",
     "looks_like_table_name",
 ]
@@ -84,9 +86,23 @@ def check_path(path: str, *, what: str = "path") -> str:
     return path
 
 
+#: One part of a table name: letters, digits and ``_``, or anything but a backtick between backticks.
 _NAME = r"(?:[A-Za-z0-9_]+|`[A-Za-z0-9_\-]+`)"
-_CATALOG_TABLE = re.compile(rf"^{_NAME}\.{_NAME}\.{_NAME}$")
-_CATALOG_SCHEMA = re.compile(rf"^{_NAME}\.{_NAME}$")
+
+
+def table_name_parts(target: str) -> int:
+    """How many dot-separated names ``target`` is made of, if it is a table name at all (else 0)."""
+    if "/" in target or ":" in target:
+        return 0
+    for parts in (1, 2, 3):
+        if re.fullmatch(r"\.".join([_NAME] * parts), target):
+            return parts
+    return 0
+
+
+def is_table_name(target: str) -> bool:
+    """True for a table name (``table``, ``schema.table`` or ``catalog.schema.table``), False for a path."""
+    return table_name_parts(target) > 0
 
 
 def looks_like_table_name(target: str) -> bool:
@@ -96,12 +112,12 @@ def looks_like_table_name(target: str) -> bool:
 
 def is_catalog_table(target: str) -> bool:
     """True for a three-part catalog table name ``catalog.schema.table``."""
-    return bool(_CATALOG_TABLE.match(target))
+    return table_name_parts(target) == 3
 
 
 def is_catalog_schema(target: str) -> bool:
     """True for a two-part ``catalog.schema`` name."""
-    return bool(_CATALOG_SCHEMA.match(target))
+    return table_name_parts(target) == 2
 
 
 def has_scheme(path: str) -> bool:
@@ -164,9 +180,24 @@ class RunLayout:
         return join(self.root, "_work")
 
     @property
+    def encoded(self) -> str:
+        """The encoded training shards (Parquet, ``split=train|valid``)."""
+        return join(self.work, "encoded")
+
+    @property
+    def shards_manifest(self) -> str:
+        """The encoded shards' file list, row counts and fingerprint (JSON)."""
+        return join(self.encoded, "_shards.json")
+
+    @property
     def checkpoints(self) -> str:
         """Per-epoch training state; a rerun with the same run directory resumes from it."""
         return join(self.work, "checkpoints")
+
+    @property
+    def worker_reports(self) -> str:
+        """One ``rank-<r>.json`` per training worker: running, failed or done."""
+        return join(self.checkpoints, "workers")
 
     @property
     def bundle(self) -> str:
@@ -193,6 +224,22 @@ class RunLayout:
     def evaluation(self) -> str:
         """``embedlib evaluate``'s metrics (JSON) and plots (PNG)."""
         return join(self.root, "evaluation")
+
+    def evaluation_file(self, name: str) -> str:
+        """One file of the evaluation folder (``metrics.json``, ``roc.png``, …)."""
+        return join(self.evaluation, name)
+
+
+#: Sub-folder of a Delta table directory where the delta-rs engine stages its data files.
+STAGING_DIR = "data"
+
+
+def staging_folder(table: str) -> tuple[str, str]:
+    """A fresh folder for the data files of one delta-rs commit to ``table``:
+    ``(path relative to the table, full path)``. Inside the table directory, so
+    the commit can name its files relatively; not hidden, so Spark writes there."""
+    relative = f"{STAGING_DIR}/{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}"
+    return relative, join(table, relative)
 
 
 # ------------------------------------------------------------------ small-file I/O

@@ -10,11 +10,8 @@ score are the same quantity, the row's negative log-likelihood in nats::
 (the Gaussian's constant ½·log 2π is left out; a missing numeric contributes 0).
 :func:`column_nll` returns the per-column terms; their sum is the score exactly.
 
-:class:`EmbeddingMSEAutoencoder` is the design this module exists to avoid: it
-reconstructs the concatenated embedding vectors with MSE. The target then moves
-with the weights and the cheapest way to lower the loss is to shrink every
-embedding toward the same point — the embeddings collapse. It is kept for the
-tests and notebooks that show the collapse, and as a baseline.
+Reconstructing the concatenated embedding vectors with MSE instead is the trap
+this design avoids (:class:`embedlib.baselines.EmbeddingMSEAutoencoder`).
 """
 
 from __future__ import annotations
@@ -26,11 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedlib.vocab import OOV_INDEX
+from embedlib.indices import OOV_INDEX
 
 __all__ = [
     "EmbeddingAutoencoder",
-    "EmbeddingMSEAutoencoder",
     "ModelSpec",
     "column_nll",
     "corrupt",
@@ -94,7 +90,7 @@ class ModelSpec:
         return cls(**values)
 
 
-def _mlp(widths: Sequence[int]) -> nn.Sequential:
+def mlp(widths: Sequence[int]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
@@ -116,9 +112,9 @@ class EmbeddingAutoencoder(nn.Module):
         )
         n_num = len(spec.numeric)
         width_in = sum(spec.embedding_dims) + 2 * n_num
-        self.encoder = nn.Sequential(_mlp((width_in, *spec.hidden)), nn.Linear(spec.hidden[-1], spec.bottleneck))
+        self.encoder = nn.Sequential(mlp((width_in, *spec.hidden)), nn.Linear(spec.hidden[-1], spec.bottleneck))
         back = tuple(reversed(spec.hidden))
-        self.decoder = _mlp((spec.bottleneck, *back))
+        self.decoder = mlp((spec.bottleneck, *back))
         self.cat_heads = nn.ModuleList(nn.Linear(back[-1], n) for n in spec.cardinalities)
         self.num_head = nn.Linear(back[-1], n_num) if n_num else None
 
@@ -193,28 +189,10 @@ def corrupt(
     return cat, num
 
 
-class EmbeddingMSEAutoencoder(nn.Module):
-    """The trap: reconstruct concat(embeddings, numerics) with MSE against itself.
+def __getattr__(name: str) -> Any:
+    # The seed design moved to embedlib.baselines; the old import path keeps working.
+    if name == "EmbeddingMSEAutoencoder":
+        from embedlib.baselines import EmbeddingMSEAutoencoder
 
-    Same encoder as :class:`EmbeddingAutoencoder`; the decoder outputs a vector
-    as wide as the input and the loss is the mean squared error between the two.
-    The embeddings are both input and target, so training can lower the loss by
-    shrinking them together — they collapse. Its row score is that squared error.
-    """
-
-    def __init__(self, spec: ModelSpec) -> None:
-        super().__init__()
-        self.spec = spec
-        self.embeddings = nn.ModuleList(
-            nn.Embedding(n, d) for n, d in zip(spec.cardinalities, spec.embedding_dims)
-        )
-        width = sum(spec.embedding_dims) + len(spec.numeric)
-        self.encoder = nn.Sequential(_mlp((width, *spec.hidden)), nn.Linear(spec.hidden[-1], spec.bottleneck))
-        back = tuple(reversed(spec.hidden))
-        self.decoder = nn.Sequential(_mlp((spec.bottleneck, *back)), nn.Linear(back[-1], width))
-
-    def row_error(self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-        """Per-row squared reconstruction error (the loss before averaging)."""
-        target = torch.cat([*(emb(cat[:, i]) for i, emb in enumerate(self.embeddings)), num], dim=1)
-        recon = self.decoder(self.encoder(target))
-        return ((recon - target) ** 2).mean(dim=1)
+        return EmbeddingMSEAutoencoder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,9 +2,8 @@
 
 The driver verifies the bundle, checks the source's schema against it (before
 any Spark job), and broadcasts the bundle's file bytes once. On the executors,
-:func:`cached_bundle` keeps one loaded :class:`~embedlib.bundle.Bundle` per
-Python worker, keyed by bundle id, in this importable module — never one per
-batch. Each Arrow batch is encoded with the bundle's vocabulary (vectorized
+:func:`embedlib.workers.cached_bundle` keeps one loaded
+:class:`~embedlib.bundle.Bundle` per Python worker — never one per batch. Each Arrow batch is encoded with the bundle's vocabulary (vectorized
 lookup), scored in one forward pass, and returned as an Arrow batch with:
 
 ``<id columns>, anomaly_score, is_anomaly, contributions, reasons, [code], bundle_id``
@@ -23,33 +22,32 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from embedlib.bundle import Bundle, BundleError, bundle_from_files, read_bundle_files
-from embedlib.faults import fail_task_attempt
-from embedlib.vocab import NULL_INDEX, OOV_INDEX, SchemaError, check_columns
+from embedlib.bundle import Bundle, BundleError
+from embedlib.indices import NULL_INDEX, OOV_INDEX
+from embedlib.inference import score_rows
+from embedlib.runs import ScoreRun, has_summary, write_summary
+from embedlib.vocab.model import SchemaError
+from embedlib.workers import check_source, map_with_bundle
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
     from embedlib.config import Config
 
 __all__ = [
-    "BundleBatches",
+    "REASON_TYPE",
     "ScoreRun",
     "build_output",
-    "map_with_bundle",
-    "cached_bundle",
+    "check_source",
+    "output_fields",
     "run_score_job",
     "score_frame",
 ]
@@ -57,9 +55,11 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
-#: Per-column marks of the hidden ``__flags`` column the score job aggregates:
-#: ok, missing (null/NaN), out of vocabulary, ±inf read as missing (``inf_policy: null``).
-FLAG_OK, FLAG_MISSING, FLAG_OOV, FLAG_INF = 0, 1, 2, 3
+#: The hidden per-column marks the score job aggregates into its run summary.
+FLAGS_COLUMN = "__flags"
+#: Marks in :data:`FLAGS_COLUMN`: missing (null/NaN), out of vocabulary, ±inf read as
+#: missing (``inf_policy: null``); 0 is an ordinary value.
+FLAG_MISSING, FLAG_OOV, FLAG_INF = 1, 2, 3
 
 REASON_TYPE = pa.struct(
     [
@@ -70,46 +70,6 @@ REASON_TYPE = pa.struct(
         ("nats", pa.float64()),
     ]
 )
-
-# ------------------------------------------------------------- one bundle per worker
-
-_BUNDLES: dict[str, Bundle] = {}
-_LOCK = threading.Lock()
-
-
-def cached_bundle(bundle_id: str, files: Broadcast[dict[str, bytes]] | Mapping[str, bytes]) -> Bundle:
-    """The loaded bundle for ``bundle_id``, loaded (and verified) once per Python process."""
-    bundle = _BUNDLES.get(bundle_id)
-    if bundle is None:
-        _limit_threads()
-        with _LOCK:
-            bundle = _BUNDLES.get(bundle_id)
-            if bundle is None:
-                blobs = files if isinstance(files, Mapping) else files.value
-                bundle = bundle_from_files(blobs, f"<broadcast {bundle_id}>")
-                if bundle.bundle_id != bundle_id:
-                    raise BundleError(f"broadcast bundle is {bundle.bundle_id}, expected {bundle_id}")
-                _BUNDLES.clear()  # one model per worker is plenty; drop older runs'
-                _BUNDLES[bundle_id] = bundle
-    return bundle
-
-
-def _limit_threads() -> None:
-    """One Spark task gets ``spark.task.cpus`` cores: let torch use that many threads.
-
-    Several Python workers per executor each running a thread per core
-    oversubscribe the cores, and torch's spinning threads then slow scoring down
-    by an order of magnitude.
-    """
-    import torch
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    if ctx is not None:
-        torch.set_num_threads(max(1, int(ctx.cpus())))
-
-
-# ---------------------------------------------------------------- batch → batch
 
 
 def build_output(
@@ -123,11 +83,11 @@ def build_output(
 ) -> dict[str, pa.Array]:
     """Score raw feature columns (named as in the bundle) into the output arrays.
 
-    ``flags`` adds the hidden ``__flags`` column (per column: 0 ok, 1 missing,
+    ``flags`` adds the hidden :data:`FLAGS_COLUMN` (per column: 0 ok, 1 missing,
     2 out of vocabulary, 3 ±inf treated as missing) that the score job
     aggregates into its run summary.
     """
-    result = bundle.score(features)
+    result = score_rows(bundle, features)
     spec = bundle.spec
     names = pa.array(spec.columns, pa.string())
     rows, width = result.contributions.shape
@@ -191,7 +151,7 @@ def build_output(
             marks[:, n_cat:][result.missing > 0] = FLAG_MISSING
             for j, name in enumerate(spec.numeric):  # ±inf only gets here under inf_policy: null
                 marks[np.isinf(_as_float(features.column(name))), n_cat + j] = FLAG_INF
-        out["__flags"] = pa.ListArray.from_arrays(offsets, pa.array(marks.reshape(-1), pa.int8()))
+        out[FLAGS_COLUMN] = pa.ListArray.from_arrays(offsets, pa.array(marks.reshape(-1), pa.int8()))
     return out
 
 
@@ -204,73 +164,6 @@ def _as_float(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     import pyarrow.compute as pc
 
     return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-@dataclass(frozen=True)
-class BundleBatches:
-    """A ``mapInArrow`` body: ``transform(bundle, features)`` on every Arrow batch.
-
-    Pickled to the executors; the bundle itself comes by broadcast and is loaded
-    once per worker by :func:`cached_bundle`. Input batches hold the id columns as
-    ``__id<k>`` and the bundle's feature columns as ``__f<i>``; output batches are
-    the id columns, the transform's columns, and ``bundle_id``.
-    """
-
-    bundle_id: str
-    files: Any  # Broadcast[dict[str, bytes]]
-    ids: tuple[str, ...]
-    features: tuple[str, ...]
-    transform: Callable[[Bundle, pa.Table], dict[str, pa.Array]]
-
-    def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        bundle = cached_bundle(self.bundle_id, self.files)
-        for n, batch in enumerate(batches):
-            if n == 1:  # after a batch has gone out, as a real failure would
-                fail_task_attempt("score.fail_attempts")
-            feats = pa.table({name: batch.column(f"__f{i}") for i, name in enumerate(self.features)})
-            out = self.transform(bundle, feats)
-            arrays = [batch.column(f"__id{k}") for k in range(len(self.ids))] + list(out.values())
-            arrays.append(pa.array([self.bundle_id] * batch.num_rows, pa.string()))
-            yield pa.RecordBatch.from_arrays(arrays, names=[*self.ids, *out, "bundle_id"])
-
-
-def map_with_bundle(
-    spark: SparkSession,
-    df: DataFrame,
-    bundle: Bundle,
-    *,
-    ids: tuple[str, ...],
-    table: str,
-    transform: Callable[[Bundle, pa.Table], dict[str, pa.Array]],
-    fields: list[Any],
-) -> DataFrame:
-    """Check ``df`` against the bundle, broadcast it once, and map every batch with ``transform``.
-
-    ``fields`` are the Spark ``StructField``s of the transform's columns; the
-    result has the id columns first and ``bundle_id`` last.
-    """
-    from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
-
-    check_source(df, bundle, ids, table)
-    spec = bundle.spec
-    cols = [F.col(f"`{c}`").alias(f"__id{k}") for k, c in enumerate(ids)]
-    cols += [F.col(f"`{c}`").cast("string").alias(f"__f{i}") for i, c in enumerate(spec.categorical)]
-    cols += [
-        F.col(f"`{c}`").cast("double").alias(f"__f{len(spec.categorical) + j}") for j, c in enumerate(spec.numeric)
-    ]
-    body = BundleBatches(
-        bundle_id=bundle.bundle_id,
-        files=spark.sparkContext.broadcast(read_bundle_files(bundle.path)),
-        ids=ids,
-        features=spec.columns,
-        transform=transform,
-    )
-    schema = StructType([df.schema[c] for c in ids] + fields + [StructField("bundle_id", StringType())])
-    return df.select(*cols).mapInArrow(body, schema)
-
-
-# ------------------------------------------------------------------------- Spark
 
 
 def output_fields(emit_code: bool, flags: bool = False) -> list[Any]:
@@ -305,15 +198,8 @@ def output_fields(emit_code: bool, flags: bool = False) -> list[Any]:
     if emit_code:
         fields.append(StructField("code", ArrayType(FloatType())))
     if flags:
-        fields.append(StructField("__flags", ArrayType(ByteType())))
+        fields.append(StructField(FLAGS_COLUMN, ArrayType(ByteType())))
     return fields
-
-
-def check_source(df: DataFrame, bundle: Bundle, ids: tuple[str, ...], table: str) -> None:
-    """Schema check before any work: missing columns by name, uncastable types named, and
-    types changed since training named with the type the bundle was trained on."""
-    check_columns(df.schema, table, categorical=bundle.spec.categorical, numeric=bundle.spec.numeric, ids=ids,
-                  trained=bundle.source_types)
 
 
 def score_frame(
@@ -351,96 +237,32 @@ def score_frame(
 # ----------------------------------------------------------------------------- job
 
 
-@dataclass(frozen=True)
-class ScoreRun:
-    """What a score run did (also the row written to ``score_runs``)."""
-
-    run_id: str
-    bundle_id: str
-    source: str
-    output: str
-    written: bool
-    rows: int
-    anomalies: int
-    threshold: float
-    quantiles: Mapping[str, float]
-    null_rate: Mapping[str, float]
-    oov_rate: Mapping[str, float]
-    started_at: str
-    seconds: float
-    #: rows with at least one ±inf numeric read as missing (vocabulary ``inf_policy: null``)
-    inf_rows: int = 0
-    tracking_run_id: str | None = None  # the MLflow run, with tracking.mlflow: true
-
-
-def source_version(spark: SparkSession, cfg: Config, path: str | None, table: str | None) -> str:
-    """A string that changes whenever the scored source changes.
-
-    A Delta table (path or catalog) is its commit version; any other source is
-    a digest of the path, size and modification time of its files.
-    """
-    from embedlib.tables import delta_version
-
-    if table is not None:
-        try:
-            row = spark.sql(f"DESCRIBE HISTORY {table} LIMIT 1").first()
-            return f"v{row['version']}" if row is not None else "v?"
-        except Exception:  # not a Delta table (Parquet, CSV, Hive…): its folders' files tell
-            folders = {f.rsplit("/", 1)[0] for f in spark.table(table).inputFiles()}  # one listing per partition
-            return _files_digest(spark, sorted(folders))
-    assert path is not None
-    if cfg.source.format == "delta":
-        return f"v{delta_version(spark, path)}"
-    return _files_digest(spark, [path])
-
-
-def _files_digest(spark: SparkSession, paths: Sequence[str]) -> str:
-    """A digest of every file matched by ``paths`` (globs; a folder's direct children too)."""
-    sc = spark.sparkContext
-    jvm = sc._jvm
-    assert jvm is not None
-    conf = sc._jsc.hadoopConfiguration()  # type: ignore[union-attr]
-    h = hashlib.sha256()
-    for path in sorted(paths):
-        hpath = jvm.org.apache.hadoop.fs.Path(path)
-        fs = hpath.getFileSystem(conf)
-        for status in sorted(fs.globStatus(hpath) or [], key=lambda st: str(st.getPath())):
-            h.update(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}".encode())
-            if status.isDirectory():
-                for child in sorted(fs.listStatus(status.getPath()), key=lambda st: str(st.getPath())):
-                    h.update(f"{child.getPath()}|{child.getLen()}|{child.getModificationTime()}".encode())
-    return h.hexdigest()[:16]
-
-
 def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     """Score ``score.source`` (default: ``source``) with the run's bundle into ``scores``."""
-    from dataclasses import replace
-
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
     from embedlib.bundle import load_bundle
-    from embedlib.tables import check_writable, read_source, write_table
+    from embedlib.tables import check_writable, read_source, source_version, write_table
     from embedlib.tracking import check_tracking, log_scoring
-    from embedlib.vocab import Vocabulary
 
     layout = cfg.layout
-    output = cfg.score.output or layout.scores
+    output = cfg.scores_output
     check_writable(spark, output, layout.score_runs)
     check_tracking(cfg)
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     bundle = load_bundle(layout.bundle)
-    _check_vocab(spark, cfg, bundle, Vocabulary)
+    _check_vocab(spark, cfg, bundle)
     src_cfg = cfg.source.with_target(cfg.score.source)
-    source_name = src_cfg.table or str(src_cfg.path)
+    source_name = src_cfg.name
     df = read_source(spark, src_cfg)
     ids = cfg.columns.id
     check_source(df, bundle, ids, source_name)
     if df.isEmpty():
         raise SchemaError(f"score source {source_name} has no rows; nothing to score")
     threshold = bundle.threshold if cfg.score.threshold is None else cfg.score.threshold
-    run_id = cfg.score.run_id or f"{source_version(spark, cfg, src_cfg.path, src_cfg.table)}-{bundle.bundle_id}"
+    run_id = cfg.score.run_id or f"{source_version(spark, src_cfg)}-{bundle.bundle_id}"
 
     scored = score_frame(
         spark, df, bundle, ids=ids, threshold=threshold, top_reasons=cfg.score.top_reasons,
@@ -453,18 +275,18 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         F.percentile_approx("anomaly_score", list(QUANTILES), 10_000).alias("quantiles"),
     ]
     for i, _ in enumerate(columns):
-        flag = F.element_at(F.col("__flags"), i + 1)
+        flag = F.element_at(F.col(FLAGS_COLUMN), i + 1)
         metrics.append(F.count(F.when(flag.isin(FLAG_MISSING, FLAG_INF), 1)).alias(f"missing_{i}"))
         metrics.append(F.count(F.when(flag == FLAG_OOV, 1)).alias(f"oov_{i}"))
-    metrics.append(F.count(F.when(F.array_contains("__flags", FLAG_INF), 1)).alias("inf_rows"))
+    metrics.append(F.count(F.when(F.array_contains(FLAGS_COLUMN, FLAG_INF), 1)).alias("inf_rows"))
     obs = Observation(f"score-{run_id}")
     txn = (f"embedlib-score:{run_id}", 1)
     result = write_table(
-        spark, scored.observe(obs, *metrics).drop("__flags"), output, mode=cfg.score.mode, txn=txn,
+        spark, scored.observe(obs, *metrics).drop(FLAGS_COLUMN), output, mode=cfg.score.mode, txn=txn,
         user_metadata={"run_id": run_id, "bundle_id": bundle.bundle_id, "source": source_name},
     )
     if not result.committed:
-        if _has_summary(spark, layout.score_runs, run_id):
+        if has_summary(spark, layout.score_runs, run_id):
             log.info("score run %s is already in %s; nothing written", run_id, output)
             return ScoreRun(run_id, bundle.bundle_id, source_name, output, False, 0, 0, threshold, {}, {}, {},
                             started_at, round(time.perf_counter() - started, 3))
@@ -496,65 +318,22 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     if summary.inf_rows:
         log.warning("%d row(s) of %s had ±inf numerics, scored as missing (the vocabulary's inf_policy is null)",
                     summary.inf_rows, source_name)
-    _write_summary(spark, summary, layout.score_runs, txn)
+    write_summary(spark, summary, layout.score_runs, txn)
     log.info("scored %d rows of %s into %s (%d above the threshold %.3f)", rows, source_name, output,
              summary.anomalies, threshold)
     return replace(summary, tracking_run_id=log_scoring(cfg, summary))
 
 
-def _check_vocab(spark: SparkSession, cfg: Config, bundle: Bundle, vocab_cls: Any) -> None:
+def _check_vocab(spark: SparkSession, cfg: Config, bundle: Bundle) -> None:
     from embedlib.tables import delta_version
+    from embedlib.vocab.model import Vocabulary
 
     if delta_version(spark, cfg.layout.vocab) is None:
         return
-    vocab = vocab_cls.load(spark, cfg.layout.vocab)
+    vocab = Vocabulary.load(spark, cfg.layout.vocab)
     if vocab.content_hash != bundle.vocab.content_hash:
         raise BundleError(
             f"the bundle at {cfg.layout.bundle} was trained on another vocabulary (hash "
             f"{bundle.vocab.content_hash}) than the run's vocabulary table {cfg.layout.vocab} (hash "
             f"{vocab.content_hash}); retrain with `embedlib train` or point the run at the matching vocabulary"
         )
-
-
-def _has_summary(spark: SparkSession, path: str, run_id: str) -> bool:
-    from pyspark.sql import functions as F
-
-    from embedlib.tables import delta_version, read_table
-
-    if delta_version(spark, path) is None:
-        return False
-    return not read_table(spark, path).where(F.col("run_id") == run_id).isEmpty()
-
-
-def _write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str, int]) -> None:
-    from embedlib.tables import write_table
-
-    row = {
-        "run_id": run.run_id,
-        "bundle_id": run.bundle_id,
-        "source": run.source,
-        "output": run.output,
-        "rows": run.rows,
-        "anomalies": run.anomalies,
-        "threshold": run.threshold,
-        "score_quantiles": list(run.quantiles.items()),
-        "null_rate": list(run.null_rate.items()),
-        "oov_rate": list(run.oov_rate.items()),
-        "started_at": dt.datetime.fromisoformat(run.started_at),
-        "seconds": run.seconds,
-        "inf_rows": run.inf_rows,
-    }
-    schema = pa.schema(
-        [
-            ("run_id", pa.string()), ("bundle_id", pa.string()), ("source", pa.string()),
-            ("output", pa.string()), ("rows", pa.int64()), ("anomalies", pa.int64()),
-            ("threshold", pa.float64()),
-            ("score_quantiles", pa.map_(pa.string(), pa.float64())),
-            ("null_rate", pa.map_(pa.string(), pa.float64())),
-            ("oov_rate", pa.map_(pa.string(), pa.float64())),
-            ("started_at", pa.timestamp("us", tz="UTC")), ("seconds", pa.float64()),
-            ("inf_rows", pa.int64()),
-        ]
-    )
-    frame = spark.createDataFrame(pa.Table.from_pylist([row], schema=schema)).coalesce(1)
-    write_table(spark, frame, path, mode="append", txn=txn)

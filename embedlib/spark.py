@@ -12,14 +12,23 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from embedlib.config import SparkConfig, redact
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["LOCAL_DEFAULTS", "delta_connector_available", "get_session", "launched_by_spark", "ship_wheels"]
+__all__ = [
+    "LOCAL_DEFAULTS",
+    "delta_connector_available",
+    "get_session",
+    "hadoop_fs",
+    "launched_by_spark",
+    "on_databricks",
+    "quiet_task_failure_logs",
+    "ship_wheels",
+]
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +48,14 @@ ALWAYS: dict[str, str] = {
 }
 
 
+def on_databricks() -> bool:
+    """True in a Databricks runtime (``DATABRICKS_RUNTIME_VERSION`` is set)."""
+    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+
+
 def launched_by_spark() -> bool:
     """True under ``spark-submit``/``pyspark`` (gateway given) or on Databricks."""
-    return bool(os.environ.get("PYSPARK_GATEWAY_PORT") or os.environ.get("DATABRICKS_RUNTIME_VERSION"))
+    return bool(os.environ.get("PYSPARK_GATEWAY_PORT")) or on_databricks()
 
 
 def get_session(cfg: SparkConfig, app_name: str = "embedlib") -> SparkSession:
@@ -113,14 +127,16 @@ def _set_runtime_conf(spark: SparkSession, key: str, value: str) -> None:
     try:
         spark.conf.set(key, value)
     except Exception as exc:  # static confs cannot change on a running session
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        from embedlib.errors import first_line
+
+        reason = first_line(exc)
         log.warning("spark.conf %s cannot be set on the running session: %s", key,
                     reason.replace(value, "***") if value else reason)
 
 
 def delta_connector_available(spark: SparkSession) -> bool:
     """Whether the session can read and write Delta through the Spark connector."""
-    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+    if on_databricks():
         return True
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
     if "DeltaSparkSessionExtension" not in extensions:
@@ -132,3 +148,35 @@ def delta_connector_available(spark: SparkSession) -> bool:
     except Exception:
         return False
     return True
+
+
+def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    """``(Hadoop FileSystem, Path)`` for ``path`` through the session's Hadoop configuration
+    (the one place embedlib reaches the JVM's filesystems: s3a, abfss, dbfs, …)."""
+    sc = spark.sparkContext
+    jvm = sc._jvm
+    assert jvm is not None
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(sc._jsc.hadoopConfiguration()), hpath  # type: ignore[union-attr]
+
+
+#: Spark loggers that print a whole Java/Python stack trace for each failed task.
+_TASK_FAILURE_LOGGERS = (
+    "org.apache.spark.executor.Executor",
+    "org.apache.spark.scheduler.TaskSetManager",
+    "org.apache.spark.sql.execution.datasources.FileFormatWriter",
+    "org.apache.spark.sql.execution.datasources.FileFormatDataWriter",
+    "org.apache.spark.util.Utils",
+)
+
+
+def quiet_task_failure_logs(spark: SparkSession) -> None:
+    """Keep Spark's per-task stack traces off stderr; the CLI reports the failure in one line."""
+    try:
+        jvm = spark.sparkContext._jvm
+        assert jvm is not None
+        level = jvm.org.apache.logging.log4j.Level.OFF
+        for name in _TASK_FAILURE_LOGGERS:
+            jvm.org.apache.logging.log4j.core.config.Configurator.setLevel(name, level)
+    except Exception as exc:  # another logging backend: its traces stay, nothing else changes
+        log.debug("could not quiet Spark's task failure logs: %s", exc)

@@ -40,10 +40,11 @@ from typing import TYPE_CHECKING, Any
 
 from embedlib import __version__
 from embedlib.config import redact
+from embedlib.spark import on_databricks
 
 if TYPE_CHECKING:
     from embedlib.config import Config
-    from embedlib.score import ScoreRun
+    from embedlib.runs import ScoreRun
 
 __all__ = ["TrackingError", "check_tracking", "experiment_name", "log_scoring", "log_training", "tracking_uri"]
 
@@ -59,10 +60,6 @@ _REDACTED_MAPPINGS = ("spark.conf", "source.options")
 
 class TrackingError(ValueError):
     """Tracking is configured but cannot work; the message says what to install or set."""
-
-
-def _on_databricks() -> bool:
-    return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
 
 
 def _mlflow_client(uri: str | None) -> Any:
@@ -95,7 +92,7 @@ def tracking_uri(cfg: Config) -> str | None:
         return Path(uri).resolve().as_uri()  # a plain path: a file store
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return None
-    if _on_databricks():
+    if on_databricks():
         return "databricks"
     return Path("mlruns").resolve().as_uri()
 
@@ -103,7 +100,7 @@ def tracking_uri(cfg: Config) -> str | None:
 def experiment_name(cfg: Config) -> str:
     if cfg.tracking.experiment:
         return cfg.tracking.experiment
-    return f"/Shared/embedlib-{cfg.name}" if _on_databricks() else f"embedlib-{cfg.name}"
+    return f"/Shared/embedlib-{cfg.name}" if on_databricks() else f"embedlib-{cfg.name}"
 
 
 def flatten_config(cfg: Config) -> dict[str, str]:

@@ -24,6 +24,7 @@ from deltalake import DeltaTable
 from embedlib.bundle import MANIFEST, VOCAB, WEIGHTS, BundleError, _bundle_id, load_bundle, vocab_bytes
 from embedlib.cli import main
 from embedlib.config import load_config
+from embedlib.inference import score_rows
 from embedlib.score import run_score_job
 from embedlib.vocab import build_vocabulary, run_vocab_job
 
@@ -232,7 +233,7 @@ def test_rescoring_gives_identical_scores(spark, adult_trained, tmp_path: Path) 
     rows = adult_pandas(ADULT_TEST).head(3000)
     rows.insert(0, "row_id", np.arange(len(rows), dtype=np.int64))
     table = pa.Table.from_pandas(rows, preserve_index=False)
-    first, second = bundle.score(table), bundle.score(table)  # plain Python, twice
+    first, second = score_rows(bundle, table), score_rows(bundle, table)  # plain Python, twice
     assert np.array_equal(first.score, second.score) and np.array_equal(first.contributions, second.contributions)
     # the Spark path, twice, through the score job (two run ids, two outputs): the same rows, bit for bit
     copy_run(cfg, tmp_path / "run")

@@ -22,8 +22,9 @@ import pytest
 from deltalake import DeltaTable
 
 from embedlib.bundle import load_bundle
-from embedlib.cli import format_reason, main
+from embedlib.cli import main
 from embedlib.config import ConfigError, load_config
+from embedlib.reports import format_reason
 from embedlib.score import run_score_job, score_frame
 from embedlib.vocab import FIRST_INDEX, OOV_INDEX, SchemaError, VocabError, Vocabulary, build_vocabulary
 

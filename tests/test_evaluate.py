@@ -15,6 +15,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from embedlib.bundle import load_bundle
 from embedlib.cli import main
 from embedlib.evaluate import FIGURES, detection_metrics, plant_anomalies
+from embedlib.inference import score_rows
 
 from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, TRAIN_SETS, adult_pandas, copy_vocab
 
@@ -80,7 +81,7 @@ def test_plant_with_baselines(spark, adult_trained, capsys) -> None:  # type: ig
     # the same planted rows, built and scored independently of the command (pandas + the bundle)
     bundle = load_bundle(result.bundle_path)
     planted, labels = plant_anomalies(adult_pandas(ADULT_TEST), bundle.spec.columns, fraction=0.02, seed=3)
-    scores = bundle.score(pa.Table.from_pandas(planted, preserve_index=False)).score
+    scores = score_rows(bundle, pa.Table.from_pandas(planted, preserve_index=False)).score
     ours = metrics["methods"]["ours"]
     assert ours["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert ours["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
@@ -135,7 +136,7 @@ def labelled_run(spark, adult_trained, tmp_path: Path):  # type: ignore[no-untyp
 
 def test_labels_joined_on_ids(spark, labelled_run, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     run, args, planted, labels, bundle = labelled_run
-    scores = bundle.score(pa.Table.from_pandas(planted.drop(columns=["row_id"]), preserve_index=False)).score
+    scores = score_rows(bundle, pa.Table.from_pandas(planted.drop(columns=["row_id"]), preserve_index=False)).score
 
     # 0/1 labels for every row, shuffled, in a CSV file
     table = tmp_path / "labels.csv"

@@ -252,7 +252,7 @@ def test_killed_training_worker_fails_fast_and_rerun_resumes(spark, adult_traine
 
 def test_connector_conflicts_are_retried_or_recognised_as_done() -> None:
     """The connector path's retry rule (the connector itself is absent on this machine)."""
-    from embedlib.tables import _with_conflict_retries
+    from embedlib.tables.connector import with_conflict_retries
 
     calls: list[int] = []
 
@@ -261,15 +261,15 @@ def test_connector_conflicts_are_retried_or_recognised_as_done() -> None:
         if len(calls) == 1:
             raise RuntimeError("py4j: io.delta.exceptions.ConcurrentAppendException: Files were added ...")
 
-    assert _with_conflict_retries(append_conflict_once, "t", ("app", 1)) is True and len(calls) == 2
+    assert with_conflict_retries(append_conflict_once, "t", ("app", 1)) is True and len(calls) == 2
 
     def same_run_committed() -> None:
         raise RuntimeError("io.delta.exceptions.ConcurrentTransactionException: app app version 1")
 
-    assert _with_conflict_retries(same_run_committed, "t", ("app", 1)) is False
+    assert with_conflict_retries(same_run_committed, "t", ("app", 1)) is False
 
     def other_failure() -> None:
         raise RuntimeError("java.io.IOException: disk full")
 
     with pytest.raises(RuntimeError, match="disk full"):
-        _with_conflict_retries(other_failure, "t", None)
+        with_conflict_retries(other_failure, "t", None)

@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 from embedlib.bundle import BundleError, load_bundle
 from embedlib.config import load_config
 from embedlib.extract import embedding_matrix, embedding_table, features_frame, run_extract_job, write_npz
+from embedlib.inference import score_rows
 from embedlib.score import run_score_job, score_frame
 from embedlib.vocab import OOV_INDEX, SchemaError
 
@@ -51,8 +52,8 @@ def test_spark_scores_equal_plain_python(spark, adult_trained, test_rows: pd.Dat
     scored = score_frame(spark, df, bundle, ids=("row_id",), top_reasons=3, emit_code=True)
     assert scored.columns == ["row_id", "anomaly_score", "is_anomaly", "contributions", "reasons", "code",
                               "bundle_id"]
-    got = scored.toPandas().sort_values("row_id").reset_index(drop=True)
-    plain = bundle.score(pa.Table.from_pandas(test_rows, preserve_index=False))
+    got = pd.DataFrame(scored.toPandas()).sort_values("row_id").reset_index(drop=True)
+    plain = score_rows(bundle, pa.Table.from_pandas(test_rows, preserve_index=False))
     np.testing.assert_allclose(got["anomaly_score"].to_numpy(), plain.score, rtol=0, atol=1e-6)
     totals = got["contributions"].map(lambda m: sum(v for _, v in m) if isinstance(m, list) else sum(m.values()))
     np.testing.assert_allclose(totals.to_numpy(), got["anomaly_score"].to_numpy(), rtol=0, atol=1e-9)
@@ -99,7 +100,7 @@ def test_detects_planted_anomalies_better_than_baselines(spark, adult_trained) -
     planted, labels = plant_anomalies(held_out, bundle.spec.columns, fraction=0.02, seed=3)
     assert labels.sum() == 326
     test_table = pa.Table.from_pandas(planted, preserve_index=False)
-    ours = bundle.score(test_table).score
+    ours = score_rows(bundle, test_table).score
 
     shards = ShardSet.from_dict(json.loads(read_text(f"{cfg.layout.work}/encoded/_shards.json") or "{}"))
     parts = list(read_shards(shards.train_files, bundle.encoder))

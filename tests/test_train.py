@@ -54,8 +54,8 @@ def test_same_seed_gives_identical_weights(spark, adult_trained, tmp_path: Path)
     assert not same_weights(result.bundle_path, third.bundle_path)
 
 
-def test_resume_after_injected_fault_matches_uninterrupted_run(
-    spark, adult_trained, tmp_path: Path, monkeypatch, caplog  # type: ignore[no-untyped-def]
+def test_resume_after_injected_fault_matches_uninterrupted_run(  # type: ignore[no-untyped-def]
+    spark, adult_trained, tmp_path: Path, monkeypatch, caplog
 ) -> None:
     cfg, result = adult_trained
     run = train_cfg(tmp_path)
@@ -99,10 +99,10 @@ def test_mse_on_embedding_output_collapses_ours_does_not(adult_trained) -> None:
     Both models start from the same seed and train on the same rows with the same
     optimizer, learning rate and batch size for the same number of epochs.
     """
-    from embedlib.baselines import embedding_spread, fit_mse_autoencoder
+    from embedlib.baselines import EmbeddingMSEAutoencoder, embedding_spread, fit_mse_autoencoder
     from embedlib.encode import Encoded, ShardSet, read_shards
     from embedlib.layout import read_text
-    from embedlib.model import EmbeddingAutoencoder, EmbeddingMSEAutoencoder
+    from embedlib.model import EmbeddingAutoencoder
 
     cfg, result = adult_trained
     bundle = load_bundle(result.bundle_path)
@@ -123,3 +123,115 @@ def test_mse_on_embedding_output_collapses_ours_does_not(adult_trained) -> None:
     # ours keeps (or grows) the spread in every column; the trap shrinks every column
     assert ours.min() > 0.9, ours
     assert mse.max() < 0.9 and np.median(mse) < 0.6, mse
+
+
+class _ThreadGroup:
+    """What ranks running as threads of one process share: a barrier and one slot per rank."""
+
+    def __init__(self, world: int) -> None:
+        import threading
+
+        self.world = world
+        self.barrier = threading.Barrier(world, timeout=120)
+        self.slots: list[torch.Tensor | None] = [None] * world
+
+
+class _AveragingOptimizer:
+    """Averages each gradient over the ranks before stepping (what DDP and Horovod do)."""
+
+    def __init__(self, opt: torch.optim.Optimizer, model: torch.nn.Module, coll: _ThreadCollective) -> None:
+        self.opt, self.model, self.coll = opt, model, coll
+        self.param_groups = opt.param_groups
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad()
+
+    def step(self) -> None:
+        for p in self.model.parameters():
+            grad = p.grad if p.grad is not None else torch.zeros_like(p)
+            p.grad = self.coll.allreduce_sum(grad) / self.coll.world_size
+        self.opt.step()
+
+    def state_dict(self):  # type: ignore[no-untyped-def]
+        return self.opt.state_dict()
+
+
+class _ThreadCollective:
+    """An in-process stand-in for DDP: rank r of a world of threads."""
+
+    def __init__(self, group: _ThreadGroup, rank: int) -> None:
+        self.group, self.rank, self.world_size = group, rank, group.world
+        self.device = torch.device("cpu")
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def optimizer(self, opt, model):  # type: ignore[no-untyped-def]
+        self.model = model  # the test reads each rank's weights after training
+        return _AveragingOptimizer(opt, model, self)
+
+    def broadcast_initial(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> None:
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(self.allreduce_sum(p.detach() if self.rank == 0 else torch.zeros_like(p)))
+
+    def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
+        g = self.group
+        g.slots[self.rank] = values.detach().clone()
+        g.barrier.wait()
+        total = torch.stack([s for s in g.slots if s is not None]).sum(0)
+        g.barrier.wait()  # nobody overwrites a slot before every rank has read them all
+        return total
+
+    def barrier(self) -> None:
+        self.group.barrier.wait()
+
+
+def test_train_loop_with_two_in_process_ranks(adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """train_loop over a two-rank collective: the ranks agree on every metric and end with the same
+    weights (the averaged gradients keep them in step), and validation improves."""
+    import dataclasses
+    import threading
+
+    from embedlib.encode import ShardSet
+    from embedlib.layout import read_text
+    from embedlib.train import CheckpointStore, train_loop
+    from embedlib.train.backends import LocalBackend
+    from embedlib.train.job import make_job
+    from embedlib.vocab import Vocabulary
+
+    cfg, _ = adult_trained
+    vocab = Vocabulary.load_delta(cfg.layout.vocab)
+    shards = ShardSet.from_dict(json.loads(read_text(cfg.layout.shards_manifest) or "{}"))
+    job = make_job(cfg, vocab, shards, LocalBackend())
+    job = dataclasses.replace(job, epochs=3, store=CheckpointStore(str(tmp_path), str(tmp_path / "workers"), "two"))
+    group = _ThreadGroup(2)
+    results: dict[int, dict] = {}  # type: ignore[type-arg]
+    models: dict[int, dict[str, torch.Tensor]] = {}
+    errors: list[BaseException] = []
+
+    def rank(r: int) -> None:
+        try:
+            coll = _ThreadCollective(group, r)
+            results[r] = train_loop(coll, job)
+            models[r] = {k: v.detach().clone() for k, v in coll.model.state_dict().items()}
+        except BaseException as exc:  # noqa: BLE001  (re-raised in the test thread)
+            errors.append(exc)
+            group.barrier.abort()
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    first, second = results[0], results[1]
+    assert first["world_size"] == second["world_size"] == 2
+    assert [h["validation_loss"] for h in first["history"]] == [h["validation_loss"] for h in second["history"]]
+    assert first["steps_per_epoch"] == second["steps_per_epoch"] > 0
+    losses = [h["validation_loss"] for h in first["history"]]
+    assert losses[-1] < losses[0]
+    assert models[0].keys() == models[1].keys()
+    assert all(torch.equal(models[0][k], models[1][k]) for k in models[0])
+    # the two ranks trained on different shard files: without the averaging they would part ways
+    assert set(shards.files_for("train", 0, 2)).isdisjoint(shards.files_for("train", 1, 2))

@@ -1,17 +1,7 @@
-"""Job configuration: frozen dataclasses loaded from YAML in one place.
-
-A configuration is assembled from, in order of precedence (later wins):
-
-1. the defaults embedded in the dataclasses below,
-2. each ``--conf FILE`` in the order given,
-3. each ``--set key.path=value`` (the value is parsed as YAML, so
-   ``--set train.epochs=5`` is an int and ``--set columns.id=[row_id]`` a list).
+"""Loading a :class:`~embedlib.config.Config`: YAML files, ``--set`` overrides, coercion, validation.
 
 Unknown keys and values of the wrong type are errors that name the key and the
-file (or ``--set``) that supplied it. Mappings (``spark.conf``,
-``source.options``) merge key by key across files; every other value is replaced.
-
-The keys are a contract other tools drive: extend them, never rename or drop them.
+file (or ``--set``) that supplied it; a value of a secret-looking key is never shown.
 """
 
 from __future__ import annotations
@@ -22,228 +12,22 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
 
-from embedlib.layout import RunLayout, check_path, is_catalog_schema, is_catalog_table, looks_like_table_name
+from embedlib.config.schema import _SECRET_KEY, OUTPUT_COLUMNS, Config, ConfigError
+from embedlib.layout import (
+    check_path,
+    is_catalog_schema,
+    is_catalog_table,
+    is_table_name,
+    looks_like_table_name,
+)
 
-__all__ = [
-    "ColumnsConfig",
-    "Config",
-    "ConfigError",
-    "SourceConfig",
-    "SparkConfig",
-    "TrackingConfig",
-    "VocabConfig",
-    "load_config",
-    "redact",
-]
+__all__ = ["load_config"]
 
-
-class ConfigError(ValueError):
-    """A configuration key is unknown, has the wrong type, or an invalid value."""
-
-
-SourceFormat = Literal["delta", "parquet", "csv"]
-InfPolicy = Literal["error", "null"]
-VocabEngine = Literal["auto", "spark", "arrow"]
-
-
-@dataclass(frozen=True)
-class SparkConfig:
-    """``spark``: the session. ``master: null`` leaves it to spark-submit / Databricks."""
-
-    master: str | None = None
-    conf: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """``source``: a path (``format`` delta | parquet | csv) or a catalog ``table``.
-
-    ``schema`` is an optional Spark DDL string (``"age INT, city STRING"``), needed
-    for CSV files without a header line.
-    """
-
-    path: str | None = None
-    table: str | None = None
-    format: SourceFormat = "csv"
-    options: Mapping[str, Any] = field(default_factory=dict)
-    schema: str | None = None
-
-    def with_target(self, target: str | None) -> SourceConfig:
-        """This source read from ``target`` instead (``score.source``, ``features.source``):
-        a catalog table ``catalog.schema.table``, or a path in the same format and options."""
-        if target is None:
-            return self
-        if is_catalog_table(target):
-            return dataclasses.replace(self, path=None, table=target)
-        return dataclasses.replace(self, path=target, table=None)
-
-
-@dataclass(frozen=True)
-class ColumnsConfig:
-    """``columns``: which source columns are categorical, numeric, or pass-through ids.
-
-    ``log1p`` lists numeric columns standardized after ``sign(x)·log1p(|x|)``
-    (for heavy tails).
-    """
-
-    categorical: tuple[str, ...] = ()
-    numeric: tuple[str, ...] = ()
-    id: tuple[str, ...] = ()
-    log1p: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class VocabConfig:
-    """``vocab``: how vocabularies are cut and how values are normalised.
-
-    Values rarer than ``min_count`` and those beyond the ``max_size`` most frequent
-    go to the out-of-vocabulary index. ``trim`` strips ASCII spaces and
-    ``lowercase`` folds case before counting and before every lookup.
-    ``inf_policy`` says what a ±inf numeric does: ``error`` (default) stops the
-    job naming the column and the count, ``null`` treats it as missing.
-    ``engine`` picks how the pass runs (see :func:`embedlib.vocab.build_vocabulary`):
-    ``auto`` reads Parquet/Delta files with Arrow on the executors, anything else
-    with Spark rows.
-    """
-
-    min_count: int = 2
-    max_size: int | None = None
-    trim: bool = False
-    lowercase: bool = False
-    inf_policy: InfPolicy = "error"
-    engine: VocabEngine = "auto"
-
-
-Backend = Literal["local", "torch_distributor", "horovod", "auto"]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """``model``: the embedding autoencoder's shape.
-
-    A categorical with ``n`` embedding rows (vocabulary + null + OOV) gets
-    ``min(max_embedding_dim, round(1.6 * n ** 0.56))`` dimensions unless
-    ``embedding_dims`` names it. ``corruption`` is the fraction of inputs replaced
-    during training (denoising); it is off at scoring.
-    """
-
-    max_embedding_dim: int = 32
-    embedding_dims: Mapping[str, int] = field(default_factory=dict)
-    hidden: tuple[int, ...] = (64, 32)
-    bottleneck: int = 8
-    corruption: float = 0.1
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """``train``: where and how long the model trains.
-
-    ``backend``: ``local`` (the driver), ``torch_distributor`` (DDP through
-    ``pyspark.ml.torch.distributor.TorchDistributor``), ``horovod``
-    (``horovod.spark.run``) or ``auto`` (the default): ``torch_distributor`` on
-    Databricks (``DATABRICKS_RUNTIME_VERSION`` is set), ``local`` everywhere else
-    — see :func:`embedlib.train.resolve_backend`. ``local_mode`` (TorchDistributor
-    only): ``auto`` trains on the driver when the master is local, on executors
-    otherwise.
-    """
-
-    backend: Backend = "auto"
-    num_workers: int = 2
-    use_gpu: bool | Literal["auto"] = "auto"
-    local_mode: bool | Literal["auto"] = "auto"
-    epochs: int = 20
-    batch_size: int = 512
-    learning_rate: float = 0.001
-    seed: int = 0
-    validation_fraction: float = 0.1
-    patience: int = 3
-    max_rows: int | None = None
-    sample_fraction: float | None = None
-    shuffle_buffer: int = 100_000
-    num_shards: int | None = None
-
-
-@dataclass(frozen=True)
-class ScoreConfig:
-    """``score``: scoring runs, and the threshold the bundle stores."""
-
-    source: str | None = None
-    output: str | None = None
-    mode: Literal["append", "overwrite"] = "append"
-    run_id: str | None = None
-    threshold_quantile: float = 0.99
-    threshold: float | None = None
-    top_reasons: int = 3
-    emit_code: bool = False
-    batch_size: int = 10_000
-
-
-@dataclass(frozen=True)
-class FeaturesConfig:
-    """``features``: the design matrix (embeddings + standardized numerics + missing flags)."""
-
-    source: str | None = None
-    output: str | None = None
-    flatten: bool = False
-
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    """``tracking``: MLflow (``pip install 'embedlib[mlflow]'``), off by default.
-
-    With ``mlflow: true`` training logs its parameters, per-epoch metrics and the
-    bundle, and scoring its run summary. ``tracking_uri: null`` keeps MLflow's own
-    setting (``MLFLOW_TRACKING_URI``, or the workspace on Databricks) and otherwise
-    uses a ``./mlruns`` file store; ``experiment: null`` is ``embedlib-<name>``
-    (``/Shared/embedlib-<name>`` on Databricks).
-    """
-
-    mlflow: bool = False
-    tracking_uri: str | None = None
-    experiment: str | None = None
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration of a run; every job reads the part it needs.
-
-    ``output_schema`` (``catalog.schema``) makes the run's tables — vocab,
-    embeddings, features, scores, score_runs — catalog tables
-    ``<output_schema>.<name>_<table>``; the bundle and scratch files stay under
-    ``output_dir``.
-    """
-
-    name: str = "embedlib"
-    output_dir: str = "output"
-    output_schema: str | None = None
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    source: SourceConfig = field(default_factory=SourceConfig)
-    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
-    vocab: VocabConfig = field(default_factory=VocabConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    @property
-    def layout(self) -> RunLayout:
-        """Every path (or catalog table) this run reads or writes, derived from
-        ``output_dir``/``name`` and ``output_schema``."""
-        return RunLayout(self.output_dir, self.name, self.output_schema)
-
-    @property
-    def feature_columns(self) -> tuple[str, ...]:
-        return self.columns.categorical + self.columns.numeric
-
-
-# --------------------------------------------------------------------------- loading
 
 _SET_RE = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_.\-]+)*)=(.*)$", re.S)
 
@@ -492,7 +276,7 @@ def _validate(cfg: Config, origins: Mapping[str, str]) -> None:
         raise err("source", "needs exactly one of 'path' or 'table'")
     if src.path is not None:
         check_path(src.path, what="key 'source.path'")
-    if src.table is not None and not re.fullmatch(r"[A-Za-z0-9_`]+(\.[A-Za-z0-9_`]+){0,2}", src.table):
+    if src.table is not None and not is_table_name(src.table):
         raise err("source.table", f"must be a table name like catalog.schema.name, got {src.table!r}")
     if cfg.vocab.min_count < 1:
         raise err("vocab.min_count", f"must be at least 1, got {cfg.vocab.min_count}")
@@ -599,14 +383,3 @@ def _same_path(a: str, b: str) -> bool:
         return (p if has_scheme(p) or looks_like_table_name(p) else os.path.abspath(p)).rstrip("/")
 
     return norm(a) == norm(b)
-
-
-_SECRET_KEY = re.compile(r"(key|secret|token|password|passwd|credential|sas|auth)", re.I)
-
-#: Columns the score and features jobs write themselves; an id column may not take these names.
-OUTPUT_COLUMNS = frozenset({"anomaly_score", "is_anomaly", "contributions", "reasons", "code", "bundle_id"})
-
-
-def redact(conf: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a Spark/options mapping with every secret-looking value replaced."""
-    return {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in conf.items()}

@@ -1,0 +1,254 @@
+"""The configuration classes: frozen dataclasses, one per section, with their defaults.
+
+Loaded by :mod:`embedlib.config.load`; the keys are a contract other tools drive: extend
+them, never rename or drop them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from embedlib.layout import RunLayout, is_catalog_table
+
+__all__ = [
+    "ColumnsConfig",
+    "Config",
+    "ConfigError",
+    "SourceConfig",
+    "SparkConfig",
+    "TrackingConfig",
+    "VocabConfig",
+    "OUTPUT_COLUMNS",
+    "redact",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration key is unknown, has the wrong type, or an invalid value."""
+
+
+SourceFormat = Literal["delta", "parquet", "csv"]
+InfPolicy = Literal["error", "null"]
+VocabEngine = Literal["auto", "spark", "arrow"]
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    """``spark``: the session. ``master: null`` leaves it to spark-submit / Databricks."""
+
+    master: str | None = None
+    conf: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """``source``: a path (``format`` delta | parquet | csv) or a catalog ``table``.
+
+    ``schema`` is an optional Spark DDL string (``"age INT, city STRING"``), needed
+    for CSV files without a header line.
+    """
+
+    path: str | None = None
+    table: str | None = None
+    format: SourceFormat = "csv"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    schema: str | None = None
+
+    @property
+    def name(self) -> str:
+        """How messages name this source: the table name or the path."""
+        return self.table if self.table is not None else str(self.path)
+
+    def with_target(self, target: str | None) -> SourceConfig:
+        """This source read from ``target`` instead (``score.source``, ``features.source``):
+        a catalog table ``catalog.schema.table``, or a path in the same format and options."""
+        if target is None:
+            return self
+        if is_catalog_table(target):
+            return dataclasses.replace(self, path=None, table=target)
+        return dataclasses.replace(self, path=target, table=None)
+
+
+@dataclass(frozen=True)
+class ColumnsConfig:
+    """``columns``: which source columns are categorical, numeric, or pass-through ids.
+
+    ``log1p`` lists numeric columns standardized after ``sign(x)·log1p(|x|)``
+    (for heavy tails).
+    """
+
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    id: tuple[str, ...] = ()
+    log1p: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class VocabConfig:
+    """``vocab``: how vocabularies are cut and how values are normalised.
+
+    Values rarer than ``min_count`` and those beyond the ``max_size`` most frequent
+    go to the out-of-vocabulary index. ``trim`` strips ASCII spaces and
+    ``lowercase`` folds case before counting and before every lookup.
+    ``inf_policy`` says what a ±inf numeric does: ``error`` (default) stops the
+    job naming the column and the count, ``null`` treats it as missing.
+    ``engine`` picks how the pass runs (see :func:`embedlib.vocab.build_vocabulary`):
+    ``auto`` reads Parquet/Delta files with Arrow on the executors, anything else
+    with Spark rows.
+    """
+
+    min_count: int = 2
+    max_size: int | None = None
+    trim: bool = False
+    lowercase: bool = False
+    inf_policy: InfPolicy = "error"
+    engine: VocabEngine = "auto"
+
+
+Backend = Literal["local", "torch_distributor", "horovod", "auto"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """``model``: the embedding autoencoder's shape.
+
+    A categorical with ``n`` embedding rows (vocabulary + null + OOV) gets
+    ``min(max_embedding_dim, round(1.6 * n ** 0.56))`` dimensions unless
+    ``embedding_dims`` names it. ``corruption`` is the fraction of inputs replaced
+    during training (denoising); it is off at scoring.
+    """
+
+    max_embedding_dim: int = 32
+    embedding_dims: Mapping[str, int] = field(default_factory=dict)
+    hidden: tuple[int, ...] = (64, 32)
+    bottleneck: int = 8
+    corruption: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: where and how long the model trains.
+
+    ``backend``: ``local`` (the driver), ``torch_distributor`` (DDP through
+    ``pyspark.ml.torch.distributor.TorchDistributor``), ``horovod``
+    (``horovod.spark.run``) or ``auto`` (the default): ``torch_distributor`` on
+    Databricks (``DATABRICKS_RUNTIME_VERSION`` is set), ``local`` everywhere else
+    — see :func:`embedlib.train.resolve_backend`. ``local_mode`` (TorchDistributor
+    only): ``auto`` trains on the driver when the master is local, on executors
+    otherwise.
+    """
+
+    backend: Backend = "auto"
+    num_workers: int = 2
+    use_gpu: bool | Literal["auto"] = "auto"
+    local_mode: bool | Literal["auto"] = "auto"
+    epochs: int = 20
+    batch_size: int = 512
+    learning_rate: float = 0.001
+    seed: int = 0
+    validation_fraction: float = 0.1
+    patience: int = 3
+    max_rows: int | None = None
+    sample_fraction: float | None = None
+    shuffle_buffer: int = 100_000
+    num_shards: int | None = None
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """``score``: scoring runs, and the threshold the bundle stores."""
+
+    source: str | None = None
+    output: str | None = None
+    mode: Literal["append", "overwrite"] = "append"
+    run_id: str | None = None
+    threshold_quantile: float = 0.99
+    threshold: float | None = None
+    top_reasons: int = 3
+    emit_code: bool = False
+    batch_size: int = 10_000
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """``features``: the design matrix (embeddings + standardized numerics + missing flags)."""
+
+    source: str | None = None
+    output: str | None = None
+    flatten: bool = False
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """``tracking``: MLflow (``pip install 'embedlib[mlflow]'``), off by default.
+
+    With ``mlflow: true`` training logs its parameters, per-epoch metrics and the
+    bundle, and scoring its run summary. ``tracking_uri: null`` keeps MLflow's own
+    setting (``MLFLOW_TRACKING_URI``, or the workspace on Databricks) and otherwise
+    uses a ``./mlruns`` file store; ``experiment: null`` is ``embedlib-<name>``
+    (``/Shared/embedlib-<name>`` on Databricks).
+    """
+
+    mlflow: bool = False
+    tracking_uri: str | None = None
+    experiment: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration of a run; every job reads the part it needs.
+
+    ``output_schema`` (``catalog.schema``) makes the run's tables — vocab,
+    embeddings, features, scores, score_runs — catalog tables
+    ``<output_schema>.<name>_<table>``; the bundle and scratch files stay under
+    ``output_dir``.
+    """
+
+    name: str = "embedlib"
+    output_dir: str = "output"
+    output_schema: str | None = None
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    vocab: VocabConfig = field(default_factory=VocabConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    @property
+    def layout(self) -> RunLayout:
+        """Every path (or catalog table) this run reads or writes, derived from
+        ``output_dir``/``name`` and ``output_schema``."""
+        return RunLayout(self.output_dir, self.name, self.output_schema)
+
+    @property
+    def feature_columns(self) -> tuple[str, ...]:
+        return self.columns.categorical + self.columns.numeric
+
+    @property
+    def scores_output(self) -> str:
+        """Where ``embedlib score`` writes: ``score.output``, else the run's ``scores`` table."""
+        return self.score.output or self.layout.scores
+
+    @property
+    def features_output(self) -> str:
+        """Where ``embedlib features`` writes: ``features.output``, else the run's ``features`` table."""
+        return self.features.output or self.layout.features
+
+
+#: Keys whose values are never shown in logs, errors or tracking.
+_SECRET_KEY = re.compile(r"(key|secret|token|password|passwd|credential|sas|auth)", re.I)
+
+#: Columns the score and features jobs write themselves; an id column may not take these names.
+OUTPUT_COLUMNS = frozenset({"anomaly_score", "is_anomaly", "contributions", "reasons", "code", "bundle_id"})
+
+
+def redact(conf: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a Spark/options mapping with every secret-looking value replaced."""
+    return {k: ("***" if _SECRET_KEY.search(k) else v) for k, v in conf.items()}

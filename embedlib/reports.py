@@ -1,0 +1,113 @@
+"""What the commands print: a score run's top rows and distribution, an evaluation's table."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from embedlib.config import Config
+    from embedlib.evaluate import Evaluation
+    from embedlib.runs import ScoreRun
+    from embedlib.train import TrainResult
+    from embedlib.vocab import Vocabulary
+
+__all__ = ["evaluation_report", "extract_report", "format_reason", "score_report", "train_report", "vocab_report"]
+
+
+def vocab_report(vocab: Vocabulary, cfg: Config) -> list[str]:
+    return [f"vocabulary written to {cfg.layout.vocab}", *vocab.summary()]
+
+
+def train_report(result: TrainResult) -> list[str]:
+    """The bundle, the backend, the epochs and the validation loss of each."""
+    m = result.metrics
+    lines = [
+        f"bundle {result.bundle_id} written to {result.bundle_path}",
+        f"backend {m['backend']} ({m['world_size']} worker(s)), {m['epochs_run']} epoch(s), "
+        f"best epoch {m['best_epoch']}, validation loss {m['validation_loss']:.4f} nats/row, "
+        f"threshold {result.threshold:.3f} nats, {m['train_seconds']}s",
+        "epoch  train    validation",
+    ]
+    lines += [f"{h['epoch']:>5}  {h['train_loss']:<8.4f} {h['validation_loss']:.4f}" for h in m["history"]]
+    if result.tracking_run_id:
+        lines.append(f"MLflow run {result.tracking_run_id}")
+    return lines
+
+
+def extract_report(path: str, npz_files: list[str], npz_dir: str | None) -> list[str]:
+    lines = [f"embeddings written to {path}"]
+    if npz_files:
+        lines.append(f"{len(npz_files)} .npz file(s) written to {npz_dir}")
+    return lines
+
+
+def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10) -> list[str]:
+    """Readable summary of a score run: the top rows with reasons, the distribution."""
+    from pyspark.sql import functions as F
+
+    from embedlib.tables import read_table
+
+    if not run.written:
+        rebuilt = "; its missing run summary was rebuilt" if run.rows else ""
+        return [f"score run {run.run_id} was already written to {run.output}; nothing added{rebuilt}"]
+    lines = [
+        f"scored {run.rows:,} rows of {run.source} -> {run.output} (run {run.run_id})",
+        f"threshold {run.threshold:.3f} nats: {run.anomalies:,} rows flagged "
+        f"({100.0 * run.anomalies / max(run.rows, 1):.2f}%)",
+        "score quantiles (nats): " + ", ".join(f"q{float(q) * 100:g}={v:.2f}" for q, v in run.quantiles.items()),
+    ]
+    if run.inf_rows:
+        lines.append(f"{run.inf_rows:,} row(s) had ±inf numerics, scored as missing (the vocabulary's inf_policy is null)")
+    oov = {c: r for c, r in run.oov_rate.items() if r > 0}
+    if oov:
+        lines.append("out-of-vocabulary rate: " + ", ".join(f"{c} {100 * r:.3f}%" for c, r in oov.items()))
+    scores = read_table(spark, run.output).where(F.col("bundle_id") == run.bundle_id)
+    rows = scores.orderBy(F.col("anomaly_score").desc()).limit(top).collect()
+    lines.append(f"top {len(rows)} rows:")
+    for row in rows:
+        ids = ", ".join(f"{c}={row[c]}" for c in cfg.columns.id)
+        lines.append(f"  {row['anomaly_score']:8.2f} nats{'  ' + ids if ids else ''}")
+        for reason in row["reasons"]:
+            lines.append("      " + format_reason(reason))
+    if run.tracking_run_id:
+        lines.append(f"MLflow run {run.tracking_run_id}")
+    return lines
+
+
+def format_reason(reason: Any) -> str:
+    """``native-country=Holand-Netherlands — expected United-States (p=0.91), +4.1 nats``."""
+    prob = f" (p={reason['probability']:.2f})" if reason["probability"] is not None else ""
+    return (
+        f"{reason['column']}={reason['value']} — expected {reason['expected']}{prob}, "
+        f"+{reason['nats']:.1f} nats"
+    )
+
+
+def evaluation_report(ev: Evaluation) -> list[str]:
+    """The metrics of every method side by side, the columns behind the flags, and the files."""
+    from embedlib.evaluate import METHODS
+
+    k = ev.methods[0].top_k
+    lines = [
+        f"evaluated bundle {ev.bundle_id} on {ev.description}",
+        f"{ev.positives:,} positive of {ev.rows:,} rows ({100.0 * ev.positives / max(ev.rows, 1):.2f}%)",
+        f"{'method':<38} {'AUROC':>6} {'AUPRC':>6} {'threshold':>10} {'flagged':>8} {'precision':>9} "
+        f"{'recall':>6} {'P@' + str(k):>8} {'R@' + str(k):>8}",
+    ]
+    for m in ev.methods:
+        lines.append(
+            f"{METHODS.get(m.method, m.method):<38} {m.auroc:>6.3f} {m.auprc:>6.3f} {m.threshold:>10.4g} "
+            f"{m.flagged:>8,} {m.precision:>9.3f} {m.recall:>6.3f} {m.precision_at_k:>8.3f} {m.recall_at_k:>8.3f}"
+        )
+    gaps = sorted(
+        ((name, v["flagged"], v["unflagged"]) for name, v in ev.column_means.items() if v["flagged"] is not None),
+        key=lambda t: t[1] - (t[2] or 0.0), reverse=True,
+    )
+    if gaps:
+        lines.append("mean nats, flagged vs unflagged rows (embedlib; largest differences first):")
+        lines += [f"  {name:<20} {f:7.2f} vs {u or 0.0:6.2f}" for name, f, u in gaps[:5]]
+    lines.append(f"written to {ev.folder}:")
+    lines += [f"  {name:<17} {path}" for name, path in ev.files.items()]
+    return lines

@@ -1,0 +1,173 @@
+"""``embedlib train``: vocabulary → encoded shards → the loop on the resolved backend → bundle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from embedlib.encode import Encoder, ShardSet, read_shards
+from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
+from embedlib.train.backends import Backend, resolve_backend
+from embedlib.train.checkpoint import CheckpointStore
+from embedlib.train.errors import TrainError
+from embedlib.train.loop import TrainJob, tensors, train_loop
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from embedlib.config import Config
+    from embedlib.vocab import Vocabulary
+
+__all__ = [
+    "TrainResult", "best_model", "check_vocab_matches", "make_job", "run_train_job", "spec_for", "threshold_of",
+]
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What training produced: the bundle and the metrics stored in it."""
+
+    bundle_id: str
+    bundle_path: str
+    metrics: Mapping[str, Any]
+    threshold: float
+    tracking_run_id: str | None = None  # the MLflow run, with tracking.mlflow: true
+
+
+def spec_for(vocab: Vocabulary, cfg: Config) -> ModelSpec:
+    m = cfg.model
+    return ModelSpec.build(
+        vocab.categorical,
+        [vocab.size(c) for c in vocab.categorical],
+        vocab.numeric_columns,
+        max_embedding_dim=m.max_embedding_dim,
+        embedding_dims=m.embedding_dims,
+        hidden=m.hidden,
+        bottleneck=m.bottleneck,
+    )
+
+
+def check_vocab_matches(vocab: Vocabulary, cfg: Config) -> None:
+    """The configured columns must be exactly the vocabulary's (same order)."""
+    from embedlib.vocab import SchemaError
+
+    if tuple(vocab.categorical) != cfg.columns.categorical or tuple(vocab.numeric_columns) != cfg.columns.numeric:
+        raise SchemaError(
+            "the configured columns do not match the vocabulary at "
+            f"{cfg.layout.vocab}: vocabulary has categorical {list(vocab.categorical)} and numeric "
+            f"{list(vocab.numeric_columns)}, config has categorical {list(cfg.columns.categorical)} and "
+            f"numeric {list(cfg.columns.numeric)}; rerun `embedlib vocab` for this config"
+        )
+
+
+def threshold_of(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, quantile: float,
+                 max_rows: int = 200_000) -> float:
+    """The ``quantile`` of training-row scores (on at most ``max_rows`` rows)."""
+    model.eval()
+    scores: list[np.ndarray] = []
+    seen = 0
+    with torch.inference_mode():
+        for enc in read_shards(shards.train_files, encoder):
+            cat, num, miss = tensors(enc, torch.device("cpu"))
+            logits, pred, _ = model(cat, num, miss)
+            scores.append(column_nll(logits, pred, cat, num, miss).sum(1).double().numpy())
+            seen += len(scores[-1])
+            if seen >= max_rows:
+                break
+    return float(np.quantile(np.concatenate(scores), quantile))
+
+
+def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
+    """vocab (read) → encode shards → train on the backend → bundle."""
+    from embedlib.bundle import save_bundle
+    from embedlib.encode import encode_to_shards
+    from embedlib.tables import delta_version, read_source
+    from embedlib.tracking import check_tracking, log_training
+    from embedlib.vocab import Vocabulary, check_columns
+
+    layout = cfg.layout
+    backend = resolve_backend(spark, cfg.train)
+    cfg = replace(cfg, train=replace(cfg.train, backend=backend.name))  # type: ignore[arg-type]  # tracking logs it
+    check_tracking(cfg)
+    vocab = Vocabulary.load(spark, layout.vocab)
+    check_vocab_matches(vocab, cfg)
+    df = read_source(spark, cfg.source)
+    check_columns(df.schema, cfg.source.name, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
+                  ids=cfg.columns.id, trained=vocab.meta.get("source_types"))
+    version = ""
+    if cfg.source.format == "delta" and cfg.source.path is not None:
+        version = str(delta_version(spark, cfg.source.path))
+    shards = encode_to_shards(spark, df, vocab, cfg, source_version=version)
+    job = make_job(cfg, vocab, shards, backend)
+    started = time.perf_counter()
+    metrics = backend.run(train_loop, job)
+    metrics = {**metrics, "backend": backend.name, "train_seconds": round(time.perf_counter() - started, 2),
+               "train_rows": shards.train_rows, "validation_rows": shards.valid_rows}
+    model = best_model(job)
+    threshold = threshold_of(model, shards, job.encoder, cfg.score.threshold_quantile)
+    bundle_id = save_bundle(
+        layout.bundle,
+        model=model,
+        vocab=vocab,
+        threshold=threshold,
+        threshold_quantile=cfg.score.threshold_quantile,
+        metrics=metrics,
+        model_config=asdict(cfg.model),
+    )
+    tracked = log_training(cfg, layout.bundle, bundle_id, metrics, threshold)
+    return TrainResult(bundle_id=bundle_id, bundle_path=layout.bundle, metrics=metrics, threshold=threshold,
+                       tracking_run_id=tracked)
+
+
+def make_job(cfg: Config, vocab: Vocabulary, shards: ShardSet, backend: Backend) -> TrainJob:
+    """What every rank needs to train ``cfg``'s model on ``shards``."""
+    spec = spec_for(vocab, cfg)
+    t = cfg.train
+    return TrainJob(
+        spec=spec,
+        shards=shards,
+        encoder=Encoder.for_vocab(vocab),
+        store=CheckpointStore.for_run(cfg.layout, _job_fingerprint(spec, shards, cfg, backend)),
+        epochs=t.epochs,
+        batch_size=t.batch_size,
+        learning_rate=t.learning_rate,
+        seed=t.seed,
+        patience=t.patience,
+        corruption=cfg.model.corruption,
+        shuffle_buffer=t.shuffle_buffer,
+    )
+
+
+def best_model(job: TrainJob) -> EmbeddingAutoencoder:
+    """The best-validation weights from the last checkpoint."""
+    model = EmbeddingAutoencoder(job.spec)
+    opt = torch.optim.Adam(model.parameters(), lr=job.learning_rate)
+    restored = job.store.load(model, opt)
+    if restored is None:
+        raise TrainError(f"training wrote no checkpoint in {job.store.folder}")
+    model.load_state_dict(restored[1])
+    model.eval()
+    return model
+
+
+def _job_fingerprint(spec: ModelSpec, shards: ShardSet, cfg: Config, backend: Backend) -> str:
+    t = cfg.train
+    key = {
+        "spec": spec.to_dict(),
+        "shards": shards.fingerprint,
+        "corruption": cfg.model.corruption,
+        "lr": t.learning_rate,
+        "batch_size": t.batch_size,
+        "seed": t.seed,
+        "shuffle_buffer": t.shuffle_buffer,
+        "world": backend.workers,
+        "backend": backend.name,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
