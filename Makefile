@@ -42,7 +42,8 @@ typecheck: setup
 	$(PY) -m mypy
 
 bench: setup
-	$(PY) benchmarks/vocab_bench.py
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) benchmarks/detect_bench.py
 
 # dist/embedlib-<version>-py3-none-any.whl, for spark-submit --py-files and Databricks
 wheel: setup

@@ -79,6 +79,7 @@ ROWS_PER_FILE = 500_000
 WARMUP_ROWS = 20_000
 GOAL_CEILING = 0.5
 GOAL_UDF = 20.0
+GOAL_COST = 2.0  # the default model may cost at most this many times the first version's per row
 
 CATS = [f"c{i}" for i in range(N_CAT)]
 NUMS = [f"x{j}" for j in range(N_NUM)]
@@ -204,24 +205,44 @@ def generate(spark: Any, rows: int, path: str, cores: int) -> None:
     spark.range(0, rows, 1, files).select(*cols).write.parquet(path)
 
 
-def make_bundle(spark: Any, data: str, folder: str) -> Any:
-    """Vocabulary on ``data``, an untrained model, saved and loaded back as a bundle."""
+#: The first version's model: a plain autoencoder, hidden 64-32, bottleneck 8, ranked by nats.
+FIRST_VERSION = ["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8", "score.rank_by=nats"]
+
+
+def make_bundle(spark: Any, data: str, folder: str, extra: list[str] | None = None) -> Any:
+    """Vocabulary on ``data``, an untrained model of the configuration's default shape (or ``extra``'s),
+    calibrated on the same rows when the configuration ranks by the calibrated score, saved and
+    loaded back as a bundle."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     import torch
 
     from embedlib.bundle import load_bundle, save_bundle
+    from embedlib.calibration import Calibration
     from embedlib.config import load_config
-    from embedlib.model import EmbeddingAutoencoder, ModelSpec
+    from embedlib.model import EmbeddingAutoencoder
+    from embedlib.train import spec_for
+    from embedlib.train.job import contributions_of
     from embedlib.vocab import build_vocabulary
 
     cfg = load_config([], [f"source.path={data}", "source.format=parquet", f"columns.categorical={CATS}",
-                           f"columns.numeric={NUMS}", "columns.id=[id]"])
+                           f"columns.numeric={NUMS}", "columns.id=[id]", *(extra or [])])
     vocab = build_vocabulary(spark, spark.read.parquet(data), cfg, source=data)
-    spec = ModelSpec.build(vocab.categorical, [vocab.size(c) for c in vocab.categorical], vocab.numeric_columns)
+    spec = spec_for(vocab, cfg)
     torch.manual_seed(0)
     model = EmbeddingAutoencoder(spec)
-    path = f"{folder}/bundle"
+    calibration = None
+    if cfg.score.rank_by == "calibrated":
+        from embedlib.encode import Encoder
+
+        encoder = Encoder.for_vocab(vocab)
+        shard = f"{folder}/encoded-{len(extra or [])}.parquet"
+        pq.write_table(pa.Table.from_batches([encoder.encode(pq.read_table(data.replace("file://", "")))]), shard)
+        calibration = Calibration.fit(contributions_of(model, [shard], encoder, max_rows=20_000))
+    path = f"{folder}/bundle-{'first' if extra else 'default'}"
     save_bundle(path, model=model, vocab=vocab, threshold=100.0, threshold_quantile=0.99, metrics={},
-                model_config={})
+                model_config={}, calibration=calibration, rank_by=cfg.score.rank_by,
+                thresholds={cfg.score.rank_by: 100.0})
     return load_bundle(path)
 
 
@@ -372,7 +393,8 @@ def main(argv: list[str] | None = None) -> None:
         warm = f"{tmp}/warmup.parquet"
         generate(spark, min(sizes[0], WARMUP_ROWS), warm, cores)
         bundle = make_bundle(spark, warm, tmp)
-        _log("bundle built; cold score job")
+        first = make_bundle(spark, warm, tmp, FIRST_VERSION)
+        _log("bundles built; cold score job")
         threshold = bundle.threshold
         params = sum(p.numel() for p in bundle.model.parameters())
         start = time.perf_counter()
@@ -409,6 +431,17 @@ def main(argv: list[str] | None = None) -> None:
             out.append(Result("  of which score_rows", m, secs, 1))
             del batches
 
+            _log(f"{n:,} rows: the first version's model")
+            score_job(spark, first, warm, f"{tmp}/warmup-first-{n}")
+            start = time.perf_counter()
+            score_job(spark, first, data, f"{tmp}/scores-first-{n}")
+            first_job = Result("score job, first version's model", n, time.perf_counter() - start, cores)
+            batches = load_batches(first, data, m, args.batch_size)
+            secs = time_batches(
+                lambda t: build_output(first, t, threshold=100.0, top_reasons=3, emit_code=False), batches)
+            first_ceiling = Result("ceiling, first version's model", m, secs, 1)
+            del batches
+
             step = max(1, n // args.udf_rows)
             k = -(-n // step)
             _log(f"{n:,} rows: row UDF on {k:,} rows")
@@ -419,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
             out.append(Result("row-at-a-time Python UDF -> Delta", k, time.perf_counter() - start, cores))
             memory.sample()
             checks[n] = _max_score_diff(spark, f"{tmp}/scores-{n}", f"{tmp}/udf-scores-{n}")
-            results[n] = out
+            results[n] = [*out, first_job, first_ceiling]
         connector = delta_connector_available(spark)
     spark.stop()
 
@@ -440,11 +473,18 @@ def main(argv: list[str] | None = None) -> None:
     w(f"{'size':>11}  {'partitions':>10}  {'job/core / ceiling/core':>24}  {'job / row UDF':>14}  "
       f"{'UDF vs job scores: rows, max |diff|':>36}\n")
     for n, out in results.items():
-        job, ceiling, _, udf = out
+        job, ceiling, _, udf, _, _ = out
         rows, diff = checks[n]
         w(f"{n:>11,}  {partitions[n]:>10}  {job.per_core / ceiling.per_core:>23.2f}x  {job.rate / udf.rate:>13.1f}x"
           f"  {rows:>26,}, {diff:.1e}\n")
     w(f"goals: job/core >= {GOAL_CEILING} x ceiling/core; job >= {GOAL_UDF:.0f} x row UDF\n")
+    masks = len(bundle.spec.mask_groups()) if bundle.spec.masked else 1
+    w(f"\ncost per row of the default model ({bundle.spec.kind}, {masks} forward pass(es), hidden "
+      f"{list(bundle.spec.hidden)}, calibrated) vs the first version's (autoencoder, 1 pass, hidden [64, 32]):\n")
+    for n, out in results.items():
+        job, ceiling, _, _, first_job, first_ceiling = out
+        w(f"{n:>11,}  score job {first_job.rate / job.rate:.2f}x, ceiling {first_ceiling.rate / ceiling.rate:.2f}x"
+          f"  (goal: <= {GOAL_COST:.0f}x)\n")
     if len(sizes) > 1:
         small, large = results[sizes[0]][0], results[sizes[-1]][0]
         row_ratio = large.rows / small.rows

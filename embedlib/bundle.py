@@ -4,7 +4,8 @@ A bundle is a directory::
 
     bundle.json          schema version, columns and kinds, the source's column types,
                          vocab sizes, embedding dims, numeric statistics, model spec,
-                         threshold, training metrics,
+                         calibration (per-column quantiles of validation contributions),
+                         rank_by, thresholds (nats and calibrated), training metrics,
                          library/torch versions, sha256 of every other file, bundle id
     weights.safetensors  the model's tensors (safetensors: no pickle, ever)
     vocab.parquet        the vocabulary table; its metadata in the Parquet schema
@@ -28,12 +29,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs
 import pyarrow.parquet as pq
 import torch
 
 from embedlib import __version__
+from embedlib.calibration import Calibration
 from embedlib.encode import Encoder
 from embedlib.layout import filesystem
 from embedlib.model import EmbeddingAutoencoder, ModelSpec
@@ -43,7 +46,9 @@ __all__ = ["Bundle", "BundleError", "bundle_from_files", "load_bundle", "read_bu
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this embedlib reads: 1 had no calibration (it ranks by nats).
+READABLE_VERSIONS = (1, 2)
 WEIGHTS = "weights.safetensors"
 VOCAB = "vocab.parquet"
 MANIFEST = "bundle.json"
@@ -86,6 +91,9 @@ def save_bundle(
     vocab: Vocabulary,
     threshold: float,
     threshold_quantile: float,
+    calibration: Calibration | None = None,
+    rank_by: str = "nats",
+    thresholds: Mapping[str, float] | None = None,
     metrics: Mapping[str, Any],
     model_config: Mapping[str, Any],
 ) -> str:
@@ -112,6 +120,9 @@ def save_bundle(
         "model_config": dict(model_config),
         "threshold": float(threshold),
         "threshold_quantile": float(threshold_quantile),
+        "rank_by": rank_by,
+        "thresholds": {k: float(v) for k, v in (thresholds or {rank_by: threshold}).items()},
+        "calibration": _calibration_json(spec.columns, calibration),
         "metrics": dict(metrics),
         "files": {name: _sha256(data) for name, data in files.items()},
     }
@@ -153,12 +164,53 @@ class Bundle:
 
     @property
     def threshold(self) -> float:
+        """The threshold of the bundle's own ranking (:attr:`rank_by`)."""
         return float(self.manifest["threshold"])
+
+    @property
+    def rank_by(self) -> str:
+        """``calibrated`` or ``nats``: what the bundle ranks and flags rows by."""
+        return str(self.manifest.get("rank_by") or "nats")
+
+    def threshold_for(self, rank_by: str) -> float:
+        """The ``threshold_quantile`` of training-row scores ranked ``rank_by``."""
+        found = (self.manifest.get("thresholds") or {"nats": self.manifest["threshold"]}).get(rank_by)
+        if found is None:
+            raise BundleError(
+                f"bundle {self.path} has no threshold for score.rank_by={rank_by} (it has "
+                f"{sorted(self.manifest.get('thresholds') or {'nats': 0})}); retrain it with this embedlib, "
+                "or set score.rank_by=nats"
+            )
+        return float(found)
+
+    @functools.cached_property
+    def calibration(self) -> Calibration | None:
+        """Per-column calibration of contributions (None for bundles written before it)."""
+        doc = self.manifest.get("calibration")
+        if not doc:
+            return None
+        columns = self.spec.columns
+        return Calibration(
+            quantiles=np.array([doc["quantiles"][c] for c in columns], dtype=np.float64),
+            tail_scale=np.array([doc["tail_scale"][c] for c in columns], dtype=np.float64),
+            rows=int(doc["rows"]),
+        )
 
     @property
     def source_types(self) -> dict[str, str]:
         """Spark type of each feature column when the vocabulary was built ({} for older bundles)."""
         return dict(self.manifest.get("source_types") or self.vocab.meta.get("source_types") or {})
+
+
+def _calibration_json(columns: tuple[str, ...], calibration: Calibration | None) -> dict[str, Any] | None:
+    if calibration is None:
+        return None
+    return {
+        "levels": int(calibration.quantiles.shape[1]),
+        "rows": calibration.rows,
+        "quantiles": {c: [float(v) for v in calibration.quantiles[j]] for j, c in enumerate(columns)},
+        "tail_scale": {c: float(calibration.tail_scale[j]) for j, c in enumerate(columns)},
+    }
 
 
 def read_bundle_files(path: str) -> dict[str, bytes]:
@@ -191,10 +243,11 @@ def bundle_from_files(files: Mapping[str, bytes], path: str) -> Bundle:
         manifest = json.loads(files[MANIFEST])
     except (KeyError, json.JSONDecodeError) as exc:
         raise BundleError(f"bundle {path}: {MANIFEST} is missing or not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or manifest.get("schema_version") != SCHEMA_VERSION:
+    if not isinstance(manifest, dict) or manifest.get("schema_version") not in READABLE_VERSIONS:
         found = manifest.get("schema_version") if isinstance(manifest, dict) else "?"
         raise BundleError(
-            f"bundle {path}: {MANIFEST} has schema version {found}; this embedlib reads version {SCHEMA_VERSION}"
+            f"bundle {path}: {MANIFEST} has schema version {found}; this embedlib reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (a newer embedlib wrote it: upgrade embedlib)"
         )
     listed = manifest.get("files", {})
     if set(listed) != {WEIGHTS, VOCAB}:

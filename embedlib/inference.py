@@ -1,11 +1,14 @@
-"""Scoring rows with a loaded bundle: the model's forward pass turned into nats. No Spark.
+"""Scoring rows with a loaded bundle: the model's outputs turned into nats. No Spark.
 
 :func:`score_rows` encodes raw Arrow rows with the bundle's vocabulary and
 scores them; :func:`score_encoded` scores rows already encoded. The result
 holds, per row, the anomaly score (negative log-likelihood in nats), each
-column's contribution (adding up to the score exactly), and what the reasons
-need: the observed and the most likely index of each categorical with its
-probability, and each numeric's reconstruction in the column's own units.
+column's contribution (adding up to the score exactly), the calibrated terms
+(:mod:`embedlib.calibration`; adding up to the calibrated score exactly), and
+what the reasons need: the observed and the most likely index of each
+categorical with its probability, and each numeric's prediction in the
+column's own units. For the masked kind every column's outputs come from the
+pass that hides it (:meth:`~embedlib.model.EmbeddingAutoencoder.reconstruct`).
 """
 
 from __future__ import annotations
@@ -32,26 +35,45 @@ class ScoreResult:
 
     score: np.ndarray  # float64 [rows]
     contributions: np.ndarray  # float64 [rows, columns]
+    calibrated_score: np.ndarray | None  # float64 [rows]; None for a bundle without calibration
+    calibrated: np.ndarray | None  # float64 [rows, columns]: −log tail probability of each contribution
     observed: np.ndarray  # int64 [rows, categoricals]: observed index
     expected: np.ndarray  # int64 [rows, categoricals]: arg-max index
     expected_prob: np.ndarray  # float64 [rows, categoricals]
     expected_num: np.ndarray  # float64 [rows, numerics], in the column's own units
-    code: np.ndarray  # float32 [rows, bottleneck]
+    code: np.ndarray  # float32 [rows, bottleneck] (with_code), else [rows, 0]
     missing: np.ndarray  # float32 [rows, numerics]: 1 where the numeric was missing
+    rank_by: str = "nats"  # what ranking / ranking_contributions are
+
+    @property
+    def ranking(self) -> np.ndarray:
+        """The score rows are ranked and flagged by (``score.rank_by``)."""
+        return self.calibrated_score if self.rank_by == "calibrated" and self.calibrated_score is not None \
+            else self.score
+
+    @property
+    def ranking_contributions(self) -> np.ndarray:
+        """Per-column terms of :attr:`ranking` (they add up to it)."""
+        return self.calibrated if self.rank_by == "calibrated" and self.calibrated is not None \
+            else self.contributions
 
 
-def score_rows(bundle: Bundle, data: pa.Table | pa.RecordBatch) -> ScoreResult:
+def score_rows(bundle: Bundle, data: pa.Table | pa.RecordBatch, *, rank_by: str | None = None,
+               with_code: bool = False) -> ScoreResult:
     """Encode raw rows (columns named as in the bundle) with its vocabulary and score them."""
-    return score_encoded(bundle, bundle.encoder.arrays(data))
+    return score_encoded(bundle, bundle.encoder.arrays(data), rank_by=rank_by, with_code=with_code)
 
 
-def score_encoded(bundle: Bundle, enc: Encoded) -> ScoreResult:
-    """Score already-encoded rows (one forward pass)."""
+def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
+                  with_code: bool = False) -> ScoreResult:
+    """Score already-encoded rows: one forward pass (the masked kind: one per mask group).
+    ``rank_by`` defaults to the bundle's; ``with_code`` adds the bottleneck code (one more pass)."""
     with torch.inference_mode():
         cat = torch.from_numpy(enc.cat)
         num = torch.from_numpy(enc.num)
         missing = torch.from_numpy(enc.missing)
-        logits, pred, code = bundle.model(cat, num, missing)
+        logits, pred = bundle.model.reconstruct(cat, num, missing)
+        code = bundle.model.encode(cat, num, missing) if with_code else num.new_zeros((cat.shape[0], 0))
         contrib = column_nll(logits, pred, cat, num, missing).double()
         expected = []
         expected_prob = []
@@ -72,15 +94,20 @@ def score_encoded(bundle: Bundle, enc: Encoded) -> ScoreResult:
             return np.zeros((rows, 0), dtype=dtype)
         return torch.stack(parts, dim=1).numpy().astype(dtype)
 
+    contributions = contrib.numpy()
+    calibrated = bundle.calibration.terms(contributions) if bundle.calibration is not None else None
     return ScoreResult(
         score=contrib.sum(dim=1).numpy(),
-        contributions=contrib.numpy(),
+        contributions=contributions,
+        calibrated_score=calibrated.sum(axis=1) if calibrated is not None else None,
+        calibrated=calibrated,
         observed=enc.cat,
         expected=stack(expected, np.int64),
         expected_prob=stack(expected_prob, np.float64),
         expected_num=expected_num,
         code=code.float().numpy(),
         missing=enc.missing,
+        rank_by=rank_by or bundle.rank_by,
     )
 
 

@@ -1,4 +1,4 @@
-"""The embedding autoencoder, its loss and per-column contributions (torch only).
+"""The embedding model, its loss and per-column contributions (torch only).
 
 The training target comes from the row itself: the model reconstructs each
 categorical's *index* with a softmax over its vocabulary (cross-entropy) and each
@@ -12,13 +12,25 @@ score are the same quantity, the row's negative log-likelihood in nats::
 
 Reconstructing the concatenated embedding vectors with MSE instead is the trap
 this design avoids (:class:`embedlib.baselines.EmbeddingMSEAutoencoder`).
+
+Two kinds (``model.kind``), one module:
+
+* ``masked`` — pseudo-likelihood: every column has a mask input; training hides
+  cells at random rates (each row its own rate, at least one hidden cell) and
+  learns to predict the hidden cells from the rest; scoring
+  (:meth:`EmbeddingAutoencoder.reconstruct`) hides the columns in ``K`` fixed
+  groups (column ``j`` in group ``j mod K``; ``K = model.masks``, one column per
+  group by default) and takes each column's prediction from the pass in which it
+  is hidden — a value cannot explain itself. Cost: ``K`` forward passes per row.
+* ``autoencoder`` — every cell visible, through a bottleneck; one pass. A value
+  that the bottleneck can carry explains itself, which blunts detection.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -30,6 +42,8 @@ __all__ = [
     "ModelSpec",
     "column_nll",
     "corrupt",
+    "masked_loss",
+    "random_mask",
     "default_embedding_dim",
 ]
 
@@ -49,6 +63,8 @@ class ModelSpec:
     numeric: tuple[str, ...]
     hidden: tuple[int, ...]
     bottleneck: int
+    kind: str = "autoencoder"  # "masked" or "autoencoder"; bundles from before model.kind are autoencoders
+    masks: int = 0  # masked kind: the number of mask groups at scoring (K)
 
     @classmethod
     def build(
@@ -61,12 +77,15 @@ class ModelSpec:
         embedding_dims: Mapping[str, int] | None = None,
         hidden: Sequence[int] = (64, 32),
         bottleneck: int = 8,
+        kind: str = "autoencoder",
+        masks: int | None = None,
     ) -> ModelSpec:
         overrides = dict(embedding_dims or {})
         dims = tuple(
             overrides.get(c, default_embedding_dim(n, max_embedding_dim))
             for c, n in zip(categorical, cardinalities)
         )
+        width = len(categorical) + len(numeric)
         return cls(
             categorical=tuple(categorical),
             cardinalities=tuple(int(n) for n in cardinalities),
@@ -74,6 +93,8 @@ class ModelSpec:
             numeric=tuple(numeric),
             hidden=tuple(hidden),
             bottleneck=bottleneck,
+            kind=kind,
+            masks=0 if kind != "masked" else max(1, min(masks or width, width)),
         )
 
     @property
@@ -81,13 +102,22 @@ class ModelSpec:
         """Column order of :func:`column_nll`: categoricals, then numerics."""
         return self.categorical + self.numeric
 
+    @property
+    def masked(self) -> bool:
+        return self.kind == "masked"
+
+    def mask_groups(self) -> list[list[int]]:
+        """The scoring masks of the masked kind: the columns each of the ``K`` passes hides."""
+        k = self.masks or 1
+        return [[j for j in range(len(self.columns)) if j % k == g] for g in range(k)]
+
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**values)
+        return cls(**values)  # keys a bundle lacks (written before them) take their defaults
 
 
 def mlp(widths: Sequence[int]) -> nn.Sequential:
@@ -98,10 +128,12 @@ def mlp(widths: Sequence[int]) -> nn.Sequential:
 
 
 class EmbeddingAutoencoder(nn.Module):
-    """concat(embeddings, numerics, missing flags) → MLP → bottleneck → MLP → heads.
+    """concat(embeddings, numerics, missing flags[, mask flags]) → MLP → bottleneck → MLP → heads.
 
     One ``nn.Embedding`` per categorical, one softmax head per categorical over
-    its vocabulary, one regression head for all numerics.
+    its vocabulary, one regression head for all numerics. The masked kind also
+    takes one mask flag per column: a hidden column's embedding (or value and
+    missing flag) is zeroed and its flag set.
     """
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -111,7 +143,7 @@ class EmbeddingAutoencoder(nn.Module):
             nn.Embedding(n, d) for n, d in zip(spec.cardinalities, spec.embedding_dims)
         )
         n_num = len(spec.numeric)
-        width_in = sum(spec.embedding_dims) + 2 * n_num
+        width_in = sum(spec.embedding_dims) + 2 * n_num + (len(spec.columns) if spec.masked else 0)
         self.encoder = nn.Sequential(mlp((width_in, *spec.hidden)), nn.Linear(spec.hidden[-1], spec.bottleneck))
         back = tuple(reversed(spec.hidden))
         self.decoder = mlp((spec.bottleneck, *back))
@@ -121,19 +153,80 @@ class EmbeddingAutoencoder(nn.Module):
     def embed(self, cat: torch.Tensor) -> list[torch.Tensor]:
         return [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
 
-    def encode(self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor) -> torch.Tensor:
-        """The bottleneck code of each row."""
-        return self.encoder(torch.cat([*self.embed(cat), num, missing], dim=1))
+    def encode(self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The bottleneck code of each row (``mask``: 1 where a cell is hidden; masked kind only)."""
+        parts = self.embed(cat)
+        if self.spec.masked:
+            if mask is None:
+                mask = num.new_zeros((cat.shape[0], len(self.spec.columns)))
+            n_cat = len(self.spec.categorical)
+            parts = [e * (1.0 - mask[:, i : i + 1]) for i, e in enumerate(parts)]
+            shown = 1.0 - mask[:, n_cat:]
+            return self.encoder(torch.cat([*parts, num * shown, missing * shown, mask], dim=1))
+        return self.encoder(torch.cat([*parts, num, missing], dim=1))
 
     def forward(
-        self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor
+        self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
         """Returns (logits per categorical, numeric predictions, bottleneck code)."""
-        code = self.encode(cat, num, missing)
+        code = self.encode(cat, num, missing, mask)
         hidden = self.decoder(code)
         logits = [head(hidden) for head in self.cat_heads]
         pred = self.num_head(hidden) if self.num_head is not None else num[:, :0]
         return logits, pred, code
+
+    def _group_inputs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per mask group: the first layer's input positions of its columns (embedding slice,
+        value and missing flag) and of its mask flags."""
+        spec = self.spec
+        n_cat, n_num = len(spec.categorical), len(spec.numeric)
+        starts = [sum(spec.embedding_dims[:i]) for i in range(n_cat)]
+        emb = sum(spec.embedding_dims)
+        out = []
+        for group in spec.mask_groups():
+            inputs: list[int] = []
+            for j in group:
+                if j < n_cat:
+                    inputs += range(starts[j], starts[j] + spec.embedding_dims[j])
+                else:
+                    inputs += [emb + j - n_cat, emb + n_num + j - n_cat]
+            flags = [emb + 2 * n_num + j for j in group]
+            out.append((torch.tensor(inputs, dtype=torch.long), torch.tensor(flags, dtype=torch.long)))
+        return out
+
+    def reconstruct(
+        self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """What scoring compares each cell with: (logits per categorical, numeric predictions).
+
+        The autoencoder: one pass, every cell visible. The masked kind: one pass per
+        mask group, each column's output taken from the pass that hides it.
+        """
+        if not self.spec.masked:
+            logits, pred, _ = self(cat, num, missing)
+            return logits, pred
+        n_cat = len(self.spec.categorical)
+        out_logits: list[torch.Tensor | None] = [None] * n_cat
+        out_pred = num.new_zeros(num.shape)
+        # The first layer is linear: with every cell shown once (``base``), hiding a group is
+        # subtracting what its inputs added and adding its mask flags' weights. The rest of the
+        # network runs per group; each head runs only in the pass that hides its column.
+        trunk = cast(nn.Sequential, self.encoder[0])
+        first, rest = cast(nn.Linear, trunk[0]), nn.Sequential(*list(trunk)[1:], self.encoder[1])
+        shown = torch.cat([*self.embed(cat), num, missing, num.new_zeros((cat.shape[0], len(self.spec.columns)))], 1)
+        base = first(shown)
+        for group, (inputs, flags) in zip(self.spec.mask_groups(), self._group_inputs()):
+            pre = base - shown[:, inputs] @ first.weight[:, inputs].T + first.weight[:, flags].sum(1)
+            hidden = self.decoder(rest(pre))
+            for j in group:
+                if j < n_cat:
+                    out_logits[j] = self.cat_heads[j](hidden)
+            numeric = [j - n_cat for j in group if j >= n_cat]
+            if numeric and self.num_head is not None:
+                out_pred[:, numeric] = self.num_head(hidden)[:, numeric]
+        assert all(lg is not None for lg in out_logits)
+        return [lg for lg in out_logits if lg is not None], out_pred
 
 
 def column_nll(
@@ -156,6 +249,23 @@ def column_nll(
         sq = 0.5 * (num - pred) ** 2 * (1.0 - missing)
         cols = torch.cat([cols, sq], dim=1)
     return cols
+
+
+def random_mask(rows: int, columns: int, max_rate: float, generator: torch.Generator | None = None,
+                device: torch.device | None = None) -> torch.Tensor:
+    """Training masks of the masked kind: each row hides each cell with its own rate
+    ``~ U(0, max_rate)``, and always at least one cell. 1.0 = hidden."""
+    rate = torch.rand((rows, 1), generator=generator, device=device) * max_rate
+    mask = (torch.rand((rows, columns), generator=generator, device=device) < rate).float()
+    forced = torch.randint(0, columns, (rows,), generator=generator, device=device)
+    mask[torch.arange(rows, device=device), forced] = 1.0
+    return mask
+
+
+def masked_loss(nll: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of the hidden cells' NLL, scaled to a whole row (``[rows, columns]`` inputs)."""
+    per_row = (nll * mask).sum(1) / mask.sum(1).clamp(min=1.0) * nll.shape[1]
+    return per_row.mean()
 
 
 def corrupt(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -52,9 +54,10 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
     if not run.written:
         rebuilt = "; its missing run summary was rebuilt" if run.rows else ""
         return [f"score run {run.run_id} was already written to {run.output}; nothing added{rebuilt}"]
+    unit = "calibrated" if run.rank_by == "calibrated" else "nats"
     lines = [
         f"scored {run.rows:,} rows of {run.source} -> {run.output} (run {run.run_id})",
-        f"threshold {run.threshold:.3f} nats: {run.anomalies:,} rows flagged "
+        f"threshold {run.threshold:.3f} ({unit}): {run.anomalies:,} rows flagged "
         f"({100.0 * run.anomalies / max(run.rows, 1):.2f}%)",
         "score quantiles (nats): " + ", ".join(f"q{float(q) * 100:g}={v:.2f}" for q, v in run.quantiles.items()),
     ]
@@ -64,24 +67,33 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
     if oov:
         lines.append("out-of-vocabulary rate: " + ", ".join(f"{c} {100 * r:.3f}%" for c, r in oov.items()))
     scores = read_table(spark, run.output).where(F.col("bundle_id") == run.bundle_id)
-    rows = scores.orderBy(F.col("anomaly_score").desc()).limit(top).collect()
-    lines.append(f"top {len(rows)} rows:")
+    order = "calibrated_score" if run.rank_by == "calibrated" else "anomaly_score"
+    rows = scores.orderBy(F.col(order).desc()).limit(top).collect()
+    lines.append(f"top {len(rows)} rows (by {order}):")
     for row in rows:
         ids = ", ".join(f"{c}={row[c]}" for c in cfg.columns.id)
-        lines.append(f"  {row['anomaly_score']:8.2f} nats{'  ' + ids if ids else ''}")
+        calibrated = f", calibrated {row['calibrated_score']:.2f}" if row["calibrated_score"] is not None else ""
+        lines.append(f"  {row['anomaly_score']:8.2f} nats{calibrated}{'  ' + ids if ids else ''}")
         for reason in row["reasons"]:
-            lines.append("      " + format_reason(reason))
+            lines.append("      " + format_reason(reason, row["calibrated_contributions"]))
     if run.tracking_run_id:
         lines.append(f"MLflow run {run.tracking_run_id}")
     return lines
 
 
-def format_reason(reason: Any) -> str:
-    """``native-country=Holand-Netherlands — expected United-States (p=0.91), +4.1 nats``."""
+def format_reason(reason: Any, calibrated: Mapping[str, float] | None = None) -> str:
+    """``native-country=Holand-Netherlands — expected United-States (p=0.91), +4.1 nats``, and with the
+    row's ``calibrated_contributions``: ``…, +4.1 nats (0.2% of normal rows add as much)``."""
     prob = f" (p={reason['probability']:.2f})" if reason["probability"] is not None else ""
+    rare = ""
+    if calibrated is not None:
+        terms = dict(calibrated)
+        if reason["column"] in terms:
+            share = math.exp(-terms[reason["column"]])
+            rare = f" ({100 * share:.2g}% of normal rows add as much)"
     return (
         f"{reason['column']}={reason['value']} — expected {reason['expected']}{prob}, "
-        f"+{reason['nats']:.1f} nats"
+        f"+{reason['nats']:.1f} nats{rare}"
     )
 
 

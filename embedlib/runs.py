@@ -28,6 +28,7 @@ SCORE_RUNS_SCHEMA = pa.schema(
         ("oov_rate", pa.map_(pa.string(), pa.float64())),
         ("started_at", pa.timestamp("us", tz="UTC")), ("seconds", pa.float64()),
         ("inf_rows", pa.int64()),
+        ("rank_by", pa.string()),
     ]
 )
 
@@ -51,6 +52,8 @@ class ScoreRun:
     seconds: float
     #: rows with at least one ±inf numeric read as missing (vocabulary ``inf_policy: null``)
     inf_rows: int = 0
+    #: what rows were flagged by: "calibrated" or "nats" (the threshold is on that score)
+    rank_by: str = "nats"
     tracking_run_id: str | None = None  # the MLflow run, with tracking.mlflow: true
 
 
@@ -81,6 +84,7 @@ def write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str,
         "started_at": dt.datetime.fromisoformat(run.started_at),
         "seconds": run.seconds,
         "inf_rows": run.inf_rows,
+        "rank_by": run.rank_by,
     }
     frame = spark.createDataFrame(pa.Table.from_pylist([row], schema=SCORE_RUNS_SCHEMA)).coalesce(1)
     write_table(spark, frame, path, mode="append", txn=txn)

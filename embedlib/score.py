@@ -6,12 +6,17 @@ any Spark job), and broadcasts the bundle's file bytes once. On the executors,
 :class:`~embedlib.bundle.Bundle` per Python worker — never one per batch. Each Arrow batch is encoded with the bundle's vocabulary (vectorized
 lookup), scored in one forward pass, and returned as an Arrow batch with:
 
-``<id columns>, anomaly_score, is_anomaly, contributions, reasons, [code], bundle_id``
+``<id columns>, anomaly_score, is_anomaly, contributions, reasons, calibrated_score,
+calibrated_contributions, [code], bundle_id``
 
 ``anomaly_score`` is the row's negative log-likelihood in nats and
-``contributions`` (column → nats) adds up to it. ``reasons`` lists the top
-``score.top_reasons`` columns: the observed value, the value the model expected
-(for a categorical its arg-max, with its probability), and the nats.
+``contributions`` (column → nats) adds up to it. ``calibrated_contributions``
+(column → −log of the share of normal rows whose column adds at least as many
+nats; :mod:`embedlib.calibration`) add up to ``calibrated_score``. Rows are
+flagged (``is_anomaly``) and their ``reasons`` ordered by ``score.rank_by``
+(calibrated by default). ``reasons`` lists the top ``score.top_reasons``
+columns: the observed value, the value the model expected (for a categorical
+its arg-max, with its probability), and the nats.
 
 Writes are atomic and idempotent: the output is one Delta commit carrying the
 app transaction ``("embedlib-score:<run id>", 1)``, so a rerun of the same run
@@ -80,14 +85,16 @@ def build_output(
     top_reasons: int,
     emit_code: bool,
     flags: bool = False,
+    rank_by: str | None = None,
 ) -> dict[str, pa.Array]:
     """Score raw feature columns (named as in the bundle) into the output arrays.
 
-    ``flags`` adds the hidden :data:`FLAGS_COLUMN` (per column: 0 ok, 1 missing,
-    2 out of vocabulary, 3 ±inf treated as missing) that the score job
+    ``is_anomaly`` and the order of ``reasons`` follow ``rank_by`` (default: the
+    bundle's). ``flags`` adds the hidden :data:`FLAGS_COLUMN` (per column: 0 ok,
+    1 missing, 2 out of vocabulary, 3 ±inf treated as missing) that the score job
     aggregates into its run summary.
     """
-    result = score_rows(bundle, features)
+    result = score_rows(bundle, features, rank_by=rank_by, with_code=emit_code)
     spec = bundle.spec
     names = pa.array(spec.columns, pa.string())
     rows, width = result.contributions.shape
@@ -95,14 +102,15 @@ def build_output(
 
     out: dict[str, pa.Array] = {}
     out["anomaly_score"] = pa.array(result.score, pa.float64())
-    out["is_anomaly"] = pa.array(result.score > threshold, pa.bool_())
+    out["is_anomaly"] = pa.array(result.ranking > threshold, pa.bool_())
     offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    keys = names.take(np.tile(np.arange(width), rows))
     out["contributions"] = pa.MapArray.from_arrays(
-        offsets, names.take(np.tile(np.arange(width), rows)), pa.array(result.contributions.reshape(-1), pa.float64())
+        offsets, keys, pa.array(result.contributions.reshape(-1), pa.float64())
     )
 
     k = min(top_reasons, width)
-    top = np.argsort(-result.contributions, axis=1, kind="stable")[:, :k]
+    top = np.argsort(-result.ranking_contributions, axis=1, kind="stable")[:, :k]
     row_idx = np.repeat(np.arange(rows), k)
     col_idx = top.reshape(-1)
     values = np.empty(len(col_idx), dtype=object)
@@ -136,6 +144,14 @@ def build_output(
         fields=list(REASON_TYPE),
     )
     out["reasons"] = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * k + 1, k, dtype=np.int32)), reasons)
+    if result.calibrated is not None and result.calibrated_score is not None:
+        out["calibrated_score"] = pa.array(result.calibrated_score, pa.float64())
+        out["calibrated_contributions"] = pa.MapArray.from_arrays(
+            offsets, keys, pa.array(result.calibrated.reshape(-1), pa.float64())
+        )
+    else:  # a bundle written before calibration
+        out["calibrated_score"] = pa.nulls(rows, pa.float64())
+        out["calibrated_contributions"] = pa.nulls(rows, pa.map_(pa.string(), pa.float64()))
     if emit_code:
         code = result.code.astype(np.float32)
         out["code"] = pa.ListArray.from_arrays(
@@ -194,6 +210,8 @@ def output_fields(emit_code: bool, flags: bool = False) -> list[Any]:
         StructField("is_anomaly", BooleanType()),
         StructField("contributions", MapType(StringType(), DoubleType())),
         StructField("reasons", ArrayType(reason)),
+        StructField("calibrated_score", DoubleType()),
+        StructField("calibrated_contributions", MapType(StringType(), DoubleType())),
     ]
     if emit_code:
         fields.append(StructField("code", ArrayType(FloatType())))
@@ -214,20 +232,24 @@ def score_frame(
     table: str = "source",
     keep_flags: bool = False,
     batch_size: int | None = None,
+    rank_by: str | None = None,
 ) -> DataFrame:
-    """The scored DataFrame (lazy). ``keep_flags`` keeps the hidden per-column
-    null/OOV flags that the score job aggregates into its run summary.
-    ``batch_size`` sets the rows per Arrow batch (a session setting,
-    ``spark.sql.execution.arrow.maxRecordsPerBatch``)."""
+    """The scored DataFrame (lazy). ``rank_by`` (default: the bundle's) decides
+    ``is_anomaly`` and the reasons' order; ``threshold`` defaults to the bundle's
+    for that ranking. ``keep_flags`` keeps the hidden per-column null/OOV flags
+    that the score job aggregates into its run summary. ``batch_size`` sets the
+    rows per Arrow batch (a session setting, ``spark.sql.execution.arrow.maxRecordsPerBatch``)."""
 
     if batch_size is not None:
         spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(batch_size))
+    rank_by = rank_by or bundle.rank_by
     transform = functools.partial(
         build_output,
-        threshold=bundle.threshold if threshold is None else float(threshold),
+        threshold=bundle.threshold_for(rank_by) if threshold is None else float(threshold),
         top_reasons=top_reasons,
         emit_code=emit_code,
         flags=keep_flags,
+        rank_by=rank_by,
     )
     return map_with_bundle(
         spark, df, bundle, ids=ids, table=table, transform=transform, fields=output_fields(emit_code, keep_flags)
@@ -261,12 +283,17 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     check_source(df, bundle, ids, source_name)
     if df.isEmpty():
         raise SchemaError(f"score source {source_name} has no rows; nothing to score")
-    threshold = bundle.threshold if cfg.score.threshold is None else cfg.score.threshold
+    rank_by = cfg.score.rank_by if bundle.calibration is not None else "nats"
+    if rank_by != cfg.score.rank_by:
+        log.warning("bundle %s has no calibration (written by an older embedlib): rows are ranked by nats; "
+                    "retrain to rank by the calibrated score", bundle.bundle_id)
+    threshold = bundle.threshold_for(rank_by) if cfg.score.threshold is None else cfg.score.threshold
     run_id = cfg.score.run_id or f"{source_version(spark, src_cfg)}-{bundle.bundle_id}"
 
     scored = score_frame(
         spark, df, bundle, ids=ids, threshold=threshold, top_reasons=cfg.score.top_reasons,
         emit_code=cfg.score.emit_code, table=source_name, keep_flags=True, batch_size=cfg.score.batch_size,
+        rank_by=rank_by,
     )
     columns = bundle.spec.columns
     metrics = [
@@ -289,7 +316,7 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         if has_summary(spark, layout.score_runs, run_id):
             log.info("score run %s is already in %s; nothing written", run_id, output)
             return ScoreRun(run_id, bundle.bundle_id, source_name, output, False, 0, 0, threshold, {}, {}, {},
-                            started_at, round(time.perf_counter() - started, 3))
+                            started_at, round(time.perf_counter() - started, 3), rank_by=rank_by)
         # The scores were committed but the run stopped before its summary: score
         # again without writing (deterministic, so the same figures) to rebuild it.
         log.warning("score run %s is in %s but its summary is missing from %s; recomputing it",
@@ -314,6 +341,7 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         started_at=started_at,
         seconds=seconds,
         inf_rows=int(m["inf_rows"]),
+        rank_by=rank_by,
     )
     if summary.inf_rows:
         log.warning("%d row(s) of %s had ±inf numerics, scored as missing (the vocabulary's inf_policy is null)",

@@ -188,6 +188,8 @@ def log_training(cfg: Config, bundle_path: str, bundle_id: str, metrics: Mapping
         "train_rows": metrics.get("train_rows"),
         "validation_rows": metrics.get("validation_rows"),
         "train_seconds": metrics.get("train_seconds"),
+        "steps": metrics.get("steps"),
+        "converged": None if metrics.get("converged") is None else float(bool(metrics.get("converged"))),
         "threshold": threshold,
     }
     values += [(key, float(value), 0) for key, value in final.items() if value is not None]

@@ -247,7 +247,8 @@ def test_rescoring_gives_identical_scores(spark, adult_trained, tmp_path: Path) 
             f"score.output={tmp_path / run_id}"])
         assert run_score_job(spark, run_cfg).rows == 3000
         scored.append(pa.table(DeltaTable(str(tmp_path / run_id)).to_pyarrow_table()).sort_by("row_id"))
-    assert scored[0].column_names == ["row_id", "anomaly_score", "is_anomaly", "contributions", "reasons", "bundle_id"]
+    assert scored[0].column_names == ["row_id", "anomaly_score", "is_anomaly", "contributions", "reasons",
+                                      "calibrated_score", "calibrated_contributions", "bundle_id"]
     assert scored[0].equals(scored[1])  # scores, contributions and reasons identical, not merely close
     assert scored[0].column("row_id").to_pylist() == list(range(3000))
 
@@ -257,5 +258,5 @@ def test_bundle_json_stores_no_session_settings(adult_trained) -> None:  # type:
     _, result = adult_trained
     manifest = json.loads((Path(result.bundle_path) / MANIFEST).read_text())
     assert "spark" not in manifest and set(manifest["model_config"]) == {
-        "max_embedding_dim", "embedding_dims", "hidden", "bottleneck", "corruption"}
+        "max_embedding_dim", "embedding_dims", "hidden", "bottleneck", "corruption", "kind", "masks", "mask_rate"}
     assert manifest["source_types"]["native-country"] == "string"

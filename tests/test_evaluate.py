@@ -85,15 +85,15 @@ def test_plant_with_baselines(spark, adult_trained, capsys) -> None:  # type: ig
     ours = metrics["methods"]["ours"]
     assert ours["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
     assert ours["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-9)
-    assert ours["threshold"] == pytest.approx(bundle.threshold)
-    hand = by_hand(labels, scores, bundle.threshold, 326)
+    assert ours["threshold"] == pytest.approx(bundle.threshold_for("nats"))
+    hand = by_hand(labels, scores, bundle.threshold_for("nats"), 326)
     assert ours["top_k"] == 326
     for key, value in hand.items():
         assert ours[key] == pytest.approx(value, abs=1e-12), key
 
     # the baselines scored the same rows: better than chance (a misaligned row order gives ~0.5),
     # and each flags about 1 - score.threshold_quantile of the rows at its own threshold
-    assert set(metrics["methods"]) == {"ours", "mse", "iforest"}
+    assert set(metrics["methods"]) == {"ours", "calibrated", "mse", "iforest"}
     assert metrics["methods"]["mse"]["auroc"] > 0.58
     assert ours["auroc"] > metrics["methods"]["mse"]["auroc"] > metrics["methods"]["iforest"]["auroc"]
     for method in metrics["methods"].values():
@@ -150,7 +150,7 @@ def test_labels_joined_on_ids(spark, labelled_run, tmp_path: Path, capsys) -> No
     assert ours["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
     assert ours["auroc"] > 0.65
     assert ours["auprc"] == pytest.approx(average_precision_score(labels, scores), abs=1e-6)
-    hand = by_hand(labels, scores, bundle.threshold, 100)
+    hand = by_hand(labels, scores, bundle.threshold_for("nats"), 100)
     for key, value in hand.items():
         assert ours[key] == pytest.approx(value, abs=1e-9), key
     check_pngs(metrics["files"])

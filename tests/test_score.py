@@ -50,19 +50,28 @@ def test_spark_scores_equal_plain_python(spark, adult_trained, test_rows: pd.Dat
     bundle = load_bundle(result.bundle_path)
     df = spark.createDataFrame(test_rows)
     scored = score_frame(spark, df, bundle, ids=("row_id",), top_reasons=3, emit_code=True)
-    assert scored.columns == ["row_id", "anomaly_score", "is_anomaly", "contributions", "reasons", "code",
-                              "bundle_id"]
+    assert scored.columns == ["row_id", "anomaly_score", "is_anomaly", "contributions", "reasons",
+                              "calibrated_score", "calibrated_contributions", "code", "bundle_id"]
     got = pd.DataFrame(scored.toPandas()).sort_values("row_id").reset_index(drop=True)
     plain = score_rows(bundle, pa.Table.from_pandas(test_rows, preserve_index=False))
     np.testing.assert_allclose(got["anomaly_score"].to_numpy(), plain.score, rtol=0, atol=1e-6)
+    assert plain.calibrated_score is not None
+    np.testing.assert_allclose(got["calibrated_score"].to_numpy(), plain.calibrated_score, rtol=0, atol=1e-6)
     totals = got["contributions"].map(lambda m: sum(v for _, v in m) if isinstance(m, list) else sum(m.values()))
     np.testing.assert_allclose(totals.to_numpy(), got["anomaly_score"].to_numpy(), rtol=0, atol=1e-9)
-    assert (got["is_anomaly"] == (got["anomaly_score"] > bundle.threshold)).all()
+    assert (got["is_anomaly"] == (got["calibrated_score"] > bundle.threshold)).all()
     assert (got["bundle_id"] == bundle.bundle_id).all()
     assert len(got["code"][0]) == bundle.spec.bottleneck
-    top = got.loc[got["anomaly_score"].idxmax()]
+    top = got.loc[got["calibrated_score"].idxmax()]
     reasons = list(top["reasons"])
-    assert len(reasons) == 3 and reasons[0]["nats"] >= reasons[1]["nats"] >= reasons[2]["nats"]
+    calibrated = dict(top["calibrated_contributions"])
+    contributions = dict(top["contributions"])
+    # the reasons are the most surprising columns (score.rank_by: calibrated), each with its nats
+    assert len(reasons) == 3
+    assert calibrated[reasons[0]["column"]] >= calibrated[reasons[1]["column"]] >= calibrated[reasons[2]["column"]]
+    assert calibrated[reasons[2]["column"]] >= max(v for c, v in calibrated.items()
+                                                   if c not in {r["column"] for r in reasons})
+    assert all(r["nats"] == pytest.approx(contributions[r["column"]]) for r in reasons)
     for reason in reasons:
         if reason["column"] in bundle.spec.categorical:
             assert 0 < reason["probability"] <= 1
@@ -174,7 +183,8 @@ def test_score_job_is_idempotent_and_atomic(spark, adult_trained, tmp_path: Path
     replaced = run_score_job(spark, score_cfg(cfg, "score.run_id=manual-3", "score.mode=overwrite"))
     assert replaced.written and DeltaTable(out).count() == 16281
     table = pa.table(DeltaTable(out).to_pyarrow_table())
-    assert table.column_names == ["anomaly_score", "is_anomaly", "contributions", "reasons", "bundle_id"]
+    assert table.column_names == ["anomaly_score", "is_anomaly", "contributions", "reasons", "calibrated_score",
+                                  "calibrated_contributions", "bundle_id"]
     runs = pa.table(DeltaTable(run.layout.score_runs).to_pyarrow_table()).to_pylist()
     assert [r["run_id"] for r in runs].count(first.run_id) == 1 and len(runs) == 3
     summary = runs[0]

@@ -118,5 +118,5 @@ def test_flattened_params_redact_secrets() -> None:
     assert params["spark.conf.spark.hadoop.fs.s3a.secret.key"] == "***"
     assert params["source.options.sas_token"] == "***"
     assert params["spark.conf.spark.sql.shuffle.partitions"] == "8"
-    assert params["output_schema"] == "null" and params["model.hidden"] == "[64, 32]"
+    assert params["output_schema"] == "null" and params["model.hidden"] == "[128, 64]"
     assert "S3CRET" not in json.dumps(params) and "T0KEN" not in json.dumps(params)

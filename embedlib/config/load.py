@@ -330,8 +330,20 @@ def _validate_training(cfg: Config, err: Any) -> None:
     if not 0.0 <= m.corruption < 1.0:
         raise err("model.corruption", f"must be in [0, 1), got {m.corruption}")
     for key in ("num_workers", "epochs", "batch_size", "shuffle_buffer"):
-        if getattr(t, key) < 1:
+        if getattr(t, key) is not None and getattr(t, key) < 1:
             raise err(f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
+    if t.max_steps is not None and t.max_steps < 0:
+        raise err("train.max_steps", f"must be 0 (no step budget), a positive count, or null (sized from the "
+                  f"data), got {t.max_steps}")
+    if t.max_steps == 0 and t.epochs is None and t.patience == 0:
+        raise err("train.max_steps", "is 0 (no step budget) while train.epochs is null and train.patience is 0: "
+                  "nothing would stop training; set one of them")
+    if not 0.0 <= t.min_improvement < 1.0:
+        raise err("train.min_improvement", f"must be in [0, 1), got {t.min_improvement}")
+    if m.masks is not None and m.masks < 1:
+        raise err("model.masks", f"must be at least 1 or null (one mask per column), got {m.masks}")
+    if not 0.0 < m.mask_rate <= 1.0:
+        raise err("model.mask_rate", f"must be in (0, 1], got {m.mask_rate}")
     if t.learning_rate <= 0:
         raise err("train.learning_rate", f"must be positive, got {t.learning_rate}")
     if not 0.0 < t.validation_fraction < 1.0:

@@ -34,6 +34,9 @@ class ConfigError(ValueError):
 SourceFormat = Literal["delta", "parquet", "csv"]
 InfPolicy = Literal["error", "null"]
 VocabEngine = Literal["auto", "spark", "arrow"]
+ModelKind = Literal["masked", "autoencoder"]
+LrSchedule = Literal["plateau", "constant"]
+RankBy = Literal["calibrated", "nats"]
 
 
 @dataclass(frozen=True)
@@ -114,19 +117,27 @@ Backend = Literal["local", "torch_distributor", "horovod", "auto"]
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """``model``: the embedding autoencoder's shape.
+    """``model``: the model's kind and shape.
 
-    A categorical with ``n`` embedding rows (vocabulary + null + OOV) gets
-    ``min(max_embedding_dim, round(1.6 * n ** 0.56))`` dimensions unless
-    ``embedding_dims`` names it. ``corruption`` is the fraction of inputs replaced
-    during training (denoising); it is off at scoring.
+    ``kind``: ``masked`` (pseudo-likelihood: each cell predicted from the others,
+    with ``masks`` mask groups at scoring, at most one per column — null: one per
+    column; training hides
+    cells at a per-row rate drawn from ``U(0, mask_rate)``) or ``autoencoder``
+    (every cell visible, through the bottleneck). A categorical with ``n``
+    embedding rows (vocabulary + null + OOV) gets ``min(max_embedding_dim,
+    round(1.6 * n ** 0.56))`` dimensions unless ``embedding_dims`` names it.
+    ``corruption`` is the fraction of inputs replaced during training
+    (denoising); it is off at scoring.
     """
 
     max_embedding_dim: int = 32
     embedding_dims: Mapping[str, int] = field(default_factory=dict)
-    hidden: tuple[int, ...] = (64, 32)
-    bottleneck: int = 8
+    hidden: tuple[int, ...] = (128, 64)
+    bottleneck: int = 16
     corruption: float = 0.1
+    kind: ModelKind = "masked"
+    masks: int | None = 8
+    mask_rate: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -140,18 +151,29 @@ class TrainConfig:
     — see :func:`embedlib.train.resolve_backend`. ``local_mode`` (TorchDistributor
     only): ``auto`` trains on the driver when the master is local, on executors
     otherwise.
+
+    How long (see :mod:`embedlib.train.loop`): training is sized in optimizer
+    steps. ``lr_schedule: plateau`` warms the learning rate up, cuts it when the
+    validation NLL has not improved by ``min_improvement`` (relative) for
+    ``patience`` epochs, and stops at the plateau after two cuts (converged).
+    ``max_steps`` (null: sized from the data) and ``epochs`` (null: no limit) cap
+    a run; a capped run records that it did not converge. ``constant`` keeps the
+    learning rate and stops at the first plateau.
     """
 
     backend: Backend = "auto"
     num_workers: int = 2
     use_gpu: bool | Literal["auto"] = "auto"
     local_mode: bool | Literal["auto"] = "auto"
-    epochs: int = 20
+    epochs: int | None = None
     batch_size: int = 512
-    learning_rate: float = 0.001
+    learning_rate: float = 0.003
     seed: int = 0
     validation_fraction: float = 0.1
     patience: int = 3
+    max_steps: int | None = None
+    lr_schedule: LrSchedule = "plateau"
+    min_improvement: float = 0.002
     max_rows: int | None = None
     sample_fraction: float | None = None
     shuffle_buffer: int = 100_000
@@ -160,7 +182,12 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    """``score``: scoring runs, and the threshold the bundle stores."""
+    """``score``: scoring runs, and the threshold the bundle stores.
+
+    ``rank_by``: ``calibrated`` ranks and flags rows by the calibrated score
+    (each column's nats turned into how rare they are on normal rows, summed) —
+    ``nats`` by the raw negative log-likelihood. Both are written either way.
+    """
 
     source: str | None = None
     output: str | None = None
@@ -171,6 +198,7 @@ class ScoreConfig:
     top_reasons: int = 3
     emit_code: bool = False
     batch_size: int = 10_000
+    rank_by: RankBy = "calibrated"
 
 
 @dataclass(frozen=True)

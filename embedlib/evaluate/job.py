@@ -72,9 +72,16 @@ def run_evaluate_job(spark: SparkSession, cfg: Config, opts: EvaluateOptions) ->
     data = planted_set(spark, cfg, bundle, opts) if opts.plant is not None else labelled_set(spark, cfg, bundle, opts)
     positives = int(data.labels.sum())
     top_k = opts.top_k or max(positives, 1)
-    threshold = bundle.threshold if cfg.score.threshold is None else float(cfg.score.threshold)
+    # the raw NLL ("ours") and, for bundles that have it, the calibrated score, each at its own threshold;
+    # score.threshold overrides the threshold of the ranking score.rank_by names
     scores: dict[str, np.ndarray] = {"ours": data.scores}
-    thresholds = {"ours": threshold}
+    thresholds = {"ours": bundle.threshold_for("nats")}
+    if data.calibrated is not None:
+        scores["calibrated"], thresholds["calibrated"] = data.calibrated, bundle.threshold_for("calibrated")
+    ranking = "calibrated" if cfg.score.rank_by == "calibrated" and "calibrated" in scores else "ours"
+    if cfg.score.threshold is not None:
+        thresholds[ranking] = float(cfg.score.threshold)
+    threshold = thresholds[ranking]
     if opts.baselines:
         assert data.features is not None
         log.info("fitting the baselines on the run's source")
@@ -84,10 +91,11 @@ def run_evaluate_job(spark: SparkSession, cfg: Config, opts: EvaluateOptions) ->
     methods = tuple(
         detection_metrics(m, data.labels, s, threshold=thresholds[m], top_k=top_k) for m, s in scores.items()
     )
-    flagged = data.scores > threshold
+    flagged = scores[ranking] > threshold
     means = column_means(data.contributions, flagged, data.columns)
     figures = {
-        "score_histogram": score_histogram(data.scores, data.labels, threshold),
+        "score_histogram": score_histogram(scores[ranking], data.labels, threshold,
+                                           unit="calibrated" if ranking == "calibrated" else "nats"),
         "roc": roc_figure(data.labels, scores),
         "precision_recall": precision_recall_figure(data.labels, scores),
         "contributions": contributions_figure(means, int(flagged.sum()), int((~flagged).sum())),

@@ -15,6 +15,7 @@ __all__ = ["METHODS", "MethodMetrics", "column_means", "detection_metrics", "pla
 #: method key → what the reports and plots call it.
 METHODS = {
     "ours": "embedlib (NLL in nats)",
+    "calibrated": "embedlib (calibrated)",
     "mse": "seed design: MSE on embedding output",
     "iforest": "IsolationForest (one-hot + numerics)",
 }

@@ -40,6 +40,7 @@ class EvalSet:
     labels: np.ndarray  # int8 [rows]
     scores: np.ndarray  # float64 [rows], nats
     contributions: np.ndarray  # float64 [rows, columns], nats
+    calibrated: np.ndarray | None  # float64 [rows]: the calibrated score (None: the bundle has no calibration)
     columns: tuple[str, ...]
     features: pa.Table | None
 
@@ -68,13 +69,15 @@ def _sampled(table: pa.Table, total: int) -> str:
     return f" (a sample of {table.num_rows:,} of {total:,})" if table.num_rows < total else ""
 
 
-def _score(bundle: Bundle, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    scores, contributions = [], []
+def _score(bundle: Bundle, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    scores, contributions, calibrated = [], [], []
     for start in range(0, table.num_rows, CHUNK_ROWS):
         result = score_rows(bundle, table.slice(start, CHUNK_ROWS))
         scores.append(result.score)
         contributions.append(result.contributions)
-    return np.concatenate(scores), np.concatenate(contributions)
+        if result.calibrated_score is not None:
+            calibrated.append(result.calibrated_score)
+    return np.concatenate(scores), np.concatenate(contributions), np.concatenate(calibrated) if calibrated else None
 
 
 def planted_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: EvaluateOptions) -> EvalSet:
@@ -98,7 +101,7 @@ def planted_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluate
         table.to_pandas(), bundle.spec.columns, fraction=opts.plant, seed=opts.seed
     )
     features = pa.Table.from_pandas(planted, preserve_index=False)
-    scores, contributions = _score(bundle, features)
+    scores, contributions, calibrated = _score(bundle, features)
     return EvalSet(
         description=(
             f"{int(labels.sum()):,} planted anomalies (--plant {opts.plant}, seed {opts.seed}) among "
@@ -107,6 +110,7 @@ def planted_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluate
         labels=labels,
         scores=scores,
         contributions=contributions,
+        calibrated=calibrated,
         columns=bundle.spec.columns,
         features=features,
     )
@@ -221,7 +225,9 @@ def labelled_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluat
 
     columns = bundle.spec.columns
     joined = scores.join(labels, on=ids, how="inner")
+    calibrated = "calibrated_score" in scores.columns
     keep = [F.col("anomaly_score"), F.col(LABEL_COLUMN),
+            (F.col("calibrated_score") if calibrated else F.lit(None).cast("double")).alias("calibrated_score"),
             F.array(*[F.col("contributions").getItem(c) for c in columns]).alias(CONTRIBUTIONS_COLUMN)]
     if opts.baselines:  # the raw columns of the scored rows, for the baselines
         source = read_source(spark, cfg.source.with_target(cfg.score.source)).select(*[F.col(f"`{c}`") for c in ids], *_feature_columns(bundle))
@@ -237,6 +243,7 @@ def labelled_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluat
         ),
         labels=table.column(LABEL_COLUMN).to_numpy().astype(np.int8),
         scores=table.column("anomaly_score").to_numpy().astype(np.float64),
+        calibrated=_calibrated(table.column("calibrated_score")),
         contributions=np.asarray(flat, dtype=np.float64).reshape(table.num_rows, len(columns)),
         columns=columns,
         features=table.select(list(columns)) if opts.baselines else None,
@@ -244,6 +251,13 @@ def labelled_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluat
 
 
 # -------------------------------------------------------------------------- baselines
+
+
+def _calibrated(column: pa.ChunkedArray) -> np.ndarray | None:
+    """The calibrated scores of labelled rows; None when rows were scored without calibration."""
+    if column.null_count:
+        return None
+    return np.asarray(column.to_numpy(), dtype=np.float64)
 
 
 def training_rows(spark: SparkSession, cfg: Config, bundle: Bundle, *, max_rows: int = 200_000,
@@ -268,7 +282,7 @@ def baseline_scores(
     from embedlib.baselines import IsolationForestBaseline, fit_mse_autoencoder, mse_scores
 
     t, q = cfg.train, cfg.score.threshold_quantile
-    mse = fit_mse_autoencoder(train, bundle.spec, epochs=t.epochs, batch_size=t.batch_size,
+    mse = fit_mse_autoencoder(train, bundle.spec, epochs=t.epochs or 20, batch_size=t.batch_size,
                               learning_rate=t.learning_rate, seed=t.seed)
     forest = IsolationForestBaseline(train, bundle.spec.cardinalities, seed=t.seed)
     return {

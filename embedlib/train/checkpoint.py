@@ -39,7 +39,11 @@ class TrainState:
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
     best_loss: float = math.inf
-    bad_epochs: int = 0
+    bad_epochs: int = 0  # epochs since the validation loss last improved by train.min_improvement
+    steps: int = 0  # optimizer steps taken
+    decays: int = 0  # learning-rate cuts on plateaus so far
+    plateau_ref: float = math.inf  # the loss an epoch must beat by train.min_improvement
+    stopped: str = ""  # "", "plateau" (converged), "budget" or "epochs"
 
 
 @dataclass(frozen=True)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from embedlib.calibration import Calibration
 from embedlib.encode import Encoder, ShardSet, read_shards
 from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
 from embedlib.train.backends import Backend, resolve_backend
@@ -26,7 +27,8 @@ if TYPE_CHECKING:
     from embedlib.vocab import Vocabulary
 
 __all__ = [
-    "TrainResult", "best_model", "check_vocab_matches", "make_job", "run_train_job", "spec_for", "threshold_of",
+    "TrainResult", "best_model", "calibrate", "check_vocab_matches", "contributions_of", "make_job",
+    "run_train_job", "spec_for", "threshold_of",
 ]
 
 
@@ -51,6 +53,8 @@ def spec_for(vocab: Vocabulary, cfg: Config) -> ModelSpec:
         embedding_dims=m.embedding_dims,
         hidden=m.hidden,
         bottleneck=m.bottleneck,
+        kind=m.kind,
+        masks=m.masks,
     )
 
 
@@ -67,21 +71,44 @@ def check_vocab_matches(vocab: Vocabulary, cfg: Config) -> None:
         )
 
 
-def threshold_of(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, quantile: float,
-                 max_rows: int = 200_000) -> float:
-    """The ``quantile`` of training-row scores (on at most ``max_rows`` rows)."""
+def contributions_of(model: EmbeddingAutoencoder, files: Sequence[str], encoder: Encoder,
+                     max_rows: int = 200_000, chunk: int = 8_192) -> np.ndarray:
+    """Per-column contributions ``[rows, columns]`` of the first ``max_rows`` rows of ``files``,
+    scored as scoring does, ``chunk`` rows at a time (bounded memory whatever the shard size)."""
     model.eval()
-    scores: list[np.ndarray] = []
+    parts: list[np.ndarray] = []
     seen = 0
     with torch.inference_mode():
-        for enc in read_shards(shards.train_files, encoder):
+        for enc in read_shards(files, encoder):
             cat, num, miss = tensors(enc, torch.device("cpu"))
-            logits, pred, _ = model(cat, num, miss)
-            scores.append(column_nll(logits, pred, cat, num, miss).sum(1).double().numpy())
-            seen += len(scores[-1])
-            if seen >= max_rows:
-                break
-    return float(np.quantile(np.concatenate(scores), quantile))
+            for start in range(0, len(enc), chunk):
+                c, n, m = cat[start:start + chunk], num[start:start + chunk], miss[start:start + chunk]
+                logits, pred = model.reconstruct(c, n, m)
+                parts.append(column_nll(logits, pred, c, n, m).double().numpy())
+                seen += c.shape[0]
+                if seen >= max_rows:
+                    return np.concatenate(parts)[:max_rows]
+    return np.concatenate(parts) if parts else np.zeros((0, len(model.spec.columns)))
+
+
+def threshold_of(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, quantile: float,
+                 max_rows: int = 200_000) -> float:
+    """The ``quantile`` of training-row scores in nats (on at most ``max_rows`` rows)."""
+    return float(np.quantile(contributions_of(model, shards.train_files, encoder, max_rows).sum(1), quantile))
+
+
+def calibrate(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, quantile: float,
+              max_rows: int = 200_000) -> tuple[Calibration, dict[str, float]]:
+    """The calibration, fitted on validation rows (rows the weights were not fitted on; the
+    training rows when there are none), and the ``quantile`` of training-row scores, both ways."""
+    fit_on = shards.valid_files if shards.valid_rows else shards.train_files
+    calibration = Calibration.fit(contributions_of(model, fit_on, encoder, max_rows))
+    train = contributions_of(model, shards.train_files, encoder, max_rows)
+    thresholds = {
+        "nats": float(np.quantile(train.sum(1), quantile)),
+        "calibrated": float(np.quantile(calibration.terms(train).sum(1), quantile)),
+    }
+    return calibration, thresholds
 
 
 def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
@@ -111,7 +138,8 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     metrics = {**metrics, "backend": backend.name, "train_seconds": round(time.perf_counter() - started, 2),
                "train_rows": shards.train_rows, "validation_rows": shards.valid_rows}
     model = best_model(job)
-    threshold = threshold_of(model, shards, job.encoder, cfg.score.threshold_quantile)
+    calibration, thresholds = calibrate(model, shards, job.encoder, cfg.score.threshold_quantile)
+    threshold = thresholds[cfg.score.rank_by]
     bundle_id = save_bundle(
         layout.bundle,
         model=model,
@@ -120,6 +148,9 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
         threshold_quantile=cfg.score.threshold_quantile,
         metrics=metrics,
         model_config=asdict(cfg.model),
+        calibration=calibration,
+        rank_by=cfg.score.rank_by,
+        thresholds=thresholds,
     )
     tracked = log_training(cfg, layout.bundle, bundle_id, metrics, threshold)
     return TrainResult(bundle_id=bundle_id, bundle_path=layout.bundle, metrics=metrics, threshold=threshold,
@@ -142,6 +173,10 @@ def make_job(cfg: Config, vocab: Vocabulary, shards: ShardSet, backend: Backend)
         patience=t.patience,
         corruption=cfg.model.corruption,
         shuffle_buffer=t.shuffle_buffer,
+        max_steps=t.max_steps,
+        lr_schedule=t.lr_schedule,
+        min_improvement=t.min_improvement,
+        mask_rate=cfg.model.mask_rate,
     )
 
 
@@ -163,6 +198,8 @@ def _job_fingerprint(spec: ModelSpec, shards: ShardSet, cfg: Config, backend: Ba
         "spec": spec.to_dict(),
         "shards": shards.fingerprint,
         "corruption": cfg.model.corruption,
+        "mask_rate": cfg.model.mask_rate,
+        "schedule": [t.lr_schedule, t.max_steps, t.min_improvement, t.patience],
         "lr": t.learning_rate,
         "batch_size": t.batch_size,
         "seed": t.seed,

@@ -3,12 +3,25 @@
 :func:`train_loop` talks to its peers through a
 :class:`~embedlib.train.collective.Collective`. Each rank reads its own shard
 files (rank r takes files r, r + world, …), shuffles within a buffer, and runs
-the same number of steps per epoch as every other rank. Every epoch ends with a
-validation pass over all ranks and a checkpoint written by rank 0 (the
-:class:`~embedlib.train.checkpoint.CheckpointStore`); a rerun on the same run
-directory resumes after the last checkpoint. Batch order and input corruption
-are seeded from ``(seed, epoch, rank)``, so a resumed run ends with the same
-weights as an uninterrupted one on the same machine.
+the same number of steps as every other rank.
+
+Training is sized in optimizer steps, not epochs. An *epoch* (the unit of
+validation and checkpoints) is one pass over the training rows, or several
+passes when a pass is shorter than ``MIN_EPOCH_STEPS`` steps, or the first
+``MAX_EPOCH_STEPS`` steps of a freshly shuffled pass when a pass is longer. The
+learning rate warms up linearly over the first steps, then (``train.lr_schedule:
+plateau``) stays until the validation NLL stops improving by
+``train.min_improvement`` (relative) for ``train.patience`` epochs, when it is
+cut by ``LR_DECAY``; the plateau after ``MAX_DECAYS`` cuts ends training — it
+*converged*. The step budget (``train.max_steps``; by default sized from the
+data, :func:`step_budget`) and ``train.epochs`` are safety caps: a run they stop
+has not converged, and says so. The best-validation weights are kept.
+
+Every epoch ends with a validation pass over all ranks and a checkpoint written
+by rank 0 (the :class:`~embedlib.train.checkpoint.CheckpointStore`); a rerun on
+the same run directory resumes after the last checkpoint. Batch order, masks and
+input corruption are seeded from ``(seed, epoch, rank)``, so a resumed run ends
+with the same weights as an uninterrupted one on the same machine.
 """
 
 from __future__ import annotations
@@ -26,12 +39,12 @@ import torch
 
 from embedlib.encode import Encoded, Encoder, ShardSet, read_shards
 from embedlib.faults import InjectedFault, fault, kill_self
-from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll, corrupt
+from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll, corrupt, masked_loss, random_mask
 from embedlib.train.checkpoint import CheckpointStore, TrainState
 from embedlib.train.collective import Collective, allreduce_min
 from embedlib.train.errors import TrainError
 
-__all__ = ["TrainJob", "evaluate", "tensors", "train_loop"]
+__all__ = ["TrainJob", "evaluate", "step_budget", "tensors", "train_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -44,15 +57,34 @@ class TrainJob:
     shards: ShardSet
     encoder: Encoder
     store: CheckpointStore
-    epochs: int
+    epochs: int | None  # at most this many epochs (None: the step budget and the plateau decide)
     batch_size: int
     learning_rate: float
     seed: int
     patience: int
     corruption: float
     shuffle_buffer: int
+    max_steps: int | None = None  # None: step_budget(steps per pass); 0: no step budget
+    lr_schedule: str = "plateau"  # "plateau" or "constant"
+    min_improvement: float = 0.002
+    mask_rate: float = 0.5  # masked kind: each row hides cells at a rate ~ U(0, mask_rate)
     use_gpu: bool = False
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
+
+
+#: An epoch is at least this many steps (several passes over a small table) …
+MIN_EPOCH_STEPS = 100
+#: … and at most this many (part of a pass over a large one).
+MAX_EPOCH_STEPS = 2000
+#: The learning rate is multiplied by this on each plateau, at most MAX_DECAYS times.
+LR_DECAY = 0.3
+MAX_DECAYS = 2
+
+
+def step_budget(steps_per_pass: int) -> int:
+    """The default cap on optimizer steps: 40 passes over the data, at least 4,000 steps and at
+    most 40,000 (the plateau usually ends training well before)."""
+    return int(min(max(40 * steps_per_pass, 4_000), 40_000))
 
 
 def _set_seed(seed: int) -> None:
@@ -122,7 +154,7 @@ def evaluate(
     with torch.inference_mode():
         for enc in read_shards(files, encoder):
             cat, num, miss = tensors(enc, device)
-            logits, pred, _ = model(cat, num, miss)
+            logits, pred = model.reconstruct(cat, num, miss)
             sums += column_nll(logits, pred, cat, num, miss).double().sum(0).cpu()
             rows += cat.shape[0]
     return sums, rows
@@ -149,48 +181,44 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     batch_size = max(1, job.batch_size // coll.world_size)
     train_files = job.shards.files_for("train", coll.rank, coll.world_size)
     valid_files = job.shards.files_for("valid", coll.rank, coll.world_size)
-    my_rows = _rows(train_files)
-    if coll.world_size == 1:
-        steps = max(1, math.ceil(my_rows / batch_size))
-    else:
-        too_few = coll.allreduce_sum(torch.tensor([1.0 if my_rows < batch_size else 0.0]))
-        if too_few.item() > 0:
-            raise TrainError(
-                f"a worker has fewer than one batch ({batch_size}) of training rows; "
-                "lower train.batch_size or train.num_workers, or raise train.num_shards"
-            )
-        # every rank runs the same number of steps (DDP/Horovod need it)
-        steps = allreduce_min(coll, my_rows // batch_size)
+    per_pass = _steps_per_pass(coll, _rows(train_files), batch_size)
+    budget = step_budget(per_pass) if job.max_steps is None else job.max_steps
+    passes = max(1, math.ceil(MIN_EPOCH_STEPS / per_pass))
+    epoch_steps = min(per_pass * passes, MAX_EPOCH_STEPS)
+    warmup = min(500, max(1, (budget or 10 * epoch_steps) // 20))
+    max_epochs = job.epochs if job.epochs is not None else math.inf
     fault_after = int(fault("train.after_epoch") or 0)
     kill_rank, _, kill_epoch = (fault("train.kill_rank") or "-1:0").partition(":")
-    kill_step = steps // 2 if int(kill_rank) == coll.rank else -1
+    kill_step = epoch_steps // 2 if int(kill_rank) == coll.rank else -1
     show_bar = coll.world_size == 1
 
-    for epoch in range(state.epoch, job.epochs):
-        if job.patience and state.bad_epochs >= job.patience:
+    while state.stopped == "":
+        if state.epoch >= max_epochs:
+            state.stopped = "epochs"
             break
+        if budget and state.steps >= budget:
+            state.stopped = "budget"
+            break
+        epoch = state.epoch
         started = time.perf_counter()
-        rng = np.random.default_rng([job.seed, epoch, coll.rank])
         gen = torch.Generator(device="cpu").manual_seed(job.seed * 1_000_003 + epoch * 1009 + coll.rank)
         net.train()
         total = torch.zeros(2, dtype=torch.float64)
-        batches = _batches(train_files, job.encoder, batch_size, job.shuffle_buffer, rng)
-        bar = _progress(steps, epoch, job.epochs) if show_bar else None
-        for step, enc in enumerate(batches):
-            if step >= steps:
+        todo = epoch_steps if not budget else min(epoch_steps, budget - state.steps)
+        bar = _progress(todo, epoch) if show_bar else None
+        for step, enc in enumerate(_epoch_batches(job, train_files, batch_size, epoch, coll.rank, passes)):
+            if step >= todo:
                 break
             if step == kill_step and epoch + 1 == int(kill_epoch):
                 kill_self("train.kill_rank")
-            cpu = torch.device("cpu")
-            cat, num, miss = tensors(enc, cpu)
-            ccat, cnum = corrupt(cat, num, miss, job.spec.cardinalities, job.corruption, gen)
-            cat, num, miss = cat.to(device), num.to(device), miss.to(device)
-            logits, pred, _ = net(ccat.to(device), cnum.to(device), miss)
-            loss = column_nll(logits, pred, cat, num, miss).sum(1).mean()
+            for group in opt.param_groups:
+                group["lr"] = _learning_rate(job, state, warmup)
+            loss = _step_loss(net, job, enc, gen, device)
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += torch.tensor([loss.item() * cat.shape[0], cat.shape[0]], dtype=torch.float64)
+            state.steps += 1
+            total += torch.tensor([loss.item() * len(enc), len(enc)], dtype=torch.float64)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
@@ -203,6 +231,8 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         val_loss = float(sum(per_col))
         record = {
             "epoch": epoch + 1,
+            "steps": state.steps,
+            "learning_rate": _learning_rate(job, state, warmup),
             "train_loss": float(total[0] / max(total[1].item(), 1.0)),
             "validation_loss": val_loss,
             "validation_columns": dict(zip(job.spec.columns, per_col)),
@@ -210,32 +240,101 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         }
         state.history.append(record)
         state.epoch = epoch + 1
-        if val_loss < state.best_loss - 1e-9:
-            state.best_loss, state.best_epoch, state.bad_epochs = val_loss, epoch + 1, 0
+        _judge(job, state, val_loss)
+        if val_loss < state.best_loss:
+            state.best_loss, state.best_epoch = val_loss, epoch + 1
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            state.bad_epochs += 1
         if coll.rank == 0:
             job.store.save(model, opt, state, best_state)
             log.info(
-                "epoch %d/%d  train %.4f  validation %.4f nats/row  (%d worker%s, %.1fs)",
-                epoch + 1, job.epochs, record["train_loss"], val_loss, coll.world_size,
-                "s" if coll.world_size > 1 else "", record["seconds"],
+                "epoch %d  step %d/%s  lr %.2g  train %.4f  validation %.4f nats/row  (%d worker%s, %.1fs)",
+                epoch + 1, state.steps, budget or "-", record["learning_rate"], record["train_loss"], val_loss,
+                coll.world_size, "s" if coll.world_size > 1 else "", record["seconds"],
             )
         coll.barrier()
         if fault_after and epoch + 1 == fault_after:
             raise InjectedFault(f"injected fault after epoch {epoch + 1} (train.after_epoch)")
+    converged = state.stopped == "plateau"
+    if coll.rank == 0 and not converged:
+        log.warning(
+            "training stopped at its %s (%d steps, %d epochs) before the validation loss stopped improving "
+            "(best epoch %d of %d); the model may be under-trained: raise train.%s",
+            "step budget" if state.stopped == "budget" else "epoch limit", state.steps, state.epoch,
+            state.best_epoch, state.epoch, "max_steps" if state.stopped == "budget" else "epochs",
+        )
     return {
         "history": state.history,
         "best_epoch": state.best_epoch,
         "validation_loss": state.best_loss,
         "epochs_run": state.epoch,
         "world_size": coll.world_size,
-        "steps_per_epoch": steps,
+        "steps_per_epoch": epoch_steps,
+        "steps": state.steps,
+        "step_budget": budget,
+        "lr_decays": state.decays,
+        "stopped": state.stopped,
+        "converged": converged,
     }
 
 
-def _progress(steps: int, epoch: int, epochs: int) -> Any:
+def _steps_per_pass(coll: Collective, my_rows: int, batch_size: int) -> int:
+    """Optimizer steps in one pass over the training rows (the same on every rank)."""
+    if coll.world_size == 1:
+        return max(1, math.ceil(my_rows / batch_size))
+    too_few = coll.allreduce_sum(torch.tensor([1.0 if my_rows < batch_size else 0.0]))
+    if too_few.item() > 0:
+        raise TrainError(
+            f"a worker has fewer than one batch ({batch_size}) of training rows; "
+            "lower train.batch_size or train.num_workers, or raise train.num_shards"
+        )
+    # every rank runs the same number of steps (DDP/Horovod need it)
+    return allreduce_min(coll, my_rows // batch_size)
+
+
+def _epoch_batches(job: TrainJob, files: Sequence[str], batch_size: int, epoch: int, rank: int,
+                   passes: int) -> Iterator[Encoded]:
+    """The batches of one epoch: ``passes`` passes, each over a fresh shuffle of the files."""
+    for p in range(passes):
+        rng = np.random.default_rng([job.seed, epoch, rank] + ([p] if p else []))
+        yield from _batches(files, job.encoder, batch_size, job.shuffle_buffer, rng)
+
+
+def _learning_rate(job: TrainJob, state: TrainState, warmup: int) -> float:
+    if job.lr_schedule == "constant":
+        return job.learning_rate
+    return job.learning_rate * min(1.0, (state.steps + 1) / warmup) * LR_DECAY**state.decays
+
+
+def _step_loss(net: torch.nn.Module, job: TrainJob, enc: Encoded, gen: torch.Generator,
+               device: torch.device) -> torch.Tensor:
+    """The training loss of one batch: the row NLL, or for the masked kind the NLL of the hidden cells."""
+    cpu = torch.device("cpu")
+    cat, num, miss = tensors(enc, cpu)
+    ccat, cnum = corrupt(cat, num, miss, job.spec.cardinalities, job.corruption, gen)
+    mask = random_mask(len(enc), len(job.spec.columns), job.mask_rate, gen) if job.spec.masked else None
+    cat, num, miss = cat.to(device), num.to(device), miss.to(device)
+    logits, pred, _ = net(ccat.to(device), cnum.to(device), miss, None if mask is None else mask.to(device))
+    nll = column_nll(logits, pred, cat, num, miss)
+    return masked_loss(nll, mask.to(device)) if mask is not None else nll.sum(1).mean()
+
+
+def _judge(job: TrainJob, state: TrainState, val_loss: float) -> None:
+    """Count epochs without a relative improvement of ``min_improvement``; on a plateau,
+    cut the learning rate, or stop once it was cut ``MAX_DECAYS`` times."""
+    if val_loss < state.plateau_ref * (1.0 - job.min_improvement) or not math.isfinite(state.plateau_ref):
+        state.plateau_ref, state.bad_epochs = val_loss, 0
+        return
+    state.bad_epochs += 1
+    if job.patience and state.bad_epochs >= job.patience:
+        if job.lr_schedule == "plateau" and state.decays < MAX_DECAYS:
+            state.decays += 1
+            state.bad_epochs = 0
+            state.plateau_ref = min(state.plateau_ref, val_loss)
+        else:
+            state.stopped = "plateau"
+
+
+def _progress(steps: int, epoch: int) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", leave=False, mininterval=2.0, file=sys.stderr)
+    return tqdm(total=steps, desc=f"epoch {epoch + 1}", leave=False, mininterval=2.0, file=sys.stderr)
