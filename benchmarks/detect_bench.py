@@ -1,7 +1,7 @@
 """Detection quality on real tables: embedlib's default and variants beside unsupervised baselines.
 
     .venv/bin/python benchmarks/detect_bench.py [--tables adult diamonds insteval flights]
-        [--seeds 0 1 2] [--rates 0.02 0.05] [--variants default nats autoencoder]
+        [--seeds 0 1 2] [--rates 0.02 0.05] [--variants default nats autoencoder "first version"]
         [--max-eval-rows 20000] [--baseline-rows 20000] [--json out.json]
 
 Protocol (the README's, from ``shared/datasets/README.md``): per seed, the rows of a
@@ -303,7 +303,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--rates", nargs="+", type=float, default=[0.02, 0.05])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", default=["default", "nats", "autoencoder", "first version"],
+                        choices=list(VARIANTS))
     parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES))
     parser.add_argument("--max-eval-rows", type=int, default=20_000)
     parser.add_argument("--baseline-rows", type=int, default=20_000)
@@ -355,7 +356,10 @@ def main(argv: list[str] | None = None) -> None:
                         cell.auprc.append(auprc)
                         cell.seconds.append(fit_seconds + time.perf_counter() - started)
                     log.info("%s seed %d rate %.2f: %s", name, seed, rate, ", ".join(
-                        f"{m} {cells[(name, rate, m)].auroc[-1]:.3f}" for m in methods))
+                        f"{m} {cells[(name, rate, m)].auroc[-1]:.3f}/{cells[(name, rate, m)].auprc[-1]:.3f}"
+                        f" ({cells[(name, rate, m)].seconds[-1]:.0f}s)" for m in methods))
+                if args.json:  # what is measured so far survives an interrupted run
+                    _dump(args.json, cells)
     spark.stop()
     _report(args, methods, cells, training)
 
@@ -404,8 +408,11 @@ def _report(args: argparse.Namespace, methods: list[str], cells: dict[tuple[str,
         print(f"goal: AUROC >= {GOAL_AUROC} on the tables with strong dependencies: "
               + ("met" if not low else "NOT met: " + ", ".join(low)))
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {f"{n}|{r}|{m}": vars(c) for (n, r, m), c in cells.items()}, indent=1))
+        _dump(args.json, cells)
+
+
+def _dump(path: str, cells: dict[tuple[str, float, str], Cell]) -> None:
+    Path(path).write_text(json.dumps({f"{n}|{r}|{m}": vars(c) for (n, r, m), c in cells.items()}, indent=1))
 
 
 if __name__ == "__main__":
