@@ -149,6 +149,8 @@ class EmbeddingAutoencoder(nn.Module):
         self.decoder = mlp((spec.bottleneck, *back))
         self.cat_heads = nn.ModuleList(nn.Linear(back[-1], n) for n in spec.cardinalities)
         self.num_head = nn.Linear(back[-1], n_num) if n_num else None
+        #: per mask group, its columns' first-layer input positions and mask-flag positions (fixed by the spec)
+        self.group_inputs = self._group_inputs() if spec.masked else []
 
     def embed(self, cat: torch.Tensor) -> list[torch.Tensor]:
         return [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
@@ -216,7 +218,7 @@ class EmbeddingAutoencoder(nn.Module):
         first, rest = cast(nn.Linear, trunk[0]), nn.Sequential(*list(trunk)[1:], self.encoder[1])
         shown = torch.cat([*self.embed(cat), num, missing, num.new_zeros((cat.shape[0], len(self.spec.columns)))], 1)
         base = first(shown)
-        for group, (inputs, flags) in zip(self.spec.mask_groups(), self._group_inputs()):
+        for group, (inputs, flags) in zip(self.spec.mask_groups(), self.group_inputs):
             pre = base - shown[:, inputs] @ first.weight[:, inputs].T + first.weight[:, flags].sum(1)
             hidden = self.decoder(rest(pre))
             for j in group:

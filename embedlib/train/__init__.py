@@ -17,7 +17,7 @@ from embedlib.train.backends import Backend, backend_name, resolve_backend
 from embedlib.train.checkpoint import CheckpointStore, TrainState
 from embedlib.train.collective import Collective, HorovodCollective, SingleProcess, TorchDistributed
 from embedlib.train.errors import TrainError, TrainFailure
-from embedlib.train.job import TrainResult, best_model, run_train_job, spec_for, threshold_of
+from embedlib.train.job import TrainResult, best_model, run_train_job, spec_for
 from embedlib.train.loop import TrainJob, train_loop
 
 __all__ = [
@@ -37,6 +37,5 @@ __all__ = [
     "resolve_backend",
     "run_train_job",
     "spec_for",
-    "threshold_of",
     "train_loop",
 ]

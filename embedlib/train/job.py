@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TrainResult", "best_model", "calibrate", "check_vocab_matches", "contributions_of", "make_job",
-    "run_train_job", "spec_for", "threshold_of",
+    "run_train_job", "spec_for",
 ]
 
 
@@ -89,12 +89,6 @@ def contributions_of(model: EmbeddingAutoencoder, files: Sequence[str], encoder:
                 if seen >= max_rows:
                     return np.concatenate(parts)[:max_rows]
     return np.concatenate(parts) if parts else np.zeros((0, len(model.spec.columns)))
-
-
-def threshold_of(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, quantile: float,
-                 max_rows: int = 200_000) -> float:
-    """The ``quantile`` of training-row scores in nats (on at most ``max_rows`` rows)."""
-    return float(np.quantile(contributions_of(model, shards.train_files, encoder, max_rows).sum(1), quantile))
 
 
 def calibrate(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, quantile: float,
