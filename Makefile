@@ -21,7 +21,10 @@ $(STAMP): setup.py
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The Delta connector (and hadoop-aws) jars for the installed pyspark, fetched with Maven once
+# into ~/.cache/embedlib/jars (or $EMBEDLIB_JARS); a no-op when they are there.
 setup: $(STAMP)
+	@bash .ci/fetch_jars.sh $(PY)
 
 # Horovod 0.28.1 built from its sdist with the C++17 fix (~3-10 min once, then cached).
 horovod: setup

@@ -10,7 +10,9 @@ exec((here / "embedlib" / "__init__.py").read_text().split("__all__")[0], versio
 
 # Spark itself is an extra: Databricks runtimes ship their own pyspark (not visible to pip
 # as a package), and a wheel that requires pyspark would pull the PyPI one over it.
-SPARK = ["pyspark>=4.0,<5", "delta-spark>=4.0,<5"]
+# pyspark and Delta are pinned together: delta-spark 4.4.0 is the connector built for Spark 4.2
+# (Maven io.delta:delta-spark_4.2_2.13:4.4.0, which `make setup` fetches; embedlib.spark.DELTA_VERSION).
+SPARK = ["pyspark>=4.2,<4.3", "delta-spark==4.4.0"]
 EVALUATE = ["scikit-learn>=1.4", "matplotlib>=3.8"]
 
 setup(

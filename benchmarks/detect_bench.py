@@ -64,6 +64,9 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "masks=4": (["model.masks=4"], None),
     "masks=8": (["model.masks=8"], None),
     "autoencoder": (["model.kind=autoencoder"], None),
+    "small": (["model.size=small"], None),
+    "medium": (["model.size=medium"], None),
+    "large": (["model.size=large"], None),
     "first version": (["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8",
                        "train.max_steps=0", "train.epochs=20", "train.learning_rate=0.001",
                        "train.lr_schedule=constant", "train.patience=3"], "nats"),
@@ -382,14 +385,15 @@ def _report(args: argparse.Namespace, methods: list[str], cells: dict[tuple[str,
                 print(f"| {name} | {method} | {_fmt(cell.auroc)} | {_fmt(cell.auprc)} | {np.mean(cell.seconds):.1f} |")
         print()
     print("### training (mean over seeds)\n")
-    print("| table | variant | steps | epochs | best epoch | validation NLL | converged |")
-    print("|---|---|---|---|---|---|---|")
+    print("| table | variant | size (seeds) | steps | epochs | best epoch | validation NLL | converged |")
+    print("|---|---|---|---|---|---|---|---|")
     for (name, variant), runs in training.items():
         def mean(key: str, runs: list[dict[str, Any]] = runs) -> str:
             vals = [r[key] for r in runs if r.get(key) is not None]
             return f"{np.mean(vals):.4g}" if vals else "-"
         conv = sum(bool(r.get("converged")) for r in runs)
-        print(f"| {name} | {variant} | {mean('steps')} | {mean('epochs_run')} | {mean('best_epoch')} | "
+        sizes = ", ".join(sorted({str(r.get("model_size", "-")) for r in runs}))
+        print(f"| {name} | {variant} | {sizes} | {mean('steps')} | {mean('epochs_run')} | {mean('best_epoch')} | "
               f"{mean('validation_loss')} | {conv}/{len(runs)} |")
     print()
     if "default" in args.variants:

@@ -1,6 +1,7 @@
 """Scoring throughput: the score job vs the same bundle in plain Python vs a row-at-a-time UDF.
 
-    .venv/bin/python benchmarks/score_bench.py [--rows 1000000 4000000] [--master local[2]]
+    .venv/bin/python benchmarks/score_bench.py [--rows 1000000 4000000] [--master local[2]] [--size large]
+                                               [--delta-engines connector delta-rs]
                                                [--batch-size 10000] [--udf-rows 20000]
                                                [--ceiling-rows 1000000]
 
@@ -11,7 +12,8 @@ written once to Parquet in a temporary directory (at most 500,000 rows per file,
 least one file per core). On a small table from the same generator (the warm-up
 table, the first 20,000 ids), embedlib builds the vocabulary (``build_vocabulary``,
 spark engine; every value is seen there); an *untrained* ``EmbeddingAutoencoder`` of the
-default shape (hidden 64-32, bottleneck 8; torch seeded) goes into a bundle with
+default kind and ``--size``'s shape (large by default: the costliest ``model.size: auto`` can
+pick; torch seeded) goes into a bundle with
 ``save_bundle``, which is loaded back with ``load_bundle``. Training quality does not
 change the work done per row, so throughput does not depend on it.
 
@@ -209,7 +211,7 @@ def generate(spark: Any, rows: int, path: str, cores: int) -> None:
 FIRST_VERSION = ["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8", "score.rank_by=nats"]
 
 
-def make_bundle(spark: Any, data: str, folder: str, extra: list[str] | None = None) -> Any:
+def make_bundle(spark: Any, data: str, folder: str, name: str, extra: list[str] | None = None) -> Any:
     """Vocabulary on ``data``, an untrained model of the configuration's default shape (or ``extra``'s),
     calibrated on the same rows when the configuration ranks by the calibrated score, saved and
     loaded back as a bundle."""
@@ -236,10 +238,10 @@ def make_bundle(spark: Any, data: str, folder: str, extra: list[str] | None = No
         from embedlib.encode import Encoder
 
         encoder = Encoder.for_vocab(vocab)
-        shard = f"{folder}/encoded-{len(extra or [])}.parquet"
+        shard = f"{folder}/encoded-{name}.parquet"
         pq.write_table(pa.Table.from_batches([encoder.encode(pq.read_table(data.replace("file://", "")))]), shard)
         calibration = Calibration.fit(contributions_of(model, [shard], encoder, max_rows=20_000))
-    path = f"{folder}/bundle-{'first' if extra else 'default'}"
+    path = f"{folder}/bundle-{name}"
     save_bundle(path, model=model, vocab=vocab, threshold=100.0, threshold_quantile=0.99, metrics={},
                 model_config={}, calibration=calibration, rank_by=cfg.score.rank_by,
                 thresholds={cfg.score.rank_by: 100.0})
@@ -359,6 +361,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 4_000_000])
     parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--delta-engines", nargs="+", default=["connector", "delta-rs"],
+                        choices=["connector", "delta-rs"],
+                        help="the score job is timed writing through each (the first is the one in the main table)")
+    parser.add_argument("--size", default="large", choices=["small", "medium", "large"],
+                        help="model.size of the default bundle (large: the costliest model.size auto can pick)")
     parser.add_argument("--batch-size", type=int, default=10_000, help="rows per Arrow batch (job and ceiling)")
     parser.add_argument("--udf-rows", type=int, default=20_000, help="rows scored by the row-at-a-time UDF")
     parser.add_argument("--ceiling-rows", type=int, default=1_000_000,
@@ -388,12 +395,16 @@ def main(argv: list[str] | None = None) -> None:
     results: dict[int, list[Result]] = {}
     checks: dict[int, tuple[int, float]] = {}
     partitions: dict[int, int] = {}
+    by_engine: dict[int, dict[str, Result]] = {}
+    from embedlib.spark import ENGINE_CONF
+
+    spark.conf.set(ENGINE_CONF, args.delta_engines[0])
     with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp:
         _log(f"generating warm-up data and the bundle ({min(sizes[0], WARMUP_ROWS):,} rows)")
         warm = f"{tmp}/warmup.parquet"
         generate(spark, min(sizes[0], WARMUP_ROWS), warm, cores)
-        bundle = make_bundle(spark, warm, tmp)
-        first = make_bundle(spark, warm, tmp, FIRST_VERSION)
+        bundle = make_bundle(spark, warm, tmp, "default", [f"model.size={args.size}"])
+        first = make_bundle(spark, warm, tmp, "first", FIRST_VERSION)
         _log("bundles built; cold score job")
         threshold = bundle.threshold
         params = sum(p.numel() for p in bundle.model.parameters())
@@ -417,6 +428,15 @@ def main(argv: list[str] | None = None) -> None:
             score_job(spark, bundle, data, f"{tmp}/scores-{n}")
             out.append(Result("score job: score_frame -> Delta", n, time.perf_counter() - start, cores))
             memory.sample()
+            by_engine[n] = {args.delta_engines[0]: out[-1]}
+            for engine in args.delta_engines[1:]:
+                _log(f"{n:,} rows: score job through {engine}")
+                spark.conf.set(ENGINE_CONF, engine)
+                start = time.perf_counter()
+                score_job(spark, bundle, data, f"{tmp}/scores-{engine}-{n}")
+                by_engine[n][engine] = Result(f"score job -> Delta via {engine}", n, time.perf_counter() - start,
+                                              cores)
+                spark.conf.set(ENGINE_CONF, args.delta_engines[0])
             written = read_table(spark, f"{tmp}/scores-{n}").count()
             if written != n:
                 raise RuntimeError(f"the score job wrote {written:,} rows of {n:,}")
@@ -458,7 +478,8 @@ def main(argv: list[str] | None = None) -> None:
 
     w = sys.stdout.write
     w(f"sizes: {', '.join(f'{n:,}' for n in sizes)} rows  master: {args.master}  cores (concurrent tasks): {cores}"
-      f"  batch: {args.batch_size:,} rows  Delta via {'connector' if connector else 'delta-rs'}\n")
+      f"  batch: {args.batch_size:,} rows  Delta via {args.delta_engines[0]} (connector in the session: "
+      f"{connector})\n")
     w(f"model: {N_CAT} categoricals (~{CARDINALITY} values) + {N_NUM} numerics, untrained, {params:,} parameters,"
       f" bundle {bundle.bundle_id}\n")
     w(f"load average 1/5/15 min: start {load_start[0]:.2f}/{load_start[1]:.2f}/{load_start[2]:.2f}, "
@@ -479,12 +500,16 @@ def main(argv: list[str] | None = None) -> None:
           f"  {rows:>26,}, {diff:.1e}\n")
     w(f"goals: job/core >= {GOAL_CEILING} x ceiling/core; job >= {GOAL_UDF:.0f} x row UDF\n")
     masks = len(bundle.spec.mask_groups()) if bundle.spec.masked else 1
-    w(f"\ncost per row of the default model ({bundle.spec.kind}, {masks} forward pass(es), hidden "
+    w(f"\ncost per row of the default model, model.size {args.size} ({bundle.spec.kind}, {masks} forward pass(es), hidden "
       f"{list(bundle.spec.hidden)}, calibrated) vs the first version's (autoencoder, 1 pass, hidden [64, 32]):\n")
     for n, out in results.items():
         job, ceiling, _, _, first_job, first_ceiling = out
         w(f"{n:>11,}  score job {first_job.rate / job.rate:.2f}x, ceiling {first_ceiling.rate / ceiling.rate:.2f}x"
           f"  (goal: <= {GOAL_COST:.0f}x)\n")
+    w("\nthe score job by Delta engine (the same bundle and data, one commit each):\n")
+    for n, engines in by_engine.items():
+        w(f"{n:>11,}  " + "   ".join(f"{e}: {r.seconds:.2f} s, {r.rate:,.0f} rows/s" for e, r in engines.items())
+          + "\n")
     if len(sizes) > 1:
         small, large = results[sizes[0]][0], results[sizes[-1]][0]
         row_ratio = large.rows / small.rows

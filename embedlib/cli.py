@@ -175,7 +175,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from embedlib.spark import get_session, quiet_task_failure_logs
 
-        spark = get_session(cfg.spark, app_name=f"embedlib-{args.command}-{cfg.name}")
+        spark = get_session(cfg.spark, app_name=f"embedlib-{args.command}-{cfg.name}", delta=cfg.delta,
+                            s3a=cfg.uses_s3a)
         if not debug:
             quiet_task_failure_logs(spark)
         lines = COMMANDS[args.command][1](spark, cfg, args)

@@ -45,8 +45,12 @@ _BAD_TOKEN = re.compile(r'For input string: "(?P<value>[^"]*)"')
 
 
 def first_line(exc: BaseException) -> str:
-    """The first non-blank line of an exception's message (its class name if it has none)."""
+    """The first non-blank line of an exception's message (its class name if it has none); for a
+    Py4J error ("An error occurred while calling o42.load."), the Java exception's own message."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].startswith("An error occurred while calling"):
+        java = lines[1].split(": ", 1)  # "org.apache…SomeException: the message"
+        return java[-1] if len(java) == 2 and "." in java[0] and " " not in java[0] else lines[1]
     return lines[0] if lines else type(exc).__name__
 
 

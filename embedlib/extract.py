@@ -156,8 +156,9 @@ def features_frame(
 def run_extract_job(spark: SparkSession, cfg: Config, npz_dir: str | None = None) -> tuple[str, list[str]]:
     """Write ``<run>/embeddings`` (Delta), and ``.npz`` files when ``npz_dir`` is given."""
     from embedlib.bundle import load_bundle
-    from embedlib.tables import check_writable, write_table
+    from embedlib.tables import check_writable, use_engine, write_table
 
+    use_engine(spark, cfg.delta)
     check_writable(spark, cfg.layout.embeddings)
     bundle = load_bundle(cfg.layout.bundle)
     table = embedding_table(bundle)
@@ -172,10 +173,11 @@ def run_extract_job(spark: SparkSession, cfg: Config, npz_dir: str | None = None
 def run_features_job(spark: SparkSession, cfg: Config) -> str:
     """Write the design matrix of ``features.source`` (default: ``source``)."""
     from embedlib.bundle import load_bundle
-    from embedlib.tables import check_writable, read_source, write_table
+    from embedlib.tables import check_writable, read_source, use_engine, write_table
 
     fc = cfg.features
     output = cfg.features_output
+    use_engine(spark, cfg.delta)
     check_writable(spark, output)
     bundle = load_bundle(cfg.layout.bundle)
     src_cfg = cfg.source.with_target(fc.source)

@@ -14,9 +14,11 @@ site                       what happens
 ``score.fail_attempts=N``  the first N attempts of the scoring task of
                            partition 0 raise (Spark retries up to
                            ``spark.task.maxFailures``)
-``commit.kill=1``          a Delta write through delta-rs kills its process
-                           (SIGKILL) after its data files are written and
-                           before it commits them
+``commit.kill=1``          a Delta write kills its process (SIGKILL) after
+                           data files are written and before they are
+                           committed: delta-rs between its staged files and
+                           its commit; the connector (local paths) as soon
+                           as its first data file appears
 =========================  =====================================================
 """
 
@@ -25,7 +27,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["ENV", "InjectedFault", "fail_task_attempt", "fault", "kill_self"]
+__all__ = ["ENV", "InjectedFault", "fail_task_attempt", "fault", "kill_self", "kill_when_files_appear"]
 
 ENV = "EMBEDLIB_FAULTS"
 
@@ -55,6 +57,26 @@ def kill_self(site: str) -> None:
     log.error("injected fault %s: killing process %d", site, os.getpid())
     logging.shutdown()
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_when_files_appear(site: str, folder: str, suffix: str = ".parquet") -> None:
+    """Watch ``folder`` (a local path) from a thread and :func:`kill_self` once a new ``suffix``
+    file appears in it: a writer dying while its files are written, before it commits them."""
+    import threading
+    import time
+
+    def listing() -> set[str]:
+        return set(os.listdir(folder)) if os.path.isdir(folder) else set()
+
+    before = listing()
+
+    def watch() -> None:
+        while True:
+            if any(name.endswith(suffix) for name in listing() - before):
+                kill_self(site)
+            time.sleep(0.002)
+
+    threading.Thread(target=watch, name=f"fault-{site}", daemon=True).start()
 
 
 def fail_task_attempt(site: str) -> None:

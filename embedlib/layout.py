@@ -195,6 +195,11 @@ class RunLayout:
         return join(self.work, "checkpoints")
 
     @property
+    def size_trials(self) -> str:
+        """Checkpoints of the ``model.size: auto`` trials, one folder per candidate size."""
+        return join(self.work, "size-trials")
+
+    @property
     def worker_reports(self) -> str:
         """One ``rank-<r>.json`` per training worker: running, failed or done."""
         return join(self.checkpoints, "workers")

@@ -265,11 +265,12 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     from pyspark.sql import functions as F
 
     from embedlib.bundle import load_bundle
-    from embedlib.tables import check_writable, read_source, source_version, write_table
+    from embedlib.tables import check_writable, read_source, source_version, use_engine, write_table
     from embedlib.tracking import check_tracking, log_scoring
 
     layout = cfg.layout
     output = cfg.scores_output
+    use_engine(spark, cfg.delta)
     check_writable(spark, output, layout.score_runs)
     check_tracking(cfg)
     started = time.perf_counter()

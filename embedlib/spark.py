@@ -14,13 +14,17 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
-from embedlib.config import SparkConfig, redact
+from embedlib.config import ConfigError, DeltaConfig, SparkConfig, redact
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 __all__ = [
+    "DELTA_CONNECTOR",
+    "ENGINE_CONF",
     "LOCAL_DEFAULTS",
+    "aws_jars",
+    "connector_jars",
     "delta_connector_available",
     "get_session",
     "hadoop_fs",
@@ -48,6 +52,57 @@ ALWAYS: dict[str, str] = {
 }
 
 
+#: The Delta connector pinned with this pyspark (``make setup`` fetches it, README "Delta").
+DELTA_VERSION = "4.4.0"
+#: Runtime conf key carrying ``delta.engine`` on the session (read by :func:`embedlib.tables.engine_for`).
+ENGINE_CONF = "spark.embedlib.delta.engine"
+#: What a session needs to use the connector (besides its jars).
+DELTA_CONNECTOR: dict[str, str] = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+}
+
+
+def _spark_versions() -> tuple[str, str]:
+    """(Spark ``major.minor``, Hadoop version) of the installed pyspark."""
+    import glob
+
+    import pyspark
+
+    jars = os.path.join(os.path.dirname(pyspark.__file__), "jars")
+    hadoop = sorted(glob.glob(os.path.join(jars, "hadoop-client-api-*.jar")))
+    version = os.path.basename(hadoop[-1])[len("hadoop-client-api-"):-len(".jar")] if hadoop else ""
+    return ".".join(pyspark.__version__.split(".")[:2]), version
+
+
+def _jar_cache(folder: str | None) -> str:
+    return folder or os.environ.get("EMBEDLIB_JARS") or os.path.expanduser("~/.cache/embedlib/jars")
+
+
+def _jars_in(folder: str) -> list[str]:
+    if not os.path.isfile(os.path.join(folder, ".complete")):
+        return []
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".jar"))
+
+
+def connector_jars(folder: str | None = None) -> list[str]:
+    """The Delta connector jars: every jar in ``folder`` (``delta.jars``), else those for the
+    installed pyspark in the cache ``make setup`` fills (``.ci/fetch_jars.sh``); empty if none."""
+    if folder is not None:
+        if not os.path.isdir(folder):
+            return []
+        return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".jar"))
+    spark_bin, _ = _spark_versions()
+    return _jars_in(os.path.join(_jar_cache(None), f"delta-spark_{spark_bin}_2.13-{DELTA_VERSION}"))
+
+
+def aws_jars() -> list[str]:
+    """``hadoop-aws`` and the AWS SDK for the installed pyspark's Hadoop (``s3a://``) from the
+    cache ``make setup`` fills, or empty."""
+    _, hadoop = _spark_versions()
+    return _jars_in(os.path.join(_jar_cache(None), f"hadoop-aws-{hadoop}"))
+
+
 def on_databricks() -> bool:
     """True in a Databricks runtime (``DATABRICKS_RUNTIME_VERSION`` is set)."""
     return bool(os.environ.get("DATABRICKS_RUNTIME_VERSION"))
@@ -58,8 +113,15 @@ def launched_by_spark() -> bool:
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT")) or on_databricks()
 
 
-def get_session(cfg: SparkConfig, app_name: str = "embedlib") -> SparkSession:
-    """Return the active session or build one from ``cfg``."""
+def get_session(cfg: SparkConfig, app_name: str = "embedlib", delta: DeltaConfig | None = None,
+                s3a: bool = False) -> SparkSession:
+    """Return the active session or build one from ``cfg``.
+
+    A session embedlib starts itself loads the Delta connector's jars (unless
+    ``delta.engine`` is ``delta-rs`` or ``spark.conf`` already brings Delta), and with
+    ``s3a`` the ``hadoop-aws`` jars; ``delta.engine`` travels on the session
+    (:data:`ENGINE_CONF`)."""
+    delta = delta or DeltaConfig()
     try:
         from pyspark.sql import SparkSession
     except ImportError as exc:
@@ -72,6 +134,7 @@ def get_session(cfg: SparkConfig, app_name: str = "embedlib") -> SparkSession:
     if active is not None:
         for key, value in cfg.conf.items():
             _set_runtime_conf(active, key, value)
+        active.conf.set(ENGINE_CONF, delta.engine)
         ship_wheels(active)
         return active
     builder = SparkSession.builder.appName(app_name)
@@ -87,12 +150,43 @@ def get_session(cfg: SparkConfig, app_name: str = "embedlib") -> SparkSession:
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         settings["spark.pyspark.python"] = os.environ["PYSPARK_PYTHON"]
     settings.update(cfg.conf)
+    if not launched_by_spark():  # a launcher's JVM already has its classpath
+        settings.update(_jar_settings(cfg, delta, s3a))
+    settings[ENGINE_CONF] = delta.engine
     for key, value in settings.items():
         builder = builder.config(key, value)
     log.info("starting Spark session master=%s conf=%s", master or "(from launcher)", redact(cfg.conf))
     session = builder.getOrCreate()
     ship_wheels(session)
     return session
+
+
+def _jar_settings(cfg: SparkConfig, delta: DeltaConfig, s3a: bool) -> dict[str, str]:
+    """``spark.jars`` (the user's first) and the Delta extension for a session embedlib starts."""
+    jars = [j for j in (cfg.conf.get("spark.jars") or "").split(",") if j]
+    out: dict[str, str] = {}
+    brings_delta = "spark.sql.extensions" in cfg.conf or "spark.jars.packages" in cfg.conf
+    if delta.engine != "delta-rs" and not brings_delta:
+        found = connector_jars(delta.jars)
+        if found:
+            jars += found
+            out.update(DELTA_CONNECTOR)
+        elif delta.engine == "connector":
+            spark_bin, _ = _spark_versions()
+            raise ConfigError(
+                f"delta.engine is 'connector' but no Delta connector jars were found in "
+                f"{delta.jars or _jar_cache(None)}: run `make setup` (it fetches io.delta:delta-spark_{spark_bin}_2.13:"
+                f"{DELTA_VERSION} there), set delta.jars to a folder of them, or pass spark.jars.packages"
+            )
+    if s3a:
+        found = aws_jars()
+        if not found:
+            log.warning("s3a:// paths but no hadoop-aws jars in %s: run `make setup`, or pass "
+                        "spark.jars.packages=org.apache.hadoop:hadoop-aws:<Hadoop version>", _jar_cache(None))
+        jars += found
+    if jars:
+        out["spark.jars"] = ",".join(jars)
+    return out
 
 
 def ship_wheels(spark: SparkSession) -> list[str]:
@@ -135,7 +229,12 @@ def _set_runtime_conf(spark: SparkSession, key: str, value: str) -> None:
 
 
 def delta_connector_available(spark: SparkSession) -> bool:
-    """Whether the session can read and write Delta through the Spark connector."""
+    """Whether the session can read and write Delta through the Spark connector.
+
+    A connector built for another Spark version than the session's is an error naming both
+    (it would fail later, on some call, with a JVM linkage error)."""
+    import re
+
     if on_databricks():
         return True
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
@@ -144,9 +243,19 @@ def delta_connector_available(spark: SparkSession) -> bool:
     try:
         jvm = spark.sparkContext._jvm
         assert jvm is not None
-        jvm.java.lang.Class.forName("io.delta.tables.DeltaTable")
+        # Spark's loader: jars from spark.jars live in a child of the system class loader
+        cls = jvm.org.apache.spark.util.Utils.classForName("io.delta.tables.DeltaTable", True, False)
+        source = str(cls.getProtectionDomain().getCodeSource().getLocation())
     except Exception:
         return False
+    built = re.search(r"delta-spark_(\d+\.\d+)_2\.\d+-([\w.\-]+?)\.jar", source)
+    running = ".".join(str(spark.version).split(".")[:2])
+    if built is not None and built.group(1) != running:
+        raise ConfigError(
+            f"the Delta connector on this session ({source.rsplit('/', 1)[-1]}) is built for Spark "
+            f"{built.group(1)}, but Spark is {spark.version}: use io.delta:delta-spark_{running}_2.13 (Delta "
+            f"{DELTA_VERSION} for Spark 4.2; README \"Delta\"), or set delta.engine to delta-rs"
+        )
     return True
 
 
@@ -167,6 +276,7 @@ _TASK_FAILURE_LOGGERS = (
     "org.apache.spark.sql.execution.datasources.FileFormatWriter",
     "org.apache.spark.sql.execution.datasources.FileFormatDataWriter",
     "org.apache.spark.util.Utils",
+    "org.apache.spark.sql.delta.files.DeltaFileFormatWriter",  # the connector's writer
 )
 
 

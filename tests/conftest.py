@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Iterator
@@ -43,6 +44,30 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     session.stop()
 
 
+#: The two Delta engines; the test session has both (`make setup` fetched the connector's jars).
+ENGINES = ("connector", "delta-rs")
+
+
+@contextlib.contextmanager
+def engine_set(spark, name: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """``delta.engine`` on the shared session for the duration (what a job's config does)."""
+    from embedlib.spark import ENGINE_CONF
+
+    before = spark.conf.get(ENGINE_CONF, "auto")
+    spark.conf.set(ENGINE_CONF, name)
+    try:
+        yield name
+    finally:
+        spark.conf.set(ENGINE_CONF, before)
+
+
+@pytest.fixture(params=ENGINES)
+def delta_engine(request, spark) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """A test that takes this runs once per Delta engine."""
+    with engine_set(spark, request.param) as name:
+        yield name
+
+
 @pytest.fixture()
 def adult_cfg(tmp_path: Path):  # type: ignore[no-untyped-def]
     """The demo configuration, writing under a temp output directory."""
@@ -76,6 +101,7 @@ TRAIN_SETS = [
     "train.batch_size=512",
     "train.learning_rate=0.003",
     "train.seed=7",
+    "model.size=medium",  # the size search has its own tests (test_sizing.py)
 ]
 
 

@@ -2,9 +2,10 @@
 
 Reading a catalog table works on any session (here: a Parquet table in the test
 session's warehouse, through `spark_catalog.default`). Writing the run's Delta
-tables to a catalog needs the Spark Delta connector, which this machine cannot
-fetch: without it every job refuses a catalog output up front, naming the table
-and what to do, before doing any work.
+tables to a catalog needs the Spark Delta connector: the test session has it (the
+session catalog is Delta's, over a local warehouse), and the whole pipeline runs
+on catalog tables; with ``delta.engine: delta-rs`` every job refuses a catalog
+output up front, naming the table and what to do, before doing any work.
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def test_outputs_are_paths_or_three_part_names() -> None:
 
 def test_catalog_output_without_connector_fails_before_any_work(spark, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     args = ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF), "--set", f"output_dir={tmp_path}",
-            "--set", f"source.path={ADULT_DATA}", "--set", "output_schema=spark_catalog.default"]
+            "--set", f"source.path={ADULT_DATA}", "--set", "output_schema=spark_catalog.default",
+            "--set", "delta.engine=delta-rs"]
     assert main(["vocab", *args]) == 2
     assert "catalog table spark_catalog.default.adult_demo_vocab needs the Spark Delta connector" in caplog.text
-    assert "io.delta:delta-spark_2.13" in caplog.text and "unset output_schema" in caplog.text
+    assert "io.delta:delta-spark_" in caplog.text and "unset output_schema" in caplog.text
     assert not (tmp_path / "adult-demo").exists()
     assert not spark.catalog.tableExists("spark_catalog.default.adult_demo_vocab")
 
@@ -93,9 +95,50 @@ def test_catalog_output_without_connector_fails_before_any_work(spark, tmp_path:
 
     # checked before the bundle is even looked for (there is none here)
     with pytest.raises(TableError, match="catalog table spark_catalog.default.scores needs"):
-        run_score_job(spark, cfg_with(f"output_dir={tmp_path}", "score.output=spark_catalog.default.scores"))
+        run_score_job(spark, cfg_with(f"output_dir={tmp_path}", "score.output=spark_catalog.default.scores",
+                                      "delta.engine=delta-rs"))
     with pytest.raises(TableError, match="catalog table spark_catalog.default.features needs"):
-        run_features_job(spark, cfg_with(f"output_dir={tmp_path}", "features.output=spark_catalog.default.features"))
+        run_features_job(spark, cfg_with(f"output_dir={tmp_path}", "features.output=spark_catalog.default.features",
+                                         "delta.engine=delta-rs"))
+
+
+@pytest.mark.timeout(900)
+def test_the_pipeline_on_catalog_tables_with_the_connector(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A Delta catalog table as the source and ``output_schema`` for every run table: vocab, train,
+    extract, score (twice: the rerun adds nothing) and features, all through the connector."""
+    import json
+
+    from embedlib.extract import run_features_job
+    from embedlib.tables import read_table
+
+    spark.sql("CREATE SCHEMA IF NOT EXISTS spark_catalog.embedlib_it")
+    source = "spark_catalog.embedlib_it.adult_rows"
+    held_out_rows(spark).limit(4000).write.format("delta").mode("overwrite").saveAsTable(source)
+    sets = [f"output_dir={tmp_path}", "output_schema=spark_catalog.embedlib_it", "source.path=null",
+            f"source.table={source}",
+            "score.source=null", "delta.engine=connector", "train.max_rows=3000", "train.epochs=2",
+            "model.size=medium", "features.output=spark_catalog.embedlib_it.adult_features"]
+    args = ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF)] + [a for s in sets for a in ("--set", s)]
+    try:
+        assert main(["run", *args]) == 0
+        cfg = load_config([BASE_CONF, ADULT_CONF], sets)
+        layout = cfg.layout
+        for table in (layout.vocab, layout.embeddings, layout.scores, layout.score_runs):
+            assert spark.catalog.tableExists(table), table
+            assert spark.sql(f"DESCRIBE DETAIL {table}").first()["format"] == "delta"
+        assert read_table(spark, layout.scores).count() == 4000
+        history = spark.sql(f"DESCRIBE HISTORY {layout.scores}").orderBy("version").collect()
+        # version 0 creates the table empty; version 1 holds the run's rows and embedlib's metadata
+        assert [r["version"] for r in history] == [0, 1]
+        meta = json.loads(history[1]["userMetadata"])
+        assert meta["source"] == source and meta["run_id"].endswith(meta["bundle_id"])
+        assert main(["score", *args]) == 0  # the same source version: the same run id, nothing added
+        assert read_table(spark, layout.scores).count() == 4000
+        assert read_table(spark, layout.score_runs).count() == 1
+        assert run_features_job(spark, cfg) == "spark_catalog.embedlib_it.adult_features"
+        assert read_table(spark, "spark_catalog.embedlib_it.adult_features").count() == 4000
+    finally:
+        spark.sql("DROP SCHEMA IF EXISTS spark_catalog.embedlib_it CASCADE")
 
 
 @pytest.mark.timeout(600)

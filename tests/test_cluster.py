@@ -171,10 +171,22 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, Processes, Path]]:
         assert not left, f"processes still alive after teardown: {left}"
 
 
-def submit(procs: Processes | None, master: str, wheel: Path, out: Path, name: str, env: dict[str, str]) -> str:
-    """spark-submit jobs/pipeline.py on ``master``; returns the driver's output."""
+def connector_args() -> list[str]:
+    """spark-submit arguments that give a job the Delta connector: the jars `make setup` fetched
+    (shipped to the executors with --jars) and the Delta extension and catalog."""
+    from embedlib.spark import DELTA_CONNECTOR, connector_jars
+
+    jars = connector_jars()
+    assert jars, "no Delta connector jars: run `make setup`"
+    return ["--jars", ",".join(jars)] + [a for k, v in DELTA_CONNECTOR.items() for a in ("--conf", f"{k}={v}")]
+
+
+def submit(procs: Processes | None, master: str, wheel: Path, out: Path, name: str, env: dict[str, str],
+           extra: tuple[str, ...] = (), engine: str = "auto") -> str:
+    """spark-submit jobs/pipeline.py on ``master`` (``extra``: more spark-submit arguments);
+    returns the driver's output."""
     cmd = [
-        str(BIN / "spark-submit"), "--master", master, "--py-files", str(wheel),
+        str(BIN / "spark-submit"), "--master", master, "--py-files", str(wheel), *extra,
         "--driver-memory", "1g", "--conf", "spark.executor.memory=768m", "--conf", "spark.ui.enabled=false",
         "--conf", f"spark.pyspark.python={sys.executable}",
         "jobs/pipeline.py",
@@ -184,6 +196,7 @@ def submit(procs: Processes | None, master: str, wheel: Path, out: Path, name: s
         "--set", "spark.conf.spark.sql.shuffle.partitions=4",
         "--set", "train.num_workers=2", "--set", "train.max_rows=8000", "--set", "train.epochs=3",
         "--set", "train.patience=10", "--set", "train.learning_rate=0.003", "--set", "train.seed=7",
+        "--set", f"delta.engine={engine}",
     ]
     if procs is None:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -218,10 +231,16 @@ def test_pipeline_on_standalone_cluster_matches_local_run(cluster, wheel: Path, 
     started = time.monotonic()
     local_out = submit(None, "local[2]", wheel, tmp_path / "local", "submit-local", env)
     local_seconds = time.monotonic() - started
+    started = time.monotonic()
+    # the same job on the cluster through the Delta connector, its jars shipped to the executors
+    connector_out = submit(procs, master, wheel, tmp_path / "connector", "submit-connector", env,
+                           extra=tuple(connector_args()), engine="connector")
+    connector_seconds = time.monotonic() - started
 
     # both drivers ran embedlib from the wheel given with --py-files
     assert f"{wheel.name}/embedlib/__init__.py) run" in cluster_out
     assert f"{wheel.name}/embedlib/__init__.py) run" in local_out
+    assert f"{wheel.name}/embedlib/__init__.py) run" in connector_out
     # training ran as 2 processes, one in each worker's executor, importing embedlib from the
     # copy of the wheel Spark fetched into that executor's directory (not the installed package)
     where = {}
@@ -259,9 +278,24 @@ def test_pipeline_on_standalone_cluster_matches_local_run(cluster, wheel: Path, 
     assert delta_rows(run_c / "embeddings").num_rows == delta_rows(run_l / "embeddings").num_rows
     runs_c = delta_rows(run_c / "score_runs").to_pylist()
     assert len(runs_c) == 1 and runs_c[0]["rows"] == 16281
+    assert m_c["model_size"] == m_l["model_size"]  # model.size auto: trials as tasks on the executors
+
+    # the connector run wrote the same tables (read here by delta-rs: interop) as the delta-rs run
+    run_x = tmp_path / "connector" / "adult-demo"
+    assert Vocabulary.load_delta(str(run_x / "vocab")).to_arrow().equals(vocab_c.to_arrow())
+    from deltalake import DeltaTable
+
+    engines = {str(c.get("engineInfo")) for c in DeltaTable(str(run_x / "scores")).history()}
+    assert engines and all(e.startswith("Apache-Spark/") and "Delta-Lake/" in e for e in engines), engines
+    assert all(str(c.get("engineInfo")).startswith("delta-rs") for c in DeltaTable(str(run_c / "scores")).history())
+    s_x = np.sort(delta_rows(run_x / "scores").column("anomaly_score").to_numpy())
+    assert s_x.shape == s_c.shape and np.allclose(s_x, s_c, rtol=RTOL, atol=1e-6)
+    runs_x = delta_rows(run_x / "score_runs").to_pylist()
+    assert len(runs_x) == 1 and runs_x[0]["rows"] == 16281 and runs_x[0]["anomalies"] == runs_c[0]["anomalies"]
 
     print(  # the figures for the record (pytest -s)
-        f"\ncluster {cluster_seconds:.0f}s, local {local_seconds:.0f}s\n"
+        f"\ncluster {cluster_seconds:.0f}s, local {local_seconds:.0f}s, cluster with the connector "
+        f"{connector_seconds:.0f}s\n"
         f"validation loss per epoch  cluster {[round(v, 5) for v in val_c]}  local {[round(v, 5) for v in val_l]}\n"
         f"max relative gap {max(abs(a - b) / b for a, b in zip(val_c, val_l)):.2e}; threshold cluster "
         f"{bundle_c.threshold:.5f} local {bundle_l.threshold:.5f}; anomalies cluster {runs_c[0]['anomalies']} "

@@ -76,3 +76,83 @@ def test_build_vocab_job_on_local_cluster_equals_local(spark, tmp_path: Path) ->
     assert cluster.to_arrow().equals(local.to_arrow())
     assert cluster.content_hash == local.content_hash
     assert cluster.meta["row_count"] == 32561
+
+
+@pytest.mark.timeout(900)
+def test_every_job_gives_the_same_tables_on_both_delta_engines(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """vocab, train, extract, score, features and evaluate with delta.engine connector and delta-rs:
+    the same vocabulary, embeddings, scores and design matrix, each table read by the other engine."""
+    from pyspark.sql import functions as F
+
+    from embedlib.tables import read_table
+
+    from .conftest import ENGINES, engine_set
+
+    small = ["train.max_rows=2000", "train.epochs=1", "model.size=medium", "score.run_id=r1"]
+    outs = {}
+    for engine in ENGINES:
+        out = tmp_path / engine
+        args = adult_args(out, "--set", f"delta.engine={engine}", *[a for s in small for a in ("--set", s)])
+        assert main(["run", *args]) == 0, engine
+        assert main(["features", *args]) == 0, engine
+        assert main(["evaluate", *args, "--plant", "0.02"]) == 0, engine
+        assert main(["score", *args]) == 0  # the same run id again: nothing added
+        outs[engine] = out / "adult-demo"
+
+    def rows(root: Path, table: str) -> list[tuple]:
+        """The table's rows, doubles rounded, in a total order (list, map and struct columns as text);
+        the bundle id aside (it hashes the training metrics, timings included)."""
+        frame = read_table(spark, str(root / table)).drop("bundle_id")
+        frame = frame.select([F.round(c, 9).alias(c) if t in ("double", "float") else F.col(c).cast("string")
+                              .alias(c) if t.startswith(("array", "map", "struct")) else F.col(c)
+                              for c, t in frame.dtypes])
+        return sorted((tuple(r) for r in frame.collect()), key=repr)
+
+    connector, delta_rs = outs["connector"], outs["delta-rs"]
+    for reader in ENGINES:  # each engine reads both engines' tables
+        with engine_set(spark, reader):
+            for table in ("vocab", "embeddings", "scores", "features"):
+                assert rows(connector, table) == rows(delta_rs, table), table
+            assert read_table(spark, str(connector / "scores")).count() == 16281
+            assert read_table(spark, str(delta_rs / "score_runs")).count() == 1
+            assert read_table(spark, str(connector / "score_runs")).count() == 1
+    assert (connector / "evaluation" / "metrics.json").exists() and (delta_rs / "evaluation" / "metrics.json").exists()
+
+
+def test_connector_engine_without_its_jars_is_a_clear_error(tmp_path: Path) -> None:
+    """delta.engine: connector in a session embedlib starts, with no connector jars to load: exit 2,
+    naming the folder and what to run, before any work."""
+    empty = tmp_path / "jars"
+    empty.mkdir()
+    env = dict(os.environ, EMBEDLIB_JARS=str(empty), PYSPARK_PYTHON=sys.executable)
+    proc = subprocess.run([sys.executable, "-m", "embedlib.cli", "vocab", *adult_args(tmp_path / "out"),
+                           "--set", "delta.engine=connector", "--set", "spark.master=local[1]"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"no Delta connector jars were found in {empty}" in proc.stderr
+    assert "run `make setup`" in proc.stderr and "delta-spark_4.2_2.13:4.4.0" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_connector_built_for_another_spark_is_refused_naming_both(tmp_path: Path) -> None:
+    """Connector jars whose delta-spark artifact names another Spark (here the real jar, renamed as
+    Spark 3.5's): exit 2 naming both versions, instead of a JVM linkage error later."""
+    import re
+    import shutil
+
+    import pyspark
+
+    from embedlib.spark import connector_jars
+
+    jars = tmp_path / "jars"
+    jars.mkdir()
+    for jar in connector_jars():
+        shutil.copy(jar, jars / re.sub(r"^delta-spark_\d+\.\d+_", "delta-spark_3.5_", os.path.basename(jar)))
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable)
+    proc = subprocess.run([sys.executable, "-m", "embedlib.cli", "vocab", *adult_args(tmp_path / "out"),
+                           "--set", f"delta.jars={jars}", "--set", "spark.master=local[1]"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"is built for Spark 3.5, but Spark is {pyspark.__version__}" in proc.stderr
+    assert "delta-spark_3.5_2.13-" in proc.stderr and "delta.engine to delta-rs" in proc.stderr
+    assert not (tmp_path / "out" / "adult-demo" / "vocab").exists()

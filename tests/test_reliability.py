@@ -30,7 +30,17 @@ from embedlib.tables import write_table
 from embedlib.train import TrainFailure, run_train_job
 from embedlib.vocab import Vocabulary
 
-from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT, adult_pandas, copy_vocab, train_cfg
+from .conftest import (
+    ADULT_CONF,
+    ADULT_DATA,
+    ADULT_TEST,
+    BASE_CONF,
+    ROOT,
+    adult_pandas,
+    copy_vocab,
+    engine_set,
+    train_cfg,
+)
 
 ROWS = 16281  # adult.test
 
@@ -53,23 +63,23 @@ def run_dir(adult_trained, tmp_path: Path) -> Path:  # type: ignore[no-untyped-d
     return tmp_path
 
 
-def score_sets(out: Path, source: Path, run_id: str) -> list[str]:
+def score_sets(out: Path, source: Path, run_id: str, engine: str = "auto") -> list[str]:
     return [f"output_dir={out}", f"source.path={source}", "source.format=parquet", "source.options={}",
             "source.schema=null", f"score.source={source}", "columns.id=[row_id]", "score.batch_size=2000",
-            f"score.run_id={run_id}"]
+            f"score.run_id={run_id}", f"delta.engine={engine}"]
 
 
-def score_args(out: Path, source: Path, run_id: str) -> list[str]:
+def score_args(out: Path, source: Path, run_id: str, engine: str = "auto") -> list[str]:
     args = ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF)]
-    for item in score_sets(out, source, run_id):
+    for item in score_sets(out, source, run_id, engine):
         args += ["--set", item]
     return args
 
 
-def score_config(out: Path, source: Path, run_id: str):  # type: ignore[no-untyped-def]
+def score_config(out: Path, source: Path, run_id: str, engine: str = "auto"):  # type: ignore[no-untyped-def]
     from embedlib.config import load_config
 
-    return load_config([BASE_CONF, ADULT_CONF], score_sets(out, source, run_id))
+    return load_config([BASE_CONF, ADULT_CONF], score_sets(out, source, run_id, engine))
 
 
 def cli(command: str, args: list[str], faults: str | None = None, master: str = "local[2]") -> subprocess.CompletedProcess[str]:
@@ -87,13 +97,16 @@ def scores(out: Path) -> pd.DataFrame:
 
 
 def staged_files(table: Path) -> set[str]:
-    return {str(p.relative_to(table)) for p in table.glob("data/*/*.parquet")}
+    """Data files in a table's folder, committed or not (delta-rs stages under data/, the connector
+    writes into the folder itself)."""
+    return {str(p.relative_to(table)) for p in table.rglob("*.parquet") if "_delta_log" not in p.parts}
 
 
 @pytest.mark.timeout(900)
-def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test_source: Path) -> None:
+def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test_source: Path,
+                                                            delta_engine: str) -> None:
     # local[2,3]: up to 3 attempts per task; partition 0 fails its first two, after a batch went out
-    proc = cli("score", score_args(run_dir, test_source, "r1"),
+    proc = cli("score", score_args(run_dir, test_source, "r1", delta_engine),
                faults="score.fail_attempts=2", master="local[2,3]")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stderr.count("injected fault score.fail_attempts") >= 2  # the fault did happen
@@ -106,7 +119,7 @@ def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test
     # local[2]: no retry, the job fails, and the table does not move
     table = run_dir / "adult-demo" / "scores"
     version = DeltaTable(str(table)).version()
-    proc = cli("score", score_args(run_dir, test_source, "r2"), faults="score.fail_attempts=1")
+    proc = cli("score", score_args(run_dir, test_source, "r2", delta_engine), faults="score.fail_attempts=1")
     assert proc.returncode == 1  # a runtime failure, not bad input
     assert "score failed: injected fault score.fail_attempts: attempt 0 of partition 0 fails" in proc.stderr
     assert "Traceback" not in proc.stderr  # one line, no stack trace
@@ -116,11 +129,13 @@ def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test
 
 
 @pytest.mark.timeout(900)
-def test_jobs_killed_before_commit_leave_nothing_visible(adult_trained, run_dir: Path, test_source: Path) -> None:  # type: ignore[no-untyped-def]
+def test_jobs_killed_before_commit_leave_nothing_visible(adult_trained, run_dir: Path, test_source: Path,  # type: ignore[no-untyped-def]
+                                                       delta_engine: str) -> None:
     cfg, _ = adult_trained
     fresh = run_dir / "fresh"
+    # the process dies after data files are written, before the commit that would make them visible
     vocab_args = ["--conf", str(BASE_CONF), "--conf", str(ADULT_CONF), "--set", f"output_dir={fresh}",
-                  "--set", f"source.path={ADULT_DATA}"]
+                  "--set", f"source.path={ADULT_DATA}", "--set", f"delta.engine={delta_engine}"]
     proc = cli("vocab", vocab_args, faults="commit.kill=1")
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     vocab = fresh / "adult-demo" / "vocab"
@@ -131,23 +146,24 @@ def test_jobs_killed_before_commit_leave_nothing_visible(adult_trained, run_dir:
     assert rebuilt.to_arrow().equals(Vocabulary.load_delta(cfg.layout.vocab).to_arrow())  # leftovers not read
     assert rebuilt.content_hash == Vocabulary.load_delta(cfg.layout.vocab).content_hash
 
-    assert cli("score", score_args(run_dir, test_source, "r1")).returncode == 0
+    assert cli("score", score_args(run_dir, test_source, "r1", delta_engine)).returncode == 0
     table = run_dir / "adult-demo" / "scores"
     version, before = DeltaTable(str(table)).version(), staged_files(table)
-    proc = cli("score", score_args(run_dir, test_source, "r2"), faults="commit.kill=1")
+    proc = cli("score", score_args(run_dir, test_source, "r2", delta_engine), faults="commit.kill=1")
     assert proc.returncode == -signal.SIGKILL
     assert DeltaTable(str(table)).version() == version
     leftovers = staged_files(table) - before
     assert leftovers and len(scores(run_dir)) == ROWS
-    assert cli("score", score_args(run_dir, test_source, "r2")).returncode == 0
+    assert cli("score", score_args(run_dir, test_source, "r2", delta_engine)).returncode == 0
     got = scores(run_dir)
     assert len(got) == 2 * ROWS and (got["row_id"].value_counts() == 2).all()
     committed = {a["path"] for a in pa.table(DeltaTable(str(table)).get_add_actions(flatten=True)).to_pylist()}
     assert not committed & leftovers
 
 
-def test_rerun_rebuilds_a_missing_run_summary(spark, adult_trained, run_dir: Path, test_source: Path) -> None:  # type: ignore[no-untyped-def]
-    run = score_config(run_dir, test_source, "r1")
+def test_rerun_rebuilds_a_missing_run_summary(spark, adult_trained, run_dir: Path, test_source: Path,  # type: ignore[no-untyped-def]
+                                              delta_engine: str) -> None:
+    run = score_config(run_dir, test_source, "r1", delta_engine)
     first = run_score_job(spark, run)
     assert first.written and first.rows == ROWS
     # the run stopped after committing its scores and before its summary
@@ -160,7 +176,8 @@ def test_rerun_rebuilds_a_missing_run_summary(spark, adult_trained, run_dir: Pat
     assert not run_score_job(spark, run).written and len(DeltaTable(run.layout.score_runs).to_pandas()) == 1
 
 
-def test_concurrent_score_runs_both_land_once(spark, adult_trained, run_dir: Path, test_source: Path) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_score_runs_both_land_once(spark, adult_trained, run_dir: Path, test_source: Path,  # type: ignore[no-untyped-def]
+                                              delta_engine: str) -> None:
     # two different runs and a duplicate of one of them, all started at once
     run_ids = ["a", "b", "a"]
     barrier = threading.Barrier(len(run_ids))
@@ -169,7 +186,7 @@ def test_concurrent_score_runs_both_land_once(spark, adult_trained, run_dir: Pat
     def work(k: int) -> None:
         barrier.wait()
         try:
-            results[k] = run_score_job(spark, score_config(run_dir, test_source, run_ids[k]))
+            results[k] = run_score_job(spark, score_config(run_dir, test_source, run_ids[k], delta_engine))
         except BaseException as exc:  # surfaced below
             results[k] = exc
 
@@ -189,6 +206,11 @@ def test_concurrent_score_runs_both_land_once(spark, adult_trained, run_dir: Pat
 
 def test_commit_conflicts_are_retried_not_lost_or_doubled(spark, tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
     """Another writer commits between our check and our commit (real delta-rs conflicts)."""
+    with engine_set(spark, "delta-rs"):
+        _conflicts_through_delta_rs(spark, tmp_path, monkeypatch, caplog)
+
+
+def _conflicts_through_delta_rs(spark, tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
     import deltalake
     from deltalake import write_deltalake
     from deltalake.transaction import CommitProperties, Transaction
@@ -251,7 +273,7 @@ def test_killed_training_worker_fails_fast_and_rerun_resumes(spark, adult_traine
 
 
 def test_connector_conflicts_are_retried_or_recognised_as_done() -> None:
-    """The connector path's retry rule (the connector itself is absent on this machine)."""
+    """The connector path's retry rule, on the exceptions it raises (forced here: a real race is rare)."""
     from embedlib.tables.connector import with_conflict_retries
 
     calls: list[int] = []

@@ -118,5 +118,6 @@ def test_flattened_params_redact_secrets() -> None:
     assert params["spark.conf.spark.hadoop.fs.s3a.secret.key"] == "***"
     assert params["source.options.sas_token"] == "***"
     assert params["spark.conf.spark.sql.shuffle.partitions"] == "8"
-    assert params["output_schema"] == "null" and params["model.hidden"] == "[128, 64]"
+    assert params["output_schema"] == "null" and params["model.hidden"] == "null"  # null: from model.size
+    assert params["model.size"] == "auto" and params["delta.engine"] == "auto"
     assert "S3CRET" not in json.dumps(params) and "T0KEN" not in json.dumps(params)

@@ -211,7 +211,8 @@ def test_duplicate_declaration_is_a_config_error(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ the two engines agree
 
 
-def test_arrow_and_spark_engines_give_the_same_table(spark, adult_cfg: Config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_arrow_and_spark_engines_give_the_same_table(spark, adult_cfg: Config, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                     delta_engine: str) -> None:
     from embedlib.tables import source_files, write_table
 
     df = read_source(spark, adult_cfg.source)

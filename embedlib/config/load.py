@@ -316,16 +316,17 @@ def _validate(cfg: Config, origins: Mapping[str, str]) -> None:
 
 def _validate_training(cfg: Config, err: Any) -> None:
     m, t, sc = cfg.model, cfg.train, cfg.score
-    if m.max_embedding_dim < 1:
+    if m.max_embedding_dim is not None and m.max_embedding_dim < 1:
         raise err("model.max_embedding_dim", f"must be at least 1, got {m.max_embedding_dim}")
     for col, dim in m.embedding_dims.items():
         if col not in cfg.columns.categorical:
             raise err("model.embedding_dims", f"names '{col}', which is not in columns.categorical")
         if dim < 1:
             raise err(f"model.embedding_dims.{col}", f"must be at least 1, got {dim}")
-    if not m.hidden or any(h < 1 for h in m.hidden):
-        raise err("model.hidden", f"must be a non-empty list of positive sizes, got {list(m.hidden)}")
-    if m.bottleneck < 1:
+    if m.hidden is not None and (not m.hidden or any(h < 1 for h in m.hidden)):
+        raise err("model.hidden", f"must be a non-empty list of positive sizes (or null: from model.size), "
+                  f"got {list(m.hidden)}")
+    if m.bottleneck is not None and m.bottleneck < 1:
         raise err("model.bottleneck", f"must be at least 1, got {m.bottleneck}")
     if not 0.0 <= m.corruption < 1.0:
         raise err("model.corruption", f"must be in [0, 1), got {m.corruption}")
@@ -342,6 +343,10 @@ def _validate_training(cfg: Config, err: Any) -> None:
         raise err("train.min_improvement", f"must be in [0, 1), got {t.min_improvement}")
     if m.masks is not None and m.masks < 1:
         raise err("model.masks", f"must be at least 1 or null (one mask per column), got {m.masks}")
+    if m.search_rows < 1:
+        raise err("model.search_rows", f"must be at least 1, got {m.search_rows}")
+    if not m.search_seconds > 0:
+        raise err("model.search_seconds", f"must be positive, got {m.search_seconds}")
     if not 0.0 < m.mask_rate <= 1.0:
         raise err("model.mask_rate", f"must be in (0, 1], got {m.mask_rate}")
     if t.learning_rate <= 0:

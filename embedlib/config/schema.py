@@ -17,6 +17,7 @@ from embedlib.layout import RunLayout, is_catalog_table
 __all__ = [
     "ColumnsConfig",
     "Config",
+    "DeltaConfig",
     "ConfigError",
     "SourceConfig",
     "SparkConfig",
@@ -35,8 +36,10 @@ SourceFormat = Literal["delta", "parquet", "csv"]
 InfPolicy = Literal["error", "null"]
 VocabEngine = Literal["auto", "spark", "arrow"]
 ModelKind = Literal["masked", "autoencoder"]
+ModelSize = Literal["auto", "small", "medium", "large"]
 LrSchedule = Literal["plateau", "constant"]
 RankBy = Literal["calibrated", "nats"]
+DeltaEngine = Literal["auto", "connector", "delta-rs"]
 
 
 @dataclass(frozen=True)
@@ -128,16 +131,31 @@ class ModelConfig:
     round(1.6 * n ** 0.56))`` dimensions unless ``embedding_dims`` names it.
     ``corruption`` is the fraction of inputs replaced during training
     (denoising); it is off at scoring.
+
+    ``size`` sets ``hidden``, ``bottleneck`` and ``max_embedding_dim`` together
+    (:data:`embedlib.train.sizing.SIZES`): ``small``, ``medium`` or ``large``, or
+    ``auto`` (the default), which trains each size on a sample of the training
+    rows (``search_rows``), as Spark tasks in parallel, within ``search_seconds``,
+    and keeps the one with the lowest validation NLL (the smaller of two within
+    1 %). Any of the three keys set explicitly wins over every size.
     """
 
-    max_embedding_dim: int = 32
+    max_embedding_dim: int | None = None
     embedding_dims: Mapping[str, int] = field(default_factory=dict)
-    hidden: tuple[int, ...] = (128, 64)
-    bottleneck: int = 16
+    hidden: tuple[int, ...] | None = None
+    bottleneck: int | None = None
     corruption: float = 0.1
     kind: ModelKind = "masked"
     masks: int | None = 8
     mask_rate: float = 0.5
+    size: ModelSize = "auto"
+    search_rows: int = 50_000
+    search_seconds: float = 600.0
+
+    @property
+    def shape_set(self) -> bool:
+        """Whether ``hidden``, ``bottleneck`` and ``max_embedding_dim`` are all set (nothing to choose)."""
+        return None not in (self.hidden, self.bottleneck, self.max_embedding_dim)
 
 
 @dataclass(frozen=True)
@@ -227,6 +245,23 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class DeltaConfig:
+    """``delta``: which engine reads and writes Delta tables (see :mod:`embedlib.tables`).
+
+    ``engine``: ``connector`` (the Spark Delta connector: Databricks, ``spark-submit
+    --packages``, or the jars ``make setup`` fetched), ``delta-rs`` (the ``deltalake``
+    package: Spark writes Parquet, the driver commits), or ``auto`` (the connector when
+    the session has it, else delta-rs). ``jars``: a folder of connector jars that
+    sessions embedlib starts itself load (null: ``$EMBEDLIB_JARS``, else
+    ``~/.cache/embedlib/jars``, where ``make setup`` puts them); a session made by
+    ``spark-submit`` or Databricks keeps what its launcher gave it.
+    """
+
+    engine: DeltaEngine = "auto"
+    jars: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration of a run; every job reads the part it needs.
 
@@ -248,12 +283,21 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    delta: DeltaConfig = field(default_factory=DeltaConfig)
 
     @property
     def layout(self) -> RunLayout:
         """Every path (or catalog table) this run reads or writes, derived from
         ``output_dir``/``name`` and ``output_schema``."""
         return RunLayout(self.output_dir, self.name, self.output_schema)
+
+    @property
+    def uses_s3a(self) -> bool:
+        """Whether a path of this run is on S3 through Hadoop (``s3a://``, ``s3://``): the session
+        then needs ``hadoop-aws``."""
+        paths = (self.output_dir, self.source.path, self.score.source, self.score.output, self.features.source,
+                 self.features.output)
+        return any(str(p).startswith(("s3a://", "s3://")) for p in paths if p)
 
     @property
     def feature_columns(self) -> tuple[str, ...]:

@@ -65,9 +65,11 @@ def run_evaluate_job(spark: SparkSession, cfg: Config, opts: EvaluateOptions) ->
     """Evaluate the run's bundle; write metrics and figures to ``<run>/evaluation/``."""
     from embedlib.bundle import load_bundle
     from embedlib.layout import write_bytes_atomic, write_text_atomic
+    from embedlib.tables import use_engine
 
     opts.check()
     _require_extras()
+    use_engine(spark, cfg.delta)
     bundle = load_bundle(cfg.layout.bundle)
     data = planted_set(spark, cfg, bundle, opts) if opts.plant is not None else labelled_set(spark, cfg, bundle, opts)
     positives = int(data.labels.sum())

@@ -21,12 +21,12 @@ from embedlib.errors import first_line
 from embedlib.layout import check_path, is_catalog_table, is_table_name, local_path
 from embedlib.tables.connector import ConnectorEngine
 from embedlib.tables.delta_rs import DeltaRsEngine
-from embedlib.tables.engine import TableEngine, TableError, WriteMode, WriteResult
+from embedlib.tables.engine import WRITE_ID, TableEngine, TableError, WriteMode, WriteResult
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from embedlib.config import SourceConfig
+    from embedlib.config import DeltaConfig, SourceConfig
 
 __all__ = [
     "TableEngine",
@@ -41,25 +41,48 @@ __all__ = [
     "read_table",
     "source_files",
     "source_version",
+    "use_engine",
     "write_table",
 ]
 
 log = logging.getLogger(__name__)
 
-_ENGINES: dict[tuple[int, str], TableEngine] = {}
+_CONNECTOR: dict[tuple[int, str], bool] = {}
 
 
 def engine_for(spark: SparkSession) -> TableEngine:
-    """The Delta engine of this session, decided once: the connector when the session has it."""
-    from embedlib.spark import delta_connector_available
+    """The Delta engine of this session: ``delta.engine`` (carried on the session as
+    ``spark.embedlib.delta.engine``); ``auto`` takes the connector when the session has it
+    (checked once per session)."""
+    from embedlib.spark import ENGINE_CONF, delta_connector_available
 
+    setting = spark.conf.get(ENGINE_CONF, "auto") or "auto"
+    if setting == "delta-rs":
+        return DeltaRsEngine()
     key = (id(spark), str(spark.sparkContext.applicationId))
-    engine = _ENGINES.get(key)
-    if engine is None:
-        engine = ConnectorEngine() if delta_connector_available(spark) else DeltaRsEngine()
-        log.debug("Delta engine of this session: %s", engine.name)
-        _ENGINES[key] = engine
-    return engine
+    if key not in _CONNECTOR:
+        _CONNECTOR[key] = delta_connector_available(spark)
+        log.debug("Spark Delta connector in this session: %s", _CONNECTOR[key])
+    if _CONNECTOR[key]:
+        return ConnectorEngine()
+    if setting == "connector":
+        raise TableError(
+            "delta.engine is 'connector' but this session lacks the Spark Delta connector: run `make setup` "
+            "(it fetches the jars local sessions load), or start Spark with --packages "
+            "io.delta:delta-spark_<spark major.minor>_2.13:<version> and the Delta extension and catalog "
+            "(README, \"Delta\"); or set delta.engine to delta-rs"
+        )
+    return DeltaRsEngine()
+
+
+def use_engine(spark: SparkSession, delta: DeltaConfig) -> TableEngine:
+    """Put a run's ``delta.engine`` on the session (every job starts with this) and return
+    the engine it selects; a ``connector`` setting the session cannot honour fails here,
+    before any work."""
+    from embedlib.spark import ENGINE_CONF
+
+    spark.conf.set(ENGINE_CONF, delta.engine)
+    return engine_for(spark)
 
 
 def check_writable(spark: SparkSession, *targets: str) -> None:
@@ -76,9 +99,10 @@ def check_writable(spark: SparkSession, *targets: str) -> None:
 def _require_connector(spark: SparkSession, target: str) -> None:
     if not isinstance(engine_for(spark), ConnectorEngine):
         raise TableError(
-            f"catalog table {target} needs the Spark Delta connector, which this session lacks "
-            "(it is there on Databricks; elsewhere: spark-submit --packages "
-            "io.delta:delta-spark_2.13:<version> --conf spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
+            f"catalog table {target} needs the Spark Delta connector, which this session lacks or "
+            "delta.engine turns off (it is there on Databricks; local sessions load it after `make setup`; "
+            "spark-submit: --packages io.delta:delta-spark_<spark major.minor>_2.13:<version> --conf "
+            "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
             "--conf spark.sql.catalog.spark_catalog=org.apache.spark.sql.delta.catalog.DeltaCatalog); "
             "or write to paths: unset output_schema and give score.output / features.output as paths"
         )
@@ -160,7 +184,7 @@ def source_files(spark: SparkSession, source: SourceConfig, columns: tuple[str, 
     if source.path is None or source.format not in ("parquet", "delta"):
         return None
     if source.format == "delta":
-        return engine_for(spark).data_files(source.path, columns)
+        return engine_for(spark).data_files(spark, source.path, columns)
     import pyarrow.parquet as pq
 
     files = list(spark.read.parquet(source.path).inputFiles())
@@ -185,7 +209,9 @@ def commit_metadata(spark: SparkSession, target: str) -> dict[str, Any]:
     """The ``userMetadata`` JSON of the latest commit of a Delta table (``{}`` if none)."""
     if is_catalog_table(target):
         _require_connector(spark, target)
-    return engine_for(spark).commit_metadata(spark, target)
+    meta = engine_for(spark).commit_metadata(spark, target)
+    meta.pop(WRITE_ID, None)
+    return meta
 
 
 def source_version(spark: SparkSession, source: SourceConfig) -> str:

@@ -1,8 +1,13 @@
-"""Delta through the Spark connector (Databricks, ``--packages io.delta:delta-spark_2.13:…``).
+"""Delta through the Spark connector (Databricks, ``--packages io.delta:delta-spark_4.2_2.13:4.4.0``,
+or the jars ``make setup`` fetches).
 
 A plain ``df.write.format("delta")`` with ``txnAppId``/``txnVersion`` for
 idempotent appends and ``mergeSchema`` for appends that add columns;
 ``spark.read.format("delta")`` and ``DESCRIBE HISTORY`` for reads and versions.
+Where it differs from delta-rs: a repeated app transaction is skipped silently
+(a write id in the commit's ``userMetadata`` tells whether this write committed), a changed column type is checked here
+first (the same message as delta-rs), and a catalog table is created empty
+(version 0) before its first rows are appended, so observed metrics survive.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ import logging
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from embedlib.layout import is_table_name
-from embedlib.tables.engine import TableEngine, WriteMode, WriteResult
+from embedlib.faults import fault, kill_when_files_appear
+from embedlib.layout import is_table_name, local_path
+from embedlib.tables.engine import WRITE_ID, TableEngine, WriteMode, WriteResult
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -39,10 +46,29 @@ class ConnectorEngine(TableEngine):
     name = "connector"
 
     def read(self, spark: SparkSession, path: str) -> DataFrame:
-        return spark.read.format("delta").load(path)
+        from embedlib.errors import first_line
+        from embedlib.tables.engine import TableError
 
-    def data_files(self, path: str, columns: tuple[str, ...]) -> list[str] | None:
-        return None  # Spark reads through the connector
+        try:
+            return spark.read.format("delta").load(path)
+        except Exception as exc:
+            if "DELTA_TABLE_NOT_FOUND" in str(exc) or "DELTA_MISSING_DELTA_TABLE" in str(exc):
+                raise TableError(f"{path} is not a Delta table (no _delta_log there); check the path") from exc
+            raise TableError(f"Delta table {path} cannot be read: {first_line(exc)}") from exc
+
+    def data_files(self, spark: SparkSession, path: str, columns: tuple[str, ...]) -> list[str] | None:
+        """The current snapshot's files, when reading them raw gives the table: not when a
+        partition column is among ``columns``, nor with deletion vectors or column mapping
+        (then Spark reads through the connector)."""
+        detail = spark.sql(f"DESCRIBE DETAIL {_ref(path)}").first()
+        if detail is None:
+            return None
+        features = set(detail["tableFeatures"] or []) if "tableFeatures" in detail else set()
+        properties = dict(detail["properties"] or {})
+        if (set(detail["partitionColumns"] or []) & set(columns) or "deletionVectors" in features
+                or properties.get("delta.columnMapping.mode", "none") != "none"):
+            return None
+        return list(self.read(spark, path).inputFiles())
 
     def _last_commit(self, spark: SparkSession, target: str) -> Any:
         try:
@@ -62,17 +88,60 @@ class ConnectorEngine(TableEngine):
     def write(self, spark: SparkSession, df: DataFrame, target: str, *, mode: WriteMode,
               txn: tuple[str, int] | None, user_metadata: Mapping[str, Any] | None,
               catalog: bool) -> WriteResult:
+        if mode == "append":
+            _check_types(spark, df, target)
+        if catalog and not spark.catalog.tableExists(target):
+            # Spark loses a DataFrame's observed metrics (the score summary) when saveAsTable creates
+            # the table (CREATE TABLE AS SELECT): create it empty first, so the rows are an append
+            # (from the schema alone: an action on ``df`` itself would spend its one-shot observation)
+            spark.createDataFrame([], df.schema).write.format("delta").mode("ignore").saveAsTable(target)
+        meta = dict(user_metadata or {})
+        before = None
+        if txn is not None:
+            # the connector skips an app transaction it has seen without a word; a write id in the
+            # commit's metadata tells whether this write is the one that committed
+            meta[WRITE_ID] = uuid.uuid4().hex
+            before = self.version(spark, target)
         writer = df.write.format("delta").mode(mode)
         if mode == "append":
             writer = writer.option("mergeSchema", "true")  # new columns are added, as with delta-rs
         if txn is not None:
             writer = writer.option("txnAppId", txn[0]).option("txnVersion", txn[1])
-        if user_metadata:
-            writer = writer.option("userMetadata", json.dumps(dict(user_metadata), sort_keys=True))
+        if meta:
+            writer = writer.option("userMetadata", json.dumps(meta, sort_keys=True))
+        if fault("commit.kill") and not catalog and local_path(target) is not None:
+            kill_when_files_appear("commit.kill", str(local_path(target)))
         committed = with_conflict_retries(
             lambda: writer.saveAsTable(target) if catalog else writer.save(target), target, txn
         )
+        if committed and txn is not None and not self._committed_by(spark, target, before, meta[WRITE_ID]):
+            log.info("%s: app %s version %d already committed; nothing written", target, *txn)
+            committed = False
         return WriteResult(target, committed, self.version(spark, target))
+
+    def _committed_by(self, spark: SparkSession, target: str, after: int | None, write_id: str) -> bool:
+        """Whether a commit after version ``after`` carries ``write_id``."""
+        newer = spark.sql(f"DESCRIBE HISTORY {_ref(target)}")
+        if after is not None:
+            newer = newer.where(f"version > {int(after)}")
+        return any(write_id in (r["userMetadata"] or "") for r in newer.select("userMetadata").collect())
+
+
+def _check_types(spark: SparkSession, df: DataFrame, target: str) -> None:
+    """An append may add columns (``mergeSchema``) but not change a column's type: refused
+    before any work, naming both types (as delta-rs's engine does)."""
+    from embedlib.tables.engine import TableError
+
+    try:
+        table = spark.table(target).schema if is_table_name(target) else spark.read.format("delta").load(target).schema
+    except Exception:  # no table yet: the write creates it
+        return
+    have = {f.name: f.dataType for f in table.fields}
+    changed = [f"{f.name} ({have[f.name].simpleString()} in the table, {f.dataType.simpleString()} now)"
+               for f in df.schema.fields if f.name in have and have[f.name] != f.dataType]
+    if changed:
+        raise TableError(f"cannot append to {target}: column type(s) changed: {'; '.join(changed)}; "
+                         "write to a new table or use mode overwrite")
 
 
 def with_conflict_retries(write: Callable[[], None], target: str, txn: tuple[str, int] | None) -> bool:

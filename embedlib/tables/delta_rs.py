@@ -49,7 +49,11 @@ def open_delta(path: str) -> Any:
     target = local_path(path) or path
     if not DeltaTable.is_deltatable(target):
         raise TableError(f"{path} is not a Delta table (no _delta_log there); check the path")
-    dt = DeltaTable(target)
+    try:
+        dt = DeltaTable(target)
+    except Exception as exc:  # e.g. "Feature 'x' is not supported": a protocol newer than delta-rs
+        raise TableError(f"Delta table {path} cannot be read with delta-rs: {first_line(exc)}; run with the "
+                         "Spark Delta connector (delta.engine: connector) or rewrite the table") from exc
     _check_protocol(dt, path)
     return dt
 
@@ -62,8 +66,8 @@ def _check_protocol(dt: Any, path: str) -> None:
         need = ", ".join(sorted(unsupported)) or f"reader version {proto.min_reader_version}"
         raise TableError(
             f"Delta table {path} needs {need}, which embedlib cannot read without the Delta "
-            "connector; run with the connector (spark-submit --packages "
-            "io.delta:delta-spark_2.13:<version>) or rewrite the table without those features"
+            "connector; run with the connector (delta.engine: connector; spark-submit --packages "
+            "io.delta:delta-spark_<spark major.minor>_2.13:<version>) or rewrite the table without those features"
         )
 
 
@@ -106,7 +110,7 @@ class DeltaRsEngine(TableEngine):
             out = out.unionByName(frame)
         return out
 
-    def data_files(self, path: str, columns: tuple[str, ...]) -> list[str] | None:
+    def data_files(self, spark: SparkSession, path: str, columns: tuple[str, ...]) -> list[str] | None:
         dt = open_delta(path)
         if set(dt.metadata().partition_columns) & set(columns):
             return None

@@ -9,9 +9,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["TableEngine", "TableError", "WriteMode", "WriteResult"]
+__all__ = ["WRITE_ID", "TableEngine", "TableError", "WriteMode", "WriteResult"]
 
 WriteMode = Literal["append", "overwrite"]
+
+#: The ``userMetadata`` key of a connector write's id (how a skipped app transaction is told
+#: apart); :func:`embedlib.tables.commit_metadata` leaves it out.
+WRITE_ID = "embedlib_write_id"
 
 
 class TableError(ValueError):
@@ -36,7 +40,7 @@ class TableEngine(Protocol):
         """A Delta path as a DataFrame, through the table's log."""
         ...
 
-    def data_files(self, path: str, columns: tuple[str, ...]) -> list[str] | None:
+    def data_files(self, spark: SparkSession, path: str, columns: tuple[str, ...]) -> list[str] | None:
         """The Parquet data files holding ``columns`` of a Delta path, or None (read it with Spark)."""
         ...
 

@@ -7,7 +7,8 @@ module                owns
 ``train.loop``        :func:`train_loop`, the only loop, and :class:`TrainJob`
 ``train.checkpoint``  :class:`CheckpointStore`: checkpoints and worker reports
 ``train.backends``    :class:`Backend`: local, TorchDistributor, Horovod; resolved once
-``train.job``         ``embedlib train``: shards → backend → bundle
+``train.sizing``      ``model.size``: the capacity grid and the choice by validation NLL
+``train.job``         ``embedlib train``: shards → size → backend → bundle
 ====================  ===============================================================
 """
 

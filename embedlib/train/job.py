@@ -14,11 +14,13 @@ import torch
 
 from embedlib.calibration import Calibration
 from embedlib.encode import Encoder, ShardSet, read_shards
+from embedlib.layout import join
 from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
 from embedlib.train.backends import Backend, resolve_backend
 from embedlib.train.checkpoint import CheckpointStore
 from embedlib.train.errors import TrainError
 from embedlib.train.loop import TrainJob, tensors, train_loop
+from embedlib.train.sizing import FALLBACK, choose_size, resolve_size
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -44,7 +46,12 @@ class TrainResult:
 
 
 def spec_for(vocab: Vocabulary, cfg: Config) -> ModelSpec:
+    """The model of ``cfg`` for ``vocab``. A shape still unresolved (``model.size: auto``
+    outside :func:`run_train_job`, which chooses) takes the fallback size's."""
     m = cfg.model
+    if not m.shape_set:
+        m = resolve_size(m, FALLBACK if m.size == "auto" else m.size)
+    assert m.hidden is not None and m.bottleneck is not None and m.max_embedding_dim is not None
     return ModelSpec.build(
         vocab.categorical,
         [vocab.size(c) for c in vocab.categorical],
@@ -109,11 +116,12 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     """vocab (read) → encode shards → train on the backend → bundle."""
     from embedlib.bundle import save_bundle
     from embedlib.encode import encode_to_shards
-    from embedlib.tables import delta_version, read_source
+    from embedlib.tables import delta_version, read_source, use_engine
     from embedlib.tracking import check_tracking, log_training
     from embedlib.vocab import Vocabulary, check_columns
 
     layout = cfg.layout
+    use_engine(spark, cfg.delta)
     backend = resolve_backend(spark, cfg.train)
     cfg = replace(cfg, train=replace(cfg.train, backend=backend.name))  # type: ignore[arg-type]  # tracking logs it
     check_tracking(cfg)
@@ -126,11 +134,16 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     if cfg.source.format == "delta" and cfg.source.path is not None:
         version = str(delta_version(spark, cfg.source.path))
     shards = encode_to_shards(spark, df, vocab, cfg, source_version=version)
+    size = choose_size(spark, cfg.model, shards, lambda name, model, sample: make_job(
+        replace(cfg, model=model), vocab, sample, backend, folder=join(layout.size_trials, name)))
+    cfg = replace(cfg, model=size.model)
     job = make_job(cfg, vocab, shards, backend)
     started = time.perf_counter()
     metrics = backend.run(train_loop, job)
     metrics = {**metrics, "backend": backend.name, "train_seconds": round(time.perf_counter() - started, 2),
-               "train_rows": shards.train_rows, "validation_rows": shards.valid_rows}
+               "train_rows": shards.train_rows, "validation_rows": shards.valid_rows, "model_size": size.size}
+    if size.trials:
+        metrics["size_search"] = size.to_metrics()
     model = best_model(job)
     calibration, thresholds = calibrate(model, shards, job.encoder, cfg.score.threshold_quantile)
     threshold = thresholds[cfg.score.rank_by]
@@ -151,15 +164,20 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
                        tracking_run_id=tracked)
 
 
-def make_job(cfg: Config, vocab: Vocabulary, shards: ShardSet, backend: Backend) -> TrainJob:
-    """What every rank needs to train ``cfg``'s model on ``shards``."""
+def make_job(cfg: Config, vocab: Vocabulary, shards: ShardSet, backend: Backend,
+             folder: str | None = None) -> TrainJob:
+    """What every rank needs to train ``cfg``'s model on ``shards``; checkpoints go to the
+    run's folder, or to ``folder`` (a size trial's)."""
     spec = spec_for(vocab, cfg)
     t = cfg.train
+    fingerprint = _job_fingerprint(spec, shards, cfg, backend)
+    store = (CheckpointStore.for_run(cfg.layout, fingerprint) if folder is None
+             else CheckpointStore(folder=folder, reports=join(folder, "workers"), fingerprint=fingerprint))
     return TrainJob(
         spec=spec,
         shards=shards,
         encoder=Encoder.for_vocab(vocab),
-        store=CheckpointStore.for_run(cfg.layout, _job_fingerprint(spec, shards, cfg, backend)),
+        store=store,
         epochs=t.epochs,
         batch_size=t.batch_size,
         learning_rate=t.learning_rate,

@@ -15,7 +15,8 @@ plateau``) stays until the validation NLL stops improving by
 cut by ``LR_DECAY``; the plateau after ``MAX_DECAYS`` cuts ends training — it
 *converged*. The step budget (``train.max_steps``; by default sized from the
 data, :func:`step_budget`) and ``train.epochs`` are safety caps: a run they stop
-has not converged, and says so. The best-validation weights are kept.
+has not converged, and says so; so is ``TrainJob.max_seconds`` (the size search's
+time bound). The best-validation weights are kept.
 
 Every epoch ends with a validation pass over all ranks and a checkpoint written
 by rank 0 (the :class:`~embedlib.train.checkpoint.CheckpointStore`); a rerun on
@@ -44,7 +45,7 @@ from embedlib.train.checkpoint import CheckpointStore, TrainState
 from embedlib.train.collective import Collective, allreduce_min
 from embedlib.train.errors import TrainError
 
-__all__ = ["TrainJob", "evaluate", "step_budget", "tensors", "train_loop"]
+__all__ = ["TrainJob", "evaluate", "file_rows", "step_budget", "tensors", "train_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class TrainJob:
     mask_rate: float = 0.5  # masked kind: each row hides cells at a rate ~ U(0, mask_rate)
     use_gpu: bool = False
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
+    max_seconds: float | None = None  # stop (not converged) once an epoch ends past this many seconds
+    progress: bool = True  # a progress bar on stderr when training alone (not in Spark tasks)
 
 
 #: An epoch is at least this many steps (several passes over a small table) …
@@ -123,17 +126,19 @@ def _batches(
     yield from drain(final=True)
 
 
-def _rows(files: Sequence[str]) -> int:
+def file_rows(path: str) -> int:
+    """Rows in one encoded shard (from its Parquet footer)."""
     import pyarrow.parquet as pq
 
     from embedlib.layout import filesystem
 
-    total = 0
-    for path in files:
-        fs, inner = filesystem(path)
-        with fs.open_input_file(inner) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+    fs, inner = filesystem(path)
+    with fs.open_input_file(inner) as handle:
+        return int(pq.ParquetFile(handle).metadata.num_rows)
+
+
+def _rows(files: Sequence[str]) -> int:
+    return sum(file_rows(path) for path in files)
 
 
 def tensors(enc: Encoded, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -190,9 +195,13 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     fault_after = int(fault("train.after_epoch") or 0)
     kill_rank, _, kill_epoch = (fault("train.kill_rank") or "-1:0").partition(":")
     kill_step = epoch_steps // 2 if int(kill_rank) == coll.rank else -1
-    show_bar = coll.world_size == 1
+    show_bar = coll.world_size == 1 and job.progress
+    clock = time.perf_counter()
 
     while state.stopped == "":
+        if job.max_seconds is not None and _out_of_time(coll, time.perf_counter() - clock, job.max_seconds):
+            state.stopped = "time"
+            break
         if state.epoch >= max_epochs:
             state.stopped = "epochs"
             break
@@ -255,7 +264,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         if fault_after and epoch + 1 == fault_after:
             raise InjectedFault(f"injected fault after epoch {epoch + 1} (train.after_epoch)")
     converged = state.stopped == "plateau"
-    if coll.rank == 0 and not converged:
+    if coll.rank == 0 and not converged and state.stopped != "time":
         log.warning(
             "training stopped at its %s (%d steps, %d epochs) before the validation loss stopped improving "
             "(best epoch %d of %d); the model may be under-trained: raise train.%s",
@@ -275,6 +284,12 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         "stopped": state.stopped,
         "converged": converged,
     }
+
+
+def _out_of_time(coll: Collective, elapsed: float, limit: float) -> bool:
+    """Whether any rank is past ``limit`` seconds (all ranks agree, so they stop together)."""
+    late = torch.tensor([1.0 if elapsed >= limit else 0.0], dtype=torch.float64)
+    return bool(coll.allreduce_sum(late).item() > 0)
 
 
 def _steps_per_pass(coll: Collective, my_rows: int, batch_size: int) -> int:
@@ -321,7 +336,8 @@ def _step_loss(net: torch.nn.Module, job: TrainJob, enc: Encoded, gen: torch.Gen
 def _judge(job: TrainJob, state: TrainState, val_loss: float) -> None:
     """Count epochs without a relative improvement of ``min_improvement``; on a plateau,
     cut the learning rate, or stop once it was cut ``MAX_DECAYS`` times."""
-    if val_loss < state.plateau_ref * (1.0 - job.min_improvement) or not math.isfinite(state.plateau_ref):
+    # relative to |ref|: a loss with Gaussian numeric terms can be negative
+    if not math.isfinite(state.plateau_ref) or val_loss < state.plateau_ref - job.min_improvement * abs(state.plateau_ref):
         state.plateau_ref, state.bad_epochs = val_loss, 0
         return
     state.bad_epochs += 1

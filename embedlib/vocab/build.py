@@ -200,8 +200,9 @@ def write_vocabulary(spark: SparkSession, vocab: Vocabulary, path: str) -> None:
 
 def run_vocab_job(spark: SparkSession, cfg: Config) -> Vocabulary:
     """Read the source, build the vocabulary and write it to ``<run>/vocab``."""
-    from embedlib.tables import check_writable, read_source, source_files
+    from embedlib.tables import check_writable, read_source, source_files, use_engine
 
+    use_engine(spark, cfg.delta)
     check_writable(spark, cfg.layout.vocab)
     source = cfg.source.table or str(cfg.source.path)
     df = read_source(spark, cfg.source)

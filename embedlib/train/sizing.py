@@ -1,0 +1,177 @@
+"""``model.size``: the model's capacity, chosen by held-out likelihood.
+
+A *size* sets the encoder widths, the bottleneck and the embedding cap together
+(:data:`SIZES`); keys the configuration sets explicitly (``model.hidden``,
+``model.bottleneck``, ``model.max_embedding_dim``) win over every size. With
+``model.size: auto`` each distinct candidate trains with the same loop and
+schedule on a sample of the encoded shards (whole training files up to
+``model.search_rows`` rows, validation files up to a quarter of that), one Spark
+task per candidate so that they run in parallel, each stopped at its share of
+``model.search_seconds``; the lowest validation NLL wins — the unsupervised
+model-selection criterion, no labels needed — except that the smallest size
+within ``SIZE_TOLERANCE`` of it is preferred (cheaper to score, and as good).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
+
+from embedlib.encode import ShardSet
+from embedlib.train.errors import TrainError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from embedlib.config.schema import ModelConfig
+    from embedlib.train.loop import TrainJob
+
+__all__ = ["SIZES", "SIZE_TOLERANCE", "Size", "SizeChoice", "candidates", "choose_size", "resolve_size",
+           "sample_shards"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Size:
+    """One point of the capacity grid."""
+
+    hidden: tuple[int, ...]
+    bottleneck: int
+    max_embedding_dim: int
+
+
+#: The grid, smallest first. ``medium`` is the fixed default of earlier versions.
+SIZES: Mapping[str, Size] = {
+    "small": Size(hidden=(64, 32), bottleneck=8, max_embedding_dim=16),
+    "medium": Size(hidden=(128, 64), bottleneck=16, max_embedding_dim=32),
+    "large": Size(hidden=(256, 128), bottleneck=32, max_embedding_dim=64),
+}
+#: A smaller size whose validation NLL is within this fraction (of |best|) of the best is kept.
+SIZE_TOLERANCE = 0.01
+#: The size used when there is nothing to choose by (no validation rows).
+FALLBACK = "medium"
+
+
+def resolve_size(model: ModelConfig, size: str) -> ModelConfig:
+    """``model`` with ``size``'s shape wherever the configuration left it null."""
+    s = SIZES[size]
+    return replace(
+        model,
+        size=size,  # type: ignore[arg-type]
+        hidden=model.hidden if model.hidden is not None else s.hidden,
+        bottleneck=model.bottleneck if model.bottleneck is not None else s.bottleneck,
+        max_embedding_dim=model.max_embedding_dim if model.max_embedding_dim is not None else s.max_embedding_dim,
+    )
+
+
+def candidates(model: ModelConfig) -> dict[str, ModelConfig]:
+    """The distinct shapes to try, smallest first: every size for ``auto``, else the named one.
+    Sizes that explicit keys make identical are tried once (under the smaller name)."""
+    names = list(SIZES) if model.size == "auto" else [model.size]
+    out: dict[str, ModelConfig] = {}
+    seen: set[tuple[Any, ...]] = set()
+    for name in names:
+        resolved = resolve_size(model, name)
+        key = (resolved.hidden, resolved.bottleneck, resolved.max_embedding_dim)
+        if key not in seen:
+            seen.add(key)
+            out[name] = resolved
+    return out
+
+
+@dataclass(frozen=True)
+class SizeChoice:
+    """The chosen size, its resolved model section, and what each trial measured."""
+
+    size: str
+    model: ModelConfig
+    trials: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sample_rows: int = 0
+    seconds: float = 0.0
+
+    def to_metrics(self) -> dict[str, Any]:
+        return {"size": self.size, "trials": {k: dict(v) for k, v in self.trials.items()},
+                "sample_rows": self.sample_rows, "seconds": self.seconds}
+
+
+def sample_shards(shards: ShardSet, rows: int) -> ShardSet:
+    """The first whole training files holding at least ``rows`` rows, and validation files
+    holding at least a quarter of that (every file when the split is smaller)."""
+    from embedlib.train.loop import file_rows
+
+    def take(files: tuple[str, ...], want: int) -> tuple[tuple[str, ...], int]:
+        chosen: list[str] = []
+        total = 0
+        for path in files:
+            if total >= want:
+                break
+            chosen.append(path)
+            total += file_rows(path)
+        return tuple(chosen), total
+
+    train, train_rows = take(shards.train_files, rows)
+    valid, valid_rows = take(shards.valid_files, max(1, rows // 4))
+    return replace(shards, train_files=train, valid_files=valid, train_rows=train_rows, valid_rows=valid_rows,
+                   fingerprint=f"{shards.fingerprint}-sample-{len(train)}-{len(valid)}")
+
+
+def choose_size(spark: SparkSession, model: ModelConfig, shards: ShardSet,
+                trial_job: Callable[[str, ModelConfig, ShardSet], TrainJob]) -> SizeChoice:
+    """Resolve ``model.size``: train each candidate (``trial_job(name, model, sample)``) as a
+    Spark task and keep the best by validation NLL."""
+    cands = candidates(model)
+    if len(cands) == 1:
+        name, resolved = next(iter(cands.items()))
+        return SizeChoice(name, resolved)
+    if shards.valid_rows == 0:
+        log.warning("model.size is auto but there are no validation rows to choose by; using %s "
+                    "(raise train.validation_fraction, or set model.size)", FALLBACK)
+        return SizeChoice(FALLBACK, cands.get(FALLBACK, next(iter(cands.values()))))
+    sample = sample_shards(shards, model.search_rows)
+    sc = spark.sparkContext
+    slots = max(1, min(len(cands), sc.defaultParallelism))
+    per_trial = model.search_seconds / math.ceil(len(cands) / slots)
+    threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    jobs = [(name, replace(trial_job(name, m, sample), max_seconds=per_trial, threads=threads, progress=False))
+            for name, m in cands.items()]
+    log.info("model.size auto: training %s on %d rows (validation %d), %d at a time, at most %.0f s each",
+             ", ".join(cands), sample.train_rows, sample.valid_rows, slots, per_trial)
+    started = time.perf_counter()
+    sc.setJobDescription("embedlib train: model.size auto trials")
+    try:
+        results = dict(sc.parallelize(jobs, len(jobs)).map(_run_trial).collect())
+    except Exception as exc:
+        from embedlib.errors import first_line
+
+        raise TrainError(f"model.size auto: a trial failed: {first_line(exc)}; set model.size to "
+                         "small, medium or large to train without the search") from exc
+    finally:
+        sc.setJobDescription(None)  # type: ignore[arg-type]
+    best = min(r["validation_loss"] for r in results.values())
+    chosen = next(n for n in cands if results[n]["validation_loss"] <= best + SIZE_TOLERANCE * abs(best))
+    seconds = round(time.perf_counter() - started, 2)
+    log.info("model.size auto: %s → %s (%.1f s)", ", ".join(
+        f"{n} {r['validation_loss']:.4f}" + ("" if r["converged"] else f" ({r['stopped']})")
+        for n, r in results.items()), chosen, seconds)
+    return SizeChoice(chosen, cands[chosen], results, sample.train_rows, seconds)
+
+
+def _run_trial(item: tuple[str, TrainJob]) -> tuple[str, dict[str, Any]]:
+    """One candidate, in a Spark task: the training loop in a world of one."""
+    import torch
+
+    from embedlib.train.collective import SingleProcess
+    from embedlib.train.loop import train_loop
+
+    name, job = item
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    started = time.perf_counter()
+    metrics = train_loop(SingleProcess(), job)
+    keep = ("validation_loss", "steps", "epochs_run", "best_epoch", "stopped", "converged")
+    return name, {**{k: metrics[k] for k in keep}, "seconds": round(time.perf_counter() - started, 2)}

@@ -1,0 +1,94 @@
+"""``model.size``: the capacity grid, explicit keys winning, and the search by validation NLL."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from embedlib.bundle import load_bundle
+from embedlib.config import ConfigError, load_config
+from embedlib.train.sizing import SIZE_TOLERANCE, SIZES, candidates, resolve_size
+
+from .conftest import copy_vocab, train_cfg
+
+
+def model_of(*sets: str):  # type: ignore[no-untyped-def]
+    return load_config([], ["source.path=x.csv", "columns.categorical=[a]", *sets]).model
+
+
+def test_auto_tries_every_size_smallest_first() -> None:
+    cands = candidates(model_of())
+    assert list(cands) == ["small", "medium", "large"]
+    for name, m in cands.items():
+        assert (m.hidden, m.bottleneck, m.max_embedding_dim) == (
+            SIZES[name].hidden, SIZES[name].bottleneck, SIZES[name].max_embedding_dim)
+        assert m.size == name
+
+
+def test_explicit_keys_win_over_every_size() -> None:
+    cands = candidates(model_of("model.hidden=[40, 20]"))
+    assert {m.hidden for m in cands.values()} == {(40, 20)}
+    assert [m.bottleneck for m in cands.values()] == [8, 16, 32]
+    # all three set: nothing to choose, one candidate, no search
+    only = candidates(model_of("model.hidden=[40]", "model.bottleneck=5", "model.max_embedding_dim=7"))
+    assert len(only) == 1 and next(iter(only.values())).hidden == (40,)
+    # a named size is that size, with explicit keys still winning
+    large = resolve_size(model_of("model.size=large", "model.bottleneck=3"), "large")
+    assert (large.hidden, large.bottleneck, large.max_embedding_dim) == ((256, 128), 3, 64)
+    assert list(candidates(model_of("model.size=small"))) == ["small"]
+
+
+@pytest.mark.parametrize(("override", "key"), [("model.size=huge", "model.size"),
+                                                ("model.search_seconds=0", "model.search_seconds"),
+                                                ("model.search_rows=0", "model.search_rows")])
+def test_bad_size_settings_name_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key):
+        model_of(override)
+
+
+@pytest.mark.timeout(900)
+def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Three trials on a sample, in parallel Spark tasks; the bundle has the chosen size's shape and
+    the choice follows the rule (lowest validation NLL, the smaller within the tolerance)."""
+    from embedlib.train import run_train_job
+
+    cfg, _ = adult_trained
+    run = train_cfg(tmp_path, "model.size=auto", "train.max_rows=4000", "train.epochs=3",
+                    "model.search_rows=1500")
+    copy_vocab(cfg, run)
+    result = run_train_job(spark, run)
+    search = result.metrics["size_search"]
+    trials = search["trials"]
+    assert list(trials) == ["small", "medium", "large"]
+    losses = {name: t["validation_loss"] for name, t in trials.items()}
+    assert all(math.isfinite(v) for v in losses.values())
+    assert all(t["epochs_run"] == 3 and t["stopped"] == "epochs" for t in trials.values())
+    # the sample: whole shard files, at least search_rows rows, fewer than the training rows
+    assert 1500 <= search["sample_rows"] < result.metrics["train_rows"]
+    best = min(losses.values())
+    expected = next(n for n in losses if losses[n] <= best + SIZE_TOLERANCE * abs(best))
+    assert search["size"] == result.metrics["model_size"] == expected
+    bundle = load_bundle(result.bundle_path)
+    assert tuple(bundle.spec.hidden) == SIZES[expected].hidden
+    assert bundle.spec.bottleneck == SIZES[expected].bottleneck
+    assert bundle.manifest["model_config"]["size"] == expected
+    assert tuple(bundle.manifest["model_config"]["hidden"]) == SIZES[expected].hidden
+
+
+def test_the_search_is_bounded_in_time(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With a tiny model.search_seconds every trial stops after its first epoch, and says why."""
+    from embedlib.train import run_train_job
+
+    cfg, _ = adult_trained
+    run = train_cfg(tmp_path, "model.size=auto", "train.max_rows=3000", "train.epochs=4",
+                    "model.search_rows=1000", "model.search_seconds=0.01", "model.bottleneck=4")
+    copy_vocab(cfg, run)
+    result = run_train_job(spark, run)
+    trials = result.metrics["size_search"]["trials"]
+    assert trials and all(t["epochs_run"] == 1 and t["stopped"] == "time" for t in trials.values())
+    assert not any(t["converged"] for t in trials.values())
+    # the explicit bottleneck won in every trial and in the bundle
+    assert load_bundle(result.bundle_path).spec.bottleneck == 4
+    assert result.metrics["epochs_run"] == 4  # the run itself is not bounded by the search's clock
