@@ -17,6 +17,7 @@ hadoop = [re.search(r"hadoop-client-api-(.+)\.jar$", p).group(1) for p in glob.g
 print(".".join(pyspark.__version__.split(".")[:2]), jars, hadoop[0] if hadoop else "3.4.1", DELTA_VERSION)
 PYEOF
 )
+[ -n "${DELTA:-}" ] || { echo "fetch_jars: could not read the pyspark and Delta versions with $PY" >&2; exit 1; }
 command -v mvn >/dev/null || { echo "fetch_jars: Maven (mvn) is needed to fetch the Delta connector jars" >&2; exit 1; }
 
 fetch() {  # fetch <folder> <profile-args...>
