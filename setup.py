@@ -48,6 +48,7 @@ setup(
             "build>=1.0",                   # the wheel test: python -m build --wheel
             "mlflow-skinny>=2.10",          # the tracking test (the same package as the mlflow extra)
             "databricks-bundles>=1.0",      # the bundle test checks the job against its schema
+            "moto[server]>=5.1",            # the S3-compatible server of tests/test_storage.py
             # executing the notebooks in tests/test_notebooks.py
             "nbformat>=5.9", "nbclient>=0.10", "ipykernel>=6.29",
         ],

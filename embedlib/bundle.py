@@ -40,6 +40,7 @@ from embedlib.calibration import Calibration
 from embedlib.encode import Encoder
 from embedlib.layout import filesystem
 from embedlib.model import EmbeddingAutoencoder, ModelSpec
+from embedlib.storage import is_s3
 from embedlib.vocab.model import Vocabulary
 
 __all__ = ["Bundle", "BundleError", "bundle_from_files", "load_bundle", "read_bundle_files", "save_bundle"]
@@ -130,6 +131,16 @@ def save_bundle(
     files[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
 
     fs, target = filesystem(path)
+    if is_s3(path):
+        _write_in_place(fs, target, files)
+    else:
+        _write_by_rename(fs, target, files)
+    log.info("bundle %s written to %s", manifest["bundle_id"], path)
+    return str(manifest["bundle_id"])
+
+
+def _write_by_rename(fs: Any, target: str, files: Mapping[str, bytes]) -> None:
+    """A file system: the bundle is written to a sibling folder, then renamed into place."""
     parent = target.rsplit("/", 1)[0]
     tmp = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
     fs.create_dir(tmp, recursive=True)
@@ -143,8 +154,18 @@ def save_bundle(
     fs.move(tmp, target)
     if old is not None:
         fs.delete_dir(old)
-    log.info("bundle %s written to %s", manifest["bundle_id"], path)
-    return str(manifest["bundle_id"])
+
+
+def _write_in_place(fs: Any, target: str, files: Mapping[str, bytes]) -> None:
+    """Object storage, where a folder cannot be renamed: each object is written whole (a PUT is
+    atomic), the manifest removed first and written last. A reader meanwhile finds no manifest,
+    or one whose checksums name exactly the files beside it (:func:`load_bundle` verifies them)."""
+    fs.create_dir(target, recursive=True)
+    if fs.get_file_info(f"{target}/{MANIFEST}").type != pa.fs.FileType.NotFound:
+        fs.delete_file(f"{target}/{MANIFEST}")
+    for name, data in sorted(files.items(), key=lambda item: item[0] == MANIFEST):
+        with fs.open_output_stream(f"{target}/{name}") as handle:
+            handle.write(data)
 
 
 @dataclass(frozen=True)

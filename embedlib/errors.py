@@ -25,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from embedlib import storage
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -76,6 +78,9 @@ def explain(
     found = _embedlib_error(text)
     if found is not None:
         return found
+    s3 = storage.explain(exc)  # a missing bucket or refused credentials: the user's to fix
+    if s3 is not None:
+        return Failure(s3, 2)
     tb = text.rfind("Traceback (most recent call last)")
     python = [m for m in _PYTHON_ERROR.finditer(text, max(tb, 0)) if not m.group("cls").endswith(_WRAPPERS)]
     if tb >= 0 and python:  # a Python error in a task: the exception line ending its (last) traceback

@@ -174,6 +174,7 @@ def run_features_job(spark: SparkSession, cfg: Config) -> str:
     """Write the design matrix of ``features.source`` (default: ``source``)."""
     from embedlib.bundle import load_bundle
     from embedlib.tables import check_writable, read_source, use_engine, write_table
+    from embedlib.workers import passthrough_columns
 
     fc = cfg.features
     output = cfg.features_output
@@ -182,8 +183,10 @@ def run_features_job(spark: SparkSession, cfg: Config) -> str:
     bundle = load_bundle(cfg.layout.bundle)
     src_cfg = cfg.source.with_target(fc.source)
     name = src_cfg.name
-    frame = features_frame(spark, read_source(spark, src_cfg), bundle, ids=cfg.columns.id, flatten=fc.flatten,
-                           table=name)
+    df = read_source(spark, src_cfg)
+    reserved = {f.name for f in features_fields(bundle, fc.flatten)} | {"bundle_id"}
+    ids = passthrough_columns(fc.passthrough, cfg.columns.id, df.columns, reserved, "features.passthrough")
+    frame = features_frame(spark, df, bundle, ids=ids, flatten=fc.flatten, table=name)
     write_table(spark, frame, output, mode="overwrite", user_metadata={"bundle_id": bundle.bundle_id, "source": name})
     return output
 

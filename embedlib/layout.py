@@ -265,8 +265,10 @@ def filesystem(path: str) -> tuple[Any, str]:
     scheme = parts.scheme.lower()
     if scheme == "dbfs":
         return pafs.LocalFileSystem(), "/dbfs/" + (parts.netloc + parts.path).lstrip("/")
-    if scheme == "s3a":
-        path = "s3" + path[3:]
+    if scheme in ("s3", "s3a"):  # one client for s3:// and s3a://, settings from embedlib.storage
+        from embedlib.storage import pyarrow_filesystem
+
+        return pyarrow_filesystem(), (parts.netloc + parts.path).rstrip("/")
     fs, inner = pafs.FileSystem.from_uri(path)
     return fs, inner
 

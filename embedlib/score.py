@@ -40,7 +40,7 @@ from embedlib.indices import NULL_INDEX, OOV_INDEX
 from embedlib.inference import score_rows
 from embedlib.runs import ScoreRun, has_summary, write_summary
 from embedlib.vocab.model import SchemaError
-from embedlib.workers import check_source, map_with_bundle
+from embedlib.workers import check_source, map_with_bundle, passthrough_columns
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -280,7 +280,8 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     src_cfg = cfg.source.with_target(cfg.score.source)
     source_name = src_cfg.name
     df = read_source(spark, src_cfg)
-    ids = cfg.columns.id
+    reserved = {f.name for f in output_fields(True, True)} | {"bundle_id"}
+    ids = passthrough_columns(cfg.score.passthrough, cfg.columns.id, df.columns, reserved, "score.passthrough")
     check_source(df, bundle, ids, source_name)
     if df.isEmpty():
         raise SchemaError(f"score source {source_name} has no rows; nothing to score")

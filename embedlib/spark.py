@@ -14,6 +14,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from embedlib import storage
 from embedlib.config import ConfigError, DeltaConfig, SparkConfig, redact
 
 if TYPE_CHECKING:
@@ -79,8 +80,9 @@ def _jar_cache(folder: str | None) -> str:
     return folder or os.environ.get("EMBEDLIB_JARS") or os.path.expanduser("~/.cache/embedlib/jars")
 
 
-def _jars_in(folder: str) -> list[str]:
-    if not os.path.isfile(os.path.join(folder, ".complete")):
+def _jars_in(folder: str, *, fetched: bool = True) -> list[str]:
+    """The jars in ``folder``; with ``fetched``, only once ``.ci/fetch_jars.sh`` completed it."""
+    if not os.path.isdir(folder) or (fetched and not os.path.isfile(os.path.join(folder, ".complete"))):
         return []
     return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".jar"))
 
@@ -89,9 +91,7 @@ def connector_jars(folder: str | None = None) -> list[str]:
     """The Delta connector jars: every jar in ``folder`` (``delta.jars``), else those for the
     installed pyspark in the cache ``make setup`` fills (``.ci/fetch_jars.sh``); empty if none."""
     if folder is not None:
-        if not os.path.isdir(folder):
-            return []
-        return sorted(os.path.join(folder, n) for n in os.listdir(folder) if n.endswith(".jar"))
+        return _jars_in(folder, fetched=False)
     spark_bin, _ = _spark_versions()
     return _jars_in(os.path.join(_jar_cache(None), f"delta-spark_{spark_bin}_2.13-{DELTA_VERSION}"))
 
@@ -149,6 +149,8 @@ def get_session(cfg: SparkConfig, app_name: str = "embedlib", delta: DeltaConfig
         # Python workers must run this interpreter, not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         settings["spark.pyspark.python"] = os.environ["PYSPARK_PYTHON"]
+    if s3a:  # the endpoint, region and addressing from the environment; the user's keys win
+        settings.update(storage.hadoop_conf(storage.from_environment()))
     settings.update(cfg.conf)
     if not launched_by_spark():  # a launcher's JVM already has its classpath
         settings.update(_jar_settings(cfg, delta, s3a))
@@ -277,6 +279,8 @@ _TASK_FAILURE_LOGGERS = (
     "org.apache.spark.sql.execution.datasources.FileFormatDataWriter",
     "org.apache.spark.util.Utils",
     "org.apache.spark.sql.delta.files.DeltaFileFormatWriter",  # the connector's writer
+    # "Assume no metadata directory" with a stack trace, before every read of a path that fails
+    "org.apache.spark.sql.execution.streaming.sinks.FileStreamSink",
 )
 
 

@@ -11,9 +11,10 @@ batch. Each Arrow batch goes through the caller's ``transform(bundle, features)`
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,13 +22,17 @@ import pyarrow as pa
 
 from embedlib.bundle import Bundle, BundleError, bundle_from_files, read_bundle_files
 from embedlib.faults import fail_task_attempt
+from embedlib.vocab.model import SchemaError
 from embedlib.vocab.schema import check_columns
 
 if TYPE_CHECKING:
     from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["BundleBatches", "Transform", "bundle_loads", "cached_bundle", "check_source", "map_with_bundle"]
+__all__ = ["BundleBatches", "Transform", "bundle_loads", "cached_bundle", "check_source", "map_with_bundle",
+           "passthrough_columns"]
+
+log = logging.getLogger(__name__)
 
 #: ``transform(bundle, features) -> {column: array}``: what a bundle does to one batch.
 Transform = Callable[[Bundle, pa.Table], dict[str, pa.Array]]
@@ -112,6 +117,29 @@ def check_source(df: DataFrame, bundle: Bundle, ids: tuple[str, ...], table: str
     types changed since training named with the type the bundle was trained on."""
     check_columns(df.schema, table, categorical=bundle.spec.categorical, numeric=bundle.spec.numeric, ids=ids,
                   trained=bundle.source_types)
+
+
+def passthrough_columns(setting: tuple[str, ...] | str | None, ids: tuple[str, ...], columns: Sequence[str],
+                        reserved: Collection[str], key: str) -> tuple[str, ...]:
+    """The source columns an output keeps beside its own (``score.passthrough``,
+    ``features.passthrough``): ``None`` → the id columns, or every source column when no id is
+    declared (so the output can be read on its own); ``"all"`` → every source column; a list → the
+    id columns and those. A source column named like one the output writes itself is left out with
+    a warning (``None``, ``"all"``) or refused, naming it (a list)."""
+    if setting is None:
+        wanted, listed = (ids or tuple(columns)), False
+    elif setting == "all":
+        wanted, listed = tuple(columns), False
+    else:
+        wanted, listed = tuple(dict.fromkeys((*ids, *setting))), True
+    clash = [c for c in wanted if c in reserved]
+    if clash and listed:
+        raise SchemaError(f"{key} names {', '.join(clash)}: column(s) the output writes itself; "
+                          "leave them out or rename them in the source")
+    if clash:
+        log.warning("%s: source column(s) %s are not passed through: the output writes columns of that name",
+                    key, ", ".join(clash))
+    return tuple(c for c in wanted if c not in reserved)
 
 
 def map_with_bundle(

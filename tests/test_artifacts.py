@@ -154,6 +154,8 @@ def test_hostile_conf_file_and_npz_paths_refused(tmp_path: Path, caplog, bad: st
 
 SECRETS = {
     "spark.conf.spark.hadoop.fs.s3a.secret.key": "SUPERSECRET123",
+    "spark.conf.spark.hadoop.fs.s3a.access.key": "AKIASECRETKEYID42",
+    "spark.conf.spark.hadoop.fs.s3a.session.token": "SESSIONTOKEN777",
     "spark.conf.spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net": "AZSECRET456xyz==",
     "source.options.password": "DBSECRET789",
 }

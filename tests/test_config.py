@@ -129,3 +129,25 @@ def test_redact_hides_secret_values() -> None:
     out = redact(conf)
     assert "SECRET" not in str(out) and "S2" not in str(out)
     assert out["spark.sql.shuffle.partitions"] == "4"
+
+
+def test_score_source_as_a_mapping_or_the_string_shorthand() -> None:
+    from embedlib.config import SourceConfig
+
+    base = [BASE_CONF, ADULT_CONF]
+    short = load_config(base, ["score.source=data/x.csv"])
+    assert short.score.source == "data/x.csv"
+    assert short.source.with_target(short.score.source).format == short.source.format  # the shorthand: same format
+    own = load_config(base, ["score.source.path=data/x.parquet", "score.source.format=parquet",
+                             "score.source.options.mergeSchema=true", "score.source.options.recursiveFileLookup=true",
+                             "features.source.table=main.db.rows"])
+    assert own.score.source == SourceConfig(path="data/x.parquet", format="parquet",
+                                            options={"mergeSchema": True, "recursiveFileLookup": True})
+    assert own.source.with_target(own.score.source) is own.score.source
+    assert own.features.source == SourceConfig(table="main.db.rows")
+    with pytest.raises(ConfigError, match=r"unknown key 'score\.source\.pth'"):
+        load_config(base, ["score.source.pth=data/x.parquet"])
+    with pytest.raises(ConfigError, match=r"key 'score\.source' needs exactly one of 'path' or 'table'"):
+        load_config(base, ["score.source.path=x.parquet", "score.source.table=main.db.rows"])
+    with pytest.raises(ConfigError, match=r"score\.source\.format"):
+        load_config(base, ["score.source.path=x.parquet", "score.source.format=excel"])

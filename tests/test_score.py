@@ -183,8 +183,9 @@ def test_score_job_is_idempotent_and_atomic(spark, adult_trained, tmp_path: Path
     replaced = run_score_job(spark, score_cfg(cfg, "score.run_id=manual-3", "score.mode=overwrite"))
     assert replaced.written and DeltaTable(out).count() == 16281
     table = pa.table(DeltaTable(out).to_pyarrow_table())
-    assert table.column_names == ["anomaly_score", "is_anomaly", "contributions", "reasons", "calibrated_score",
-                                  "calibrated_contributions", "bundle_id"]
+    # no id declared: every source column first (score.passthrough's default), then the scores
+    assert table.column_names == [*adult_pandas(ADULT_TEST).columns, "anomaly_score", "is_anomaly", "contributions",
+                                  "reasons", "calibrated_score", "calibrated_contributions", "bundle_id"]
     runs = pa.table(DeltaTable(run.layout.score_runs).to_pyarrow_table()).to_pylist()
     assert [r["run_id"] for r in runs].count(first.run_id) == 1 and len(runs) == 3
     summary = runs[0]
@@ -247,3 +248,72 @@ def test_score_job_on_local_cluster_equals_local(spark, adult_trained, tmp_path:
     local, cluster = read("local"), read("cluster")
     assert len(local) == len(cluster) == 16281
     np.testing.assert_allclose(cluster["anomaly_score"], local["anomaly_score"], rtol=0, atol=1e-9)
+
+
+def test_any_table_as_the_scoring_source(spark, adult_trained, test_rows: pd.DataFrame, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A model trained from CSV scores a Parquet file, a Delta table and a CSV file of another
+    dialect, each given as a source of its own (``score.source`` as a mapping with its own format
+    and reader options): the same scores as plain Python on the same rows."""
+    from deltalake import write_deltalake
+
+    cfg, result = adult_trained
+    rows = test_rows.head(500)
+    expected = score_rows(load_bundle(result.bundle_path), pa.Table.from_pandas(rows, preserve_index=False)).score
+    rows.to_parquet(tmp_path / "rows.parquet", index=False)
+    write_deltalake(str(tmp_path / "rows_delta"), pa.Table.from_pandas(rows, preserve_index=False))
+    rows.to_csv(tmp_path / "rows.csv", sep=";", index=False)
+    sources = {
+        "parquet": [f"score.source.path={tmp_path / 'rows.parquet'}", "score.source.format=parquet"],
+        "delta": [f"score.source.path={tmp_path / 'rows_delta'}", "score.source.format=delta"],
+        "csv": [f"score.source.path={tmp_path / 'rows.csv'}", "score.source.format=csv",
+                "score.source.options.sep=;", "score.source.options.header=true",
+                "score.source.options.inferSchema=true"],
+    }
+    for name, sets in sources.items():
+        run = score_cfg(cfg, *sets, "columns.id=[row_id]", f"score.output={tmp_path / ('scores_' + name)}")
+        assert run.score.source is not None and not isinstance(run.score.source, str)
+        assert run.score.source.format == name
+        run_score_job(spark, run)
+        got = DeltaTable(str(tmp_path / f"scores_{name}")).to_pandas().sort_values("row_id")
+        assert got["row_id"].tolist() == rows["row_id"].tolist(), name
+        np.testing.assert_allclose(got["anomaly_score"].to_numpy(), expected, rtol=0, atol=1e-5, err_msg=name)
+
+
+def test_outputs_keep_source_columns_to_join_back(spark, adult_trained, test_rows: pd.DataFrame, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """No id declared: the scores hold every source column (each row readable on its own);
+    a list keeps those (and the ids); a listed column named like an output column is refused;
+    ``features.passthrough`` works the same way."""
+    from embedlib.extract import run_features_job
+    from embedlib.vocab import SchemaError
+
+    cfg, _ = adult_trained
+    rows = test_rows.head(300).drop(columns=["row_id"])
+    rows.to_parquet(tmp_path / "rows.parquet", index=False)
+    source = [f"score.source.path={tmp_path / 'rows.parquet'}", "score.source.format=parquet"]
+    run_score_job(spark, score_cfg(cfg, *source, f"score.output={tmp_path / 'all'}"))
+    got = DeltaTable(str(tmp_path / "all")).to_pandas()
+    assert list(got.columns[: len(rows.columns)]) == list(rows.columns)
+    key = ["age", "fnlwgt", "education", "occupation", "hours-per-week"]
+    def as_text(frame: pd.DataFrame) -> list[tuple[str, ...]]:
+        return sorted(map(tuple, frame[key].astype(object).where(frame[key].notna(), "").astype(str).values))
+
+    assert as_text(got) == as_text(rows)
+    run_score_job(spark, score_cfg(cfg, *source, "score.passthrough=[fnlwgt, sex]", f"score.output={tmp_path / 'two'}"))
+    two = DeltaTable(str(tmp_path / "two")).to_pandas()
+    assert list(two.columns[:2]) == ["fnlwgt", "sex"] and "age" not in two.columns
+    scores = got.set_index(["fnlwgt", "sex", "age"])["anomaly_score"]
+    assert np.allclose(np.sort(two["anomaly_score"].to_numpy()), np.sort(scores.to_numpy()))
+    with pytest.raises(SchemaError, match="score.passthrough names anomaly_score"):
+        run_score_job(spark, score_cfg(cfg, *source, "score.passthrough=[age, anomaly_score]",
+                                       f"score.output={tmp_path / 'bad'}"))
+    feats = score_cfg(cfg, *feats_sets(tmp_path),
+                      "features.passthrough=[income]", f"features.output={tmp_path / 'features'}")
+    run_features_job(spark, feats)
+    frame = DeltaTable(str(tmp_path / "features")).to_pandas()
+    assert frame.columns[0] == "income" and sorted(frame["income"]) == sorted(rows["income"])
+    with pytest.raises(SchemaError, match="features.passthrough names education"):  # the design matrix's own column
+        run_features_job(spark, score_cfg(cfg, *feats_sets(tmp_path), "features.passthrough=[education]"))
+
+
+def feats_sets(tmp_path: Path) -> list[str]:
+    return [f"features.source.path={tmp_path / 'rows.parquet'}", "features.source.format=parquet"]

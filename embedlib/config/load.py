@@ -7,7 +7,6 @@ file (or ``--set``) that supplied it; a value of a secret-looking key is never s
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import types
 import typing
@@ -17,14 +16,9 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from embedlib.config.schema import _SECRET_KEY, OUTPUT_COLUMNS, Config, ConfigError
-from embedlib.layout import (
-    check_path,
-    is_catalog_schema,
-    is_catalog_table,
-    is_table_name,
-    looks_like_table_name,
-)
+from embedlib.config.schema import _SECRET_KEY, Config, ConfigError
+from embedlib.config.validate import origin_of, validate
+from embedlib.layout import check_path
 
 __all__ = ["load_config"]
 
@@ -60,7 +54,7 @@ def load_config(
             nested = {part: nested}
         _merge(merged, nested, origins, "--set", Config, "")
     cfg = _build(Config, merged, "", origins)
-    _validate(cfg, origins)
+    validate(cfg, origins)
     return cfg
 
 
@@ -134,9 +128,20 @@ def _merge(
                 child = into[key] = {}
             child.update(value)
             origins[path] = origin
-        else:
-            into[key] = value
+        elif isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)  # a mapping where a string may also stand (score.source), in parts
             origins[path] = origin
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
+            origins[path] = origin
+
+
+def _deep_update(into: dict[str, Any], data: Mapping[str, Any]) -> None:
+    for key, value in data.items():
+        if isinstance(value, Mapping) and isinstance(into.get(key), dict):
+            _deep_update(into[key], value)
+        else:
+            into[key] = dict(value) if isinstance(value, Mapping) else value
 
 
 def _strip_optional(hint: Any) -> Any:
@@ -163,6 +168,8 @@ def _type_name(hint: Any) -> str:
         return f"a list of {_type_name(typing.get_args(hint)[0])}"
     if origin in (Mapping, dict):
         return "a mapping"
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {', '.join(f.name for f in dataclasses.fields(hint))}"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -182,19 +189,11 @@ def _build(cls: Any, data: Mapping[str, Any], prefix: str, origins: Mapping[str,
     return cls(**kwargs)
 
 
-def _origin_of(path: str, origins: Mapping[str, str]) -> str:
-    while path:
-        if path in origins:
-            return origins[path]
-        path = path.rpartition(".")[0]
-    return "defaults"
-
-
 def _coerce(value: Any, hint: Any, path: str, origins: Mapping[str, str]) -> Any:
     def bad() -> ConfigError:
         got = f"a {type(value).__name__} (value not shown)" if _SECRET_KEY.search(path) else repr(value)
         return ConfigError(
-            f"{_origin_of(path, origins)}: key '{path}' must be {_type_name(hint)}"
+            f"{origin_of(path, origins)}: key '{path}' must be {_type_name(hint)}"
             f"{' or null' if _is_optional(hint) else ''}, got {got}"
         )
 
@@ -206,6 +205,9 @@ def _coerce(value: Any, hint: Any, path: str, origins: Mapping[str, str]) -> Any
             return None
         raise bad()
     if typing.get_origin(inner) in (Union, types.UnionType):
+        structured = [o for o in typing.get_args(inner) if dataclasses.is_dataclass(o)]
+        if structured and isinstance(value, Mapping):  # its own errors name the key inside it
+            return _coerce(value, structured[0], path, origins)
         for option in typing.get_args(inner):
             if option is type(None):
                 continue
@@ -214,6 +216,15 @@ def _coerce(value: Any, hint: Any, path: str, origins: Mapping[str, str]) -> Any
             except ConfigError:
                 continue
         raise bad()
+    if dataclasses.is_dataclass(inner):  # a mapping where a string may also stand (score.source)
+        if not isinstance(value, Mapping):
+            raise bad()
+        known = {f.name for f in dataclasses.fields(inner)}
+        unknown = sorted(str(k) for k in value if k not in known)
+        if unknown:
+            raise ConfigError(f"{origin_of(path, origins)}: unknown key '{path}.{unknown[0]}' (known keys "
+                              f"here: {', '.join(f'{path}.{k}' for k in sorted(known))})")
+        return _build(inner, value, f"{path}.", origins)
     origin = typing.get_origin(inner)
     if origin is Literal:
         if value not in typing.get_args(inner):
@@ -262,141 +273,3 @@ def _is_optional(hint: Any) -> bool:
 
 
 # ------------------------------------------------------------------------ validation
-
-
-def _validate(cfg: Config, origins: Mapping[str, str]) -> None:
-    def err(key: str, msg: str) -> ConfigError:
-        return ConfigError(f"{_origin_of(key, origins)}: key '{key}' {msg}")
-
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.\-]*", cfg.name) or ".." in cfg.name:
-        raise err("name", f"must be a plain name of letters, digits, '_', '-', '.', got {cfg.name!r}")
-    check_path(cfg.output_dir, what="key 'output_dir'")
-    src = cfg.source
-    if (src.path is None) == (src.table is None):
-        raise err("source", "needs exactly one of 'path' or 'table'")
-    if src.path is not None:
-        check_path(src.path, what="key 'source.path'")
-    if src.table is not None and not is_table_name(src.table):
-        raise err("source.table", f"must be a table name like catalog.schema.name, got {src.table!r}")
-    if cfg.vocab.min_count < 1:
-        raise err("vocab.min_count", f"must be at least 1, got {cfg.vocab.min_count}")
-    if cfg.vocab.max_size is not None and cfg.vocab.max_size < 1:
-        raise err("vocab.max_size", f"must be at least 1 or null, got {cfg.vocab.max_size}")
-
-    cols = cfg.columns
-    seen: dict[str, str] = {}
-    for kind in ("categorical", "numeric"):
-        for name in getattr(cols, kind):
-            if not name:
-                raise err(f"columns.{kind}", "contains an empty column name")
-            if name in seen:
-                where = "twice in" if seen[name] == kind else f"in both columns.{seen[name]} and"
-                raise err(f"columns.{kind}", f"declares column '{name}' {where} columns.{kind}")
-            seen[name] = kind
-    if len(set(cols.id)) != len(cols.id):
-        raise err("columns.id", f"declares a column twice: {list(cols.id)}")
-    for name in cols.id:
-        if name in seen:
-            raise err(
-                "columns.id",
-                f"names '{name}', which is also in columns.{seen[name]}; an id column is passed through "
-                "unchanged to every output, a feature is encoded — declare it in one of the two",
-            )
-        if name in OUTPUT_COLUMNS:
-            raise err("columns.id", f"names '{name}', a column embedlib writes itself; rename it in the source")
-    if cfg.vocab.engine == "arrow" and (src.table is not None or src.format == "csv"):
-        what = "source.table" if src.table is not None else "source.format=csv"
-        raise err("vocab.engine", f"is 'arrow', which reads Parquet/Delta files, but {what} is set; "
-                  "use vocab.engine=auto or spark")
-    for name in cols.log1p:
-        if name not in cols.numeric:
-            raise err("columns.log1p", f"names '{name}', which is not in columns.numeric")
-    _validate_training(cfg, err)
-
-
-def _validate_training(cfg: Config, err: Any) -> None:
-    m, t, sc = cfg.model, cfg.train, cfg.score
-    if m.max_embedding_dim is not None and m.max_embedding_dim < 1:
-        raise err("model.max_embedding_dim", f"must be at least 1, got {m.max_embedding_dim}")
-    for col, dim in m.embedding_dims.items():
-        if col not in cfg.columns.categorical:
-            raise err("model.embedding_dims", f"names '{col}', which is not in columns.categorical")
-        if dim < 1:
-            raise err(f"model.embedding_dims.{col}", f"must be at least 1, got {dim}")
-    if m.hidden is not None and (not m.hidden or any(h < 1 for h in m.hidden)):
-        raise err("model.hidden", f"must be a non-empty list of positive sizes (or null: from model.size), "
-                  f"got {list(m.hidden)}")
-    if m.bottleneck is not None and m.bottleneck < 1:
-        raise err("model.bottleneck", f"must be at least 1, got {m.bottleneck}")
-    if not 0.0 <= m.corruption < 1.0:
-        raise err("model.corruption", f"must be in [0, 1), got {m.corruption}")
-    for key in ("num_workers", "epochs", "batch_size", "shuffle_buffer"):
-        if getattr(t, key) is not None and getattr(t, key) < 1:
-            raise err(f"train.{key}", f"must be at least 1, got {getattr(t, key)}")
-    if t.max_steps is not None and t.max_steps < 0:
-        raise err("train.max_steps", f"must be 0 (no step budget), a positive count, or null (sized from the "
-                  f"data), got {t.max_steps}")
-    if t.max_steps == 0 and t.epochs is None and t.patience == 0:
-        raise err("train.max_steps", "is 0 (no step budget) while train.epochs is null and train.patience is 0: "
-                  "nothing would stop training; set one of them")
-    if not 0.0 <= t.min_improvement < 1.0:
-        raise err("train.min_improvement", f"must be in [0, 1), got {t.min_improvement}")
-    if m.masks is not None and m.masks < 1:
-        raise err("model.masks", f"must be at least 1 or null (one mask per column), got {m.masks}")
-    if m.search_rows < 1:
-        raise err("model.search_rows", f"must be at least 1, got {m.search_rows}")
-    if not m.search_seconds > 0:
-        raise err("model.search_seconds", f"must be positive, got {m.search_seconds}")
-    if not 0.0 < m.mask_rate <= 1.0:
-        raise err("model.mask_rate", f"must be in (0, 1], got {m.mask_rate}")
-    if t.learning_rate <= 0:
-        raise err("train.learning_rate", f"must be positive, got {t.learning_rate}")
-    if not 0.0 < t.validation_fraction < 1.0:
-        raise err("train.validation_fraction", f"must be in (0, 1), got {t.validation_fraction}")
-    if t.patience < 0:
-        raise err("train.patience", f"must be 0 or more, got {t.patience}")
-    if t.max_rows is not None and t.sample_fraction is not None:
-        raise err("train.max_rows", "and train.sample_fraction are both set; choose one")
-    if t.max_rows is not None and t.max_rows < 1:
-        raise err("train.max_rows", f"must be at least 1, got {t.max_rows}")
-    if t.sample_fraction is not None and not 0.0 < t.sample_fraction <= 1.0:
-        raise err("train.sample_fraction", f"must be in (0, 1], got {t.sample_fraction}")
-    if t.num_shards is not None and t.num_shards < 1:
-        raise err("train.num_shards", f"must be at least 1, got {t.num_shards}")
-    if not 0.0 < sc.threshold_quantile < 1.0:
-        raise err("score.threshold_quantile", f"must be in (0, 1), got {sc.threshold_quantile}")
-    if sc.top_reasons < 0:
-        raise err("score.top_reasons", f"must be 0 or more, got {sc.top_reasons}")
-    if sc.batch_size < 1:
-        raise err("score.batch_size", f"must be at least 1, got {sc.batch_size}")
-    for section, obj in (("score", sc), ("features", cfg.features)):
-        for key in ("source", "output"):
-            value = getattr(obj, key)
-            if value is None:
-                continue
-            if looks_like_table_name(value):
-                if not is_catalog_table(value):
-                    raise err(f"{section}.{key}", f"must be a path or a catalog table catalog.schema.table "
-                              f"(names of letters, digits and '_'), got {value!r}; write a relative path "
-                              f"with dots as ./{value}")
-            else:
-                check_path(value, what=f"key '{section}.{key}'")
-    if cfg.output_schema is not None and not is_catalog_schema(cfg.output_schema):
-        raise err("output_schema", "must be catalog.schema (two names of letters, digits and '_'), "
-                  f"got {cfg.output_schema!r}")
-    outputs = [(k, v) for k, v in (("score.output", sc.output), ("features.output", cfg.features.output)) if v]
-    run_tables = {"vocab": cfg.layout.vocab, "embeddings": cfg.layout.embeddings,
-                  "score_runs": cfg.layout.score_runs}
-    for key, value in outputs:
-        for other_key, other in outputs + list(run_tables.items()):
-            if other_key != key and _same_path(value, other):
-                raise err(key, f"is the same table as {other_key} ({value}); give each output its own path")
-
-
-def _same_path(a: str, b: str) -> bool:
-    from embedlib.layout import has_scheme
-
-    def norm(p: str) -> str:
-        return (p if has_scheme(p) or looks_like_table_name(p) else os.path.abspath(p)).rstrip("/")
-
-    return norm(a) == norm(b)

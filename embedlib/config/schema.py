@@ -39,6 +39,8 @@ ModelKind = Literal["masked", "autoencoder"]
 ModelSize = Literal["auto", "small", "medium", "large"]
 LrSchedule = Literal["plateau", "constant"]
 RankBy = Literal["calibrated", "nats"]
+#: ``score.passthrough`` / ``features.passthrough``: source columns an output keeps beside its own.
+Passthrough = tuple[str, ...] | Literal["all"] | None
 DeltaEngine = Literal["auto", "connector", "delta-rs"]
 
 
@@ -69,11 +71,15 @@ class SourceConfig:
         """How messages name this source: the table name or the path."""
         return self.table if self.table is not None else str(self.path)
 
-    def with_target(self, target: str | None) -> SourceConfig:
+    def with_target(self, target: str | SourceConfig | None) -> SourceConfig:
         """This source read from ``target`` instead (``score.source``, ``features.source``):
-        a catalog table ``catalog.schema.table``, or a path in the same format and options."""
+        a source of its own (a mapping like ``source``: path or table, format, options, schema),
+        or the shorthand string — a catalog table ``catalog.schema.table``, or a path in this
+        source's format and options."""
         if target is None:
             return self
+        if isinstance(target, SourceConfig):
+            return target
         if is_catalog_table(target):
             return dataclasses.replace(self, path=None, table=target)
         return dataclasses.replace(self, path=target, table=None)
@@ -207,8 +213,9 @@ class ScoreConfig:
     ``nats`` by the raw negative log-likelihood. Both are written either way.
     """
 
-    source: str | None = None
+    source: str | SourceConfig | None = None
     output: str | None = None
+    passthrough: Passthrough = None
     mode: Literal["append", "overwrite"] = "append"
     run_id: str | None = None
     threshold_quantile: float = 0.99
@@ -223,8 +230,9 @@ class ScoreConfig:
 class FeaturesConfig:
     """``features``: the design matrix (embeddings + standardized numerics + missing flags)."""
 
-    source: str | None = None
+    source: str | SourceConfig | None = None
     output: str | None = None
+    passthrough: Passthrough = None
     flatten: bool = False
 
 
@@ -295,8 +303,9 @@ class Config:
     def uses_s3a(self) -> bool:
         """Whether a path of this run is on S3 through Hadoop (``s3a://``, ``s3://``): the session
         then needs ``hadoop-aws``."""
-        paths = (self.output_dir, self.source.path, self.score.source, self.score.output, self.features.source,
-                 self.features.output)
+        sources = (self.score.source, self.features.source)
+        paths = (self.output_dir, self.source.path, self.score.output, self.features.output,
+                 *[s.path if isinstance(s, SourceConfig) else s for s in sources])
         return any(str(p).startswith(("s3a://", "s3://")) for p in paths if p)
 
     @property

@@ -92,11 +92,12 @@ def planted_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluate
             "--plant evaluates on rows the model did not train on: set score.source to a held-out table "
             "with the same columns (e.g. --set score.source=data/adult/adult.test.gz)"
         )
-    if held_out in (cfg.source.path, cfg.source.table):
-        log.warning("score.source is the training source %s: the planted rows are not held out", held_out)
-    df = read_source(spark, cfg.source.with_target(held_out))
-    check_source(df, bundle, (), held_out)
-    table, total = _collect(df.select(*_feature_columns(bundle)), opts.max_rows, opts.seed, held_out)
+    held = cfg.source.with_target(held_out)
+    if (held.path, held.table) == (cfg.source.path, cfg.source.table):
+        log.warning("score.source is the training source %s: the planted rows are not held out", held.name)
+    df = read_source(spark, held)
+    check_source(df, bundle, (), held.name)
+    table, total = _collect(df.select(*_feature_columns(bundle)), opts.max_rows, opts.seed, held.name)
     planted, labels = plant_anomalies(
         table.to_pandas(), bundle.spec.columns, fraction=opts.plant, seed=opts.seed
     )

@@ -17,6 +17,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
+from embedlib import storage
 from embedlib.errors import first_line
 from embedlib.layout import check_path, is_catalog_table, is_table_name, local_path
 from embedlib.tables.connector import ConnectorEngine
@@ -82,6 +83,7 @@ def use_engine(spark: SparkSession, delta: DeltaConfig) -> TableEngine:
     from embedlib.spark import ENGINE_CONF
 
     spark.conf.set(ENGINE_CONF, delta.engine)
+    storage.configure(spark)  # the session's fs.s3a keys for delta-rs and pyarrow on the driver
     return engine_for(spark)
 
 
@@ -142,7 +144,7 @@ def read_table(
         try:
             return spark.table(target)
         except Exception as exc:
-            raise TableError(f"table {target} cannot be read: {first_line(exc)}") from exc
+            raise TableError(storage.explain(exc, target) or f"table {target} cannot be read: {first_line(exc)}") from exc
     check_path(target, what=f"{format} table")
     if format == "delta":
         return engine_for(spark).read(spark, target)
@@ -158,7 +160,7 @@ def read_table(
     try:
         return reader.load(target)
     except Exception as exc:
-        raise TableError(f"{format} source {target} cannot be read: {first_line(exc)}") from exc
+        raise TableError(storage.explain(exc, target) or f"{format} source {target} cannot be read: {first_line(exc)}") from exc
 
 
 def _opt(value: Any) -> str:

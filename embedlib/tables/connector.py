@@ -21,9 +21,10 @@ import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from embedlib import storage
 from embedlib.faults import fault, kill_when_files_appear
 from embedlib.layout import is_table_name, local_path
-from embedlib.tables.engine import WRITE_ID, TableEngine, WriteMode, WriteResult
+from embedlib.tables.engine import WRITE_ID, TableEngine, WriteMode, WriteResult, check_appended_types
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -54,7 +55,7 @@ class ConnectorEngine(TableEngine):
         except Exception as exc:
             if "DELTA_TABLE_NOT_FOUND" in str(exc) or "DELTA_MISSING_DELTA_TABLE" in str(exc):
                 raise TableError(f"{path} is not a Delta table (no _delta_log there); check the path") from exc
-            raise TableError(f"Delta table {path} cannot be read: {first_line(exc)}") from exc
+            raise TableError(storage.explain(exc, path) or f"Delta table {path} cannot be read: {first_line(exc)}") from exc
 
     def data_files(self, spark: SparkSession, path: str, columns: tuple[str, ...]) -> list[str] | None:
         """The current snapshot's files, when reading them raw gives the table: not when a
@@ -114,34 +115,35 @@ class ConnectorEngine(TableEngine):
         committed = with_conflict_retries(
             lambda: writer.saveAsTable(target) if catalog else writer.save(target), target, txn
         )
-        if committed and txn is not None and not self._committed_by(spark, target, before, meta[WRITE_ID]):
+        if not committed or txn is None:
+            return WriteResult(target, committed, self.version(spark, target))
+        mine, latest = _commits_since(spark, target, before, meta[WRITE_ID])
+        if not mine:
             log.info("%s: app %s version %d already committed; nothing written", target, *txn)
-            committed = False
-        return WriteResult(target, committed, self.version(spark, target))
+        return WriteResult(target, mine, latest)
 
-    def _committed_by(self, spark: SparkSession, target: str, after: int | None, write_id: str) -> bool:
-        """Whether a commit after version ``after`` carries ``write_id``."""
-        newer = spark.sql(f"DESCRIBE HISTORY {_ref(target)}")
-        if after is not None:
-            newer = newer.where(f"version > {int(after)}")
-        return any(write_id in (r["userMetadata"] or "") for r in newer.select("userMetadata").collect())
+
+def _commits_since(spark: SparkSession, target: str, after: int | None, write_id: str) -> tuple[bool, int | None]:
+    """One read of the history: whether a commit after version ``after`` carries ``write_id``, and
+    the table's latest version."""
+    newer = spark.sql(f"DESCRIBE HISTORY {_ref(target)}")
+    if after is not None:
+        newer = newer.where(f"version > {int(after)}")
+    rows = newer.select("version", "userMetadata").collect()
+    latest = max((int(r["version"]) for r in rows), default=after)
+    return any(write_id in (r["userMetadata"] or "") for r in rows), latest
 
 
 def _check_types(spark: SparkSession, df: DataFrame, target: str) -> None:
     """An append may add columns (``mergeSchema``) but not change a column's type: refused
     before any work, naming both types (as delta-rs's engine does)."""
-    from embedlib.tables.engine import TableError
-
     try:
         table = spark.table(target).schema if is_table_name(target) else spark.read.format("delta").load(target).schema
     except Exception:  # no table yet: the write creates it
         return
     have = {f.name: f.dataType for f in table.fields}
-    changed = [f"{f.name} ({have[f.name].simpleString()} in the table, {f.dataType.simpleString()} now)"
-               for f in df.schema.fields if f.name in have and have[f.name] != f.dataType]
-    if changed:
-        raise TableError(f"cannot append to {target}: column type(s) changed: {'; '.join(changed)}; "
-                         "write to a new table or use mode overwrite")
+    check_appended_types(target, [(f.name, have[f.name].simpleString(), f.dataType.simpleString())
+                                  for f in df.schema.fields if f.name in have and have[f.name] != f.dataType])
 
 
 def with_conflict_retries(write: Callable[[], None], target: str, txn: tuple[str, int] | None) -> bool:

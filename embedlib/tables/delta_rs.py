@@ -10,7 +10,8 @@ delta-rs records that pair but does not skip a repeated one, so the writer
 checks ``transaction_version`` first, and again before each commit attempt.
 Files written by a job that died before its commit are in no Delta log entry and
 are never read: reads list files from the log, never by globbing the directory.
-Catalog tables need the connector and are refused here.
+Catalog tables need the connector and are refused here. On S3 every call carries
+:func:`embedlib.storage.delta_rs_options` (credentials, endpoint, conditional put).
 """
 
 from __future__ import annotations
@@ -22,16 +23,17 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from embedlib import storage
 from embedlib.errors import first_line
 from embedlib.faults import fault, kill_self
-from embedlib.layout import check_path, local_path, staging_folder
+from embedlib.layout import check_path, filesystem, join, local_path, staging_folder
 from embedlib.spark import hadoop_fs
-from embedlib.tables.engine import TableEngine, TableError, WriteMode, WriteResult
+from embedlib.tables.engine import TableEngine, TableError, WriteMode, WriteResult, check_appended_types
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["COMMIT_ATTEMPTS", "SUPPORTED_READER_FEATURES", "DeltaRsEngine", "open_delta"]
+__all__ = ["COMMIT_ATTEMPTS", "SUPPORTED_READER_FEATURES", "DeltaRsEngine", "delta_table", "is_delta_table", "open_delta"]
 
 log = logging.getLogger(__name__)
 
@@ -41,16 +43,31 @@ SUPPORTED_READER_FEATURES = frozenset({"timestampNtz", "vacuumProtocolCheck", "v
 COMMIT_ATTEMPTS = 10
 
 
-def open_delta(path: str) -> Any:
-    """The ``DeltaTable`` at ``path``, its protocol checked; a clear error if there is none."""
+def delta_table(location: str) -> Any:
+    """``DeltaTable(location)`` with the storage settings of its scheme."""
     from deltalake import DeltaTable
 
+    return DeltaTable(location, storage_options=storage.delta_rs_options(location))
+
+
+def is_delta_table(location: str) -> bool:
+    """Whether ``location`` holds a Delta log; a missing bucket or refused credentials say so."""
+    from deltalake import DeltaTable
+
+    try:
+        return bool(DeltaTable.is_deltatable(location, storage_options=storage.delta_rs_options(location)))
+    except OSError as exc:
+        raise TableError(storage.explain(exc, location) or f"{location}: {first_line(exc)}") from None
+
+
+def open_delta(path: str) -> Any:
+    """The ``DeltaTable`` at ``path``, its protocol checked; a clear error if there is none."""
     check_path(path, what="delta table")
     target = local_path(path) or path
-    if not DeltaTable.is_deltatable(target):
+    if not is_delta_table(target):
         raise TableError(f"{path} is not a Delta table (no _delta_log there); check the path")
     try:
-        dt = DeltaTable(target)
+        dt = delta_table(target)
     except Exception as exc:  # e.g. "Feature 'x' is not supported": a protocol newer than delta-rs
         raise TableError(f"Delta table {path} cannot be read with delta-rs: {first_line(exc)}; run with the "
                          "Spark Delta connector (delta.engine: connector) or rewrite the table") from exc
@@ -117,12 +134,10 @@ class DeltaRsEngine(TableEngine):
         return list(dt.file_uris())
 
     def version(self, spark: SparkSession, target: str) -> int | None:
-        from deltalake import DeltaTable
-
         local = local_path(target) or target
-        if not DeltaTable.is_deltatable(local):
+        if not is_delta_table(local):
             return None
-        return int(DeltaTable(local).version())
+        return int(delta_table(local).version())
 
     def commit_metadata(self, spark: SparkSession, target: str) -> dict[str, Any]:
         history = open_delta(target).history(1)
@@ -147,7 +162,6 @@ def _write(
     meta: str | None,
 ) -> WriteResult:
     import pyarrow as pa
-    from deltalake import DeltaTable
     from deltalake import Schema as DeltaSchema
     from deltalake.transaction import (
         AddAction,
@@ -159,11 +173,12 @@ def _write(
     from pyspark.sql.pandas.types import to_arrow_schema
 
     location = local_path(target) or target
-    if txn is not None and DeltaTable.is_deltatable(location):
-        done = DeltaTable(location).transaction_version(txn[0])
+    if txn is not None and is_delta_table(location):
+        existing = delta_table(location)
+        done = existing.transaction_version(txn[0])
         if done is not None and done >= txn[1]:
             log.info("%s: app %s version %d already committed; nothing written", target, *txn)
-            return WriteResult(target, False, DeltaTable(location).version())
+            return WriteResult(target, False, existing.version())
 
     stage_rel, stage = staging_folder(target)
     try:
@@ -197,12 +212,13 @@ def _write(
     )
     for attempt in range(1, COMMIT_ATTEMPTS + 1):
         try:
-            if not DeltaTable.is_deltatable(location):
+            if not is_delta_table(location):
                 create_table_with_add_actions(
-                    location, delta_schema, adds, mode="error", commit_properties=props
+                    location, delta_schema, adds, mode="error", commit_properties=props,
+                    storage_options=storage.delta_rs_options(location),
                 )
                 return WriteResult(target, True, 0)
-            dt = DeltaTable(location)
+            dt = delta_table(location)
             if txn is not None:
                 done = dt.transaction_version(txn[0])
                 if done is not None and done >= txn[1]:
@@ -213,13 +229,14 @@ def _write(
                 _add_new_columns(dt, arrow_schema, target)
             actions: list[AddAction | RemoveAction] = list(adds)
             dt.create_write_transaction(actions, mode, delta_schema, commit_properties=props)
-            return WriteResult(target, True, DeltaTable(location).version())
+            return WriteResult(target, True, delta_table(location).version())
         except Exception as exc:
             # Another writer committed first: a concurrent append, the same app
             # transaction, or the table's creation. Look at the table again.
             if not _is_conflict(exc, location) or attempt == COMMIT_ATTEMPTS:
                 _discard_stage(spark, stage)
-                raise TableError(f"Delta commit to {target} failed: {first_line(exc)}") from exc
+                reason = storage.explain(exc, location) or first_line(exc)
+                raise TableError(f"Delta commit to {target} failed: {reason}") from exc
             log.warning("%s: commit conflicted with another writer (%s); retrying (%d/%d)",
                         target, first_line(exc), attempt, COMMIT_ATTEMPTS)
             time.sleep(random.uniform(0.05, 0.2) * attempt)
@@ -233,16 +250,8 @@ def _add_new_columns(dt: Any, arrow_schema: Any, target: str) -> None:
     from deltalake import Field
 
     table = pa.schema(dt.schema().to_arrow())
-    changed = [
-        f"{f.name} ({table.field(f.name).type} in the table, {f.type} now)"
-        for f in arrow_schema
-        if f.name in table.names and not table.field(f.name).type.equals(f.type)
-    ]
-    if changed:
-        raise TableError(
-            f"cannot append to {target}: column type(s) changed: {'; '.join(changed)}; "
-            "write to a new table or use mode overwrite"
-        )
+    check_appended_types(target, [(f.name, str(table.field(f.name).type), str(f.type)) for f in arrow_schema
+                                  if f.name in table.names and not table.field(f.name).type.equals(f.type)])
     new = [f for f in arrow_schema if f.name not in table.names]
     if new:
         log.info("%s: adding column(s) %s", target, ", ".join(f.name for f in new))
@@ -250,29 +259,29 @@ def _add_new_columns(dt: Any, arrow_schema: Any, target: str) -> None:
 
 
 def _is_conflict(exc: BaseException, location: str) -> bool:
-    from deltalake import DeltaTable
     from deltalake.exceptions import CommitFailedError
 
     if isinstance(exc, CommitFailedError):
         return True
     # a failed create_table_with_add_actions because the table exists by now
-    return "already exists" in str(exc).lower() and DeltaTable.is_deltatable(location)
+    return "already exists" in str(exc).lower() and is_delta_table(location)
 
 
 def _list_data_files(spark: SparkSession, folder: str) -> list[tuple[str, int, int, int | None]]:
     """``(name, size, mtime_ms, rows)`` of the Parquet files Spark wrote into ``folder``."""
+    import pyarrow.parquet as pq
+
     fs, hpath = hadoop_fs(spark, folder)
     out: list[tuple[str, int, int, int | None]] = []
-    local = local_path(folder)
+    footers = local_path(folder) is not None or storage.is_s3(folder)  # row counts for the log's stats
     for status in fs.listStatus(hpath):
         name = status.getPath().getName()
         if not name.endswith(".parquet") or name.startswith(("_", ".")):
             continue
         rows = None
-        if local is not None:
-            import pyarrow.parquet as pq
-
-            rows = pq.read_metadata(f"{local}/{name}").num_rows
+        if footers:
+            pafs, inner = filesystem(join(folder, name))
+            rows = pq.read_metadata(inner, filesystem=pafs).num_rows
         out.append((name, int(status.getLen()), int(status.getModificationTime()), rows))
     return sorted(out)
 

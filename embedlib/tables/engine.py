@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["WRITE_ID", "TableEngine", "TableError", "WriteMode", "WriteResult"]
+__all__ = ["WRITE_ID", "TableEngine", "TableError", "WriteMode", "WriteResult", "check_appended_types"]
 
 WriteMode = Literal["append", "overwrite"]
 
@@ -57,3 +57,12 @@ class TableEngine(Protocol):
               catalog: bool) -> WriteResult:
         """One atomic commit; with ``txn`` an append already recorded is skipped."""
         ...
+
+
+def check_appended_types(target: str, changed: list[tuple[str, str, str]]) -> None:
+    """Refuse an append whose columns changed type — ``(column, type in the table, type now)`` —
+    naming each (both engines word it the same)."""
+    if changed:
+        listed = "; ".join(f"{name} ({was} in the table, {now} now)" for name, was, now in changed)
+        raise TableError(f"cannot append to {target}: column type(s) changed: {listed}; "
+                         "write to a new table or use mode overwrite")

@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
-from embedlib.encode import ShardSet
 from embedlib.train.errors import TrainError
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
     from embedlib.config.schema import ModelConfig
+    from embedlib.encode import ShardSet
     from embedlib.train.loop import TrainJob
 
 __all__ = ["SIZES", "SIZE_TOLERANCE", "Size", "SizeChoice", "candidates", "choose_size", "resolve_size",

@@ -259,15 +259,14 @@ class Vocabulary:
     @classmethod
     def load_delta(cls, path: str) -> Vocabulary:
         """Load a vocabulary Delta table with delta-rs only — no Spark."""
-        from deltalake import DeltaTable
-
         from embedlib.layout import check_path, local_path
+        from embedlib.tables.delta_rs import is_delta_table, open_delta
 
         check_path(path, what="vocabulary table")
         location = local_path(path) or path
-        if not DeltaTable.is_deltatable(location):
+        if not is_delta_table(location):
             raise VocabError(f"no vocabulary table at {path}; run `embedlib vocab` first")
-        table = DeltaTable(location)
+        table = open_delta(location)
         history = table.history(1)
         meta = json.loads(history[0].get("userMetadata") or "{}") if history else {}
         return cls.from_arrow(pa.table(table.to_pyarrow_table()), meta)
