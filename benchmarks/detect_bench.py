@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
                     scorers[f"embedlib {variant}"] = (scorer, secs)
                     training.setdefault((name, variant), []).append(
                         {k: metrics.get(k) for k in ("steps", "epochs_run", "best_epoch", "validation_loss",
-                                                     "converged", "train_seconds")})
+                                                     "converged", "train_seconds", "model_size")})
                 any_bundle = load_bundle(f"{tmp}/runs/{name}-s{seed}-0/bundle")
                 sample = train.sample(n=min(len(train), args.baseline_rows), random_state=seed)
                 for method in args.baselines:

@@ -43,7 +43,8 @@ from embedlib.model import EmbeddingAutoencoder, ModelSpec
 from embedlib.storage import is_s3
 from embedlib.vocab.model import Vocabulary
 
-__all__ = ["Bundle", "BundleError", "bundle_from_files", "load_bundle", "read_bundle_files", "save_bundle"]
+__all__ = ["Bundle", "BundleError", "bundle_from_files", "copy_bundle", "load_bundle", "read_bundle_files",
+           "save_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +138,19 @@ def save_bundle(
         _write_by_rename(fs, target, files)
     log.info("bundle %s written to %s", manifest["bundle_id"], path)
     return str(manifest["bundle_id"])
+
+
+def copy_bundle(source: str, target: str) -> str:
+    """Copy the bundle at ``source`` to ``target`` (verified first, written as :func:`save_bundle`
+    writes); return its id."""
+    files = read_bundle_files(source)
+    bundle_id = bundle_from_files(files, source).bundle_id
+    fs, inner = filesystem(target)
+    if is_s3(target):
+        _write_in_place(fs, inner, files)
+    else:
+        _write_by_rename(fs, inner, files)
+    return bundle_id
 
 
 def _write_by_rename(fs: Any, target: str, files: Mapping[str, bytes]) -> None:

@@ -1,0 +1,99 @@
+"""The Spark ML estimator and model: a Pipeline stage that fits, saves, loads and scores like the jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import DeltaTable
+
+from embedlib.config import ConfigError, load_config
+
+from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, adult_pandas
+
+#: The training tests' settings (conftest.TRAIN_SETS) as the estimator's Params.
+TRAIN_PARAMS = {"epochs": 6, "patience": 10, "batchSize": 512, "learningRate": 0.003, "seed": 7, "size": "medium"}
+
+
+@pytest.fixture(scope="module")
+def adult_frames(spark, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Adult's training rows and 2,000 test rows with a row_id, as DataFrames (and the test Parquet file)."""
+    folder = tmp_path_factory.mktemp("ml_data")
+    train = adult_pandas(ADULT_DATA)
+    test = adult_pandas(ADULT_TEST).head(2000).copy()
+    test.insert(0, "row_id", np.arange(len(test), dtype=np.int64))
+    train.to_parquet(folder / "train.parquet", index=False)
+    test.to_parquet(folder / "test.parquet", index=False)
+    return (spark.read.parquet(str(folder / "train.parquet")), spark.read.parquet(str(folder / "test.parquet")),
+            folder / "test.parquet")
+
+
+def _detector(out: Path):  # type: ignore[no-untyped-def]
+    from embedlib.ml import EmbeddingAnomalyDetector
+
+    cfg = load_config([BASE_CONF, ADULT_CONF])
+    return EmbeddingAnomalyDetector(categoricalCols=list(cfg.columns.categorical), numericCols=list(cfg.columns.numeric),
+                                    outputDir=str(out), name="ml", **TRAIN_PARAMS)
+
+
+def test_pipeline_fit_save_load_transform_equals_the_score_job(spark, adult_frames, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pyspark.ml import Pipeline, PipelineModel
+
+    from embedlib.ml import EmbeddingAnomalyModel
+    from embedlib.score import run_score_job
+
+    train, test, test_file = adult_frames
+    fitted = Pipeline(stages=[_detector(tmp_path / "runs")]).fit(train)
+    fitted.write().overwrite().save(str(tmp_path / "pipeline"))
+    loaded = PipelineModel.load(str(tmp_path / "pipeline"))
+    model = loaded.stages[0]
+    assert isinstance(model, EmbeddingAnomalyModel)
+    assert model.getOrDefault("bundlePath").startswith(str(tmp_path / "pipeline"))  # the copy saved with the pipeline
+    assert model.getOrDefault("learningRate") == 0.003 and model.getOrDefault("categoricalCols")[0] == "workclass"
+    scored = loaded.transform(test)
+    assert scored.columns[: len(test.columns)] == test.columns  # the input's columns, then the scores
+    assert {"anomaly_score", "is_anomaly", "contributions", "reasons", "calibrated_score"} <= set(scored.columns)
+    got = pd.DataFrame(scored.select("row_id", "anomaly_score", "calibrated_score", "is_anomaly").toPandas())
+    got = got.sort_values("row_id")
+
+    # `embedlib score` on the same rows, in the run the estimator wrote
+    cfg = load_config([BASE_CONF, ADULT_CONF], [
+        f"output_dir={tmp_path / 'runs'}", "name=ml", f"source.path={tmp_path / 'runs' / 'ml' / '_work' / 'fit-source'}",
+        "source.format=parquet", f"score.source.path={test_file}", "score.source.format=parquet",
+        "columns.id=[row_id]", f"score.output={tmp_path / 'job_scores'}"])
+    run_score_job(spark, cfg)
+    job = DeltaTable(str(tmp_path / "job_scores")).to_pandas().sort_values("row_id")
+    assert got["row_id"].tolist() == job["row_id"].tolist() == list(range(2000))
+    np.testing.assert_allclose(got["anomaly_score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got["calibrated_score"].to_numpy(), job["calibrated_score"].to_numpy(), rtol=0, atol=1e-6)
+    assert got["is_anomaly"].tolist() == job["is_anomaly"].tolist()
+
+    # the matrices and the design matrix come from the same bundle
+    emb = model.embeddings().to_pandas()
+    bundle = model.bundle
+    assert len(emb) == sum(len(bundle.vocab[c].values) + 2 for c in bundle.spec.categorical)
+    features = pd.DataFrame(model.features(test.limit(5)).toPandas())
+    assert features.columns[0] == "row_id" and len(features["workclass"].iloc[0]) == bundle.spec.embedding_dims[0]
+
+
+def test_estimator_params_and_bad_input(spark, adult_frames, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from embedlib.ml import EmbeddingAnomalyDetector
+    from embedlib.vocab import SchemaError
+
+    train, _, _ = adult_frames
+    det = _detector(tmp_path / "runs")
+    assert det.getOrDefault("batchSize") == 512 and det.getParam("maxSteps").doc.startswith("config key train.max_steps")
+    det.write().overwrite().save(str(tmp_path / "estimator"))
+    again = EmbeddingAnomalyDetector.load(str(tmp_path / "estimator"))
+    assert again.getOrDefault("learningRate") == 0.003 and again.getOrDefault("numericCols") == det.getOrDefault("numericCols")
+    with pytest.raises(TypeError, match='param "batchSize"'):
+        EmbeddingAnomalyDetector(batchSize="large")
+    with pytest.raises(SchemaError, match="lacks column\\(s\\) workclass"):
+        _detector(tmp_path / "r2").fit(train.drop("workclass"))
+    with pytest.raises(ConfigError, match="train.batch_size"):  # the config's own rules, naming the key
+        _detector(tmp_path / "r3").setParams(batchSize=0).fit(train)
+    with pytest.raises(ConfigError, match="unknown key 'score.nope'"):
+        _detector(tmp_path / "r4").setParams(configOverrides=["score.nope=1"]).fit(train)
+    assert not (tmp_path / "r2").exists() and not (tmp_path / "r3" / "ml").exists()  # refused before any work
