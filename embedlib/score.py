@@ -275,8 +275,13 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     check_tracking(cfg)
     started = time.perf_counter()
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    bundle = load_bundle(layout.bundle)
-    _check_vocab(spark, cfg, bundle)
+    if cfg.score.model is not None:  # an MLflow model (a registered version): its own bundle and vocabulary
+        from embedlib.tracking import model_bundle
+
+        bundle = model_bundle(cfg, cfg.score.model)
+    else:
+        bundle = load_bundle(layout.bundle)
+        _check_vocab(spark, cfg, bundle)
     src_cfg = cfg.source.with_target(cfg.score.source)
     source_name = src_cfg.name
     df = read_source(spark, src_cfg)

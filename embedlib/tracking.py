@@ -43,6 +43,7 @@ from embedlib.config import redact
 from embedlib.spark import on_databricks
 
 if TYPE_CHECKING:
+    from embedlib.bundle import Bundle
     from embedlib.config import Config
     from embedlib.runs import ScoreRun
 
@@ -200,7 +201,45 @@ def log_training(cfg: Config, bundle_path: str, bundle_id: str, metrics: Mapping
             for name, blob in read_bundle_files(bundle_path).items():
                 (Path(tmp) / name).write_bytes(blob)
             client.log_artifacts(run_id, tmp, artifact_path="bundle")
+            model_uri = _log_model(tracking_uri(cfg), run_id, bundle_path, tmp)
+        client.set_tag(run_id, "embedlib.model_uri", model_uri)
+        log.info("bundle %s logged as MLflow model %s (register it to score it by name: score.model)",
+                 bundle_id, model_uri)
     return str(run_id)
+
+
+def _log_model(uri: str | None, run_id: str, bundle_path: str, folder: str) -> str:
+    """The bundle as a pyfunc model of run ``run_id`` (:mod:`embedlib.pyfunc`); its model URI."""
+    import mlflow
+
+    from embedlib.pyfunc import log_bundle_model
+
+    previous = mlflow.get_tracking_uri()
+    if uri is not None:
+        mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            return log_bundle_model(bundle_path, folder)
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+def model_bundle(cfg: Config, model_uri: str) -> Bundle:
+    """The bundle of the MLflow model ``model_uri`` (``score.model``: ``models:/name/version``),
+    from the configured tracking URI and its model registry."""
+    import mlflow
+
+    from embedlib.pyfunc import bundle_from_model
+
+    uri = tracking_uri(cfg)
+    _mlflow_client(uri)  # MLflow importable, file stores allowed
+    previous = mlflow.get_tracking_uri()
+    if uri is not None:
+        mlflow.set_tracking_uri(uri)
+    try:
+        return bundle_from_model(model_uri)
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def log_scoring(cfg: Config, run: ScoreRun) -> str | None:

@@ -121,3 +121,58 @@ def test_flattened_params_redact_secrets() -> None:
     assert params["output_schema"] == "null" and params["model.hidden"] == "null"  # null: from model.size
     assert params["model.size"] == "auto" and params["delta.engine"] == "auto"
     assert "S3CRET" not in json.dumps(params) and "T0KEN" not in json.dumps(params)
+
+
+@pytest.mark.timeout(900)
+def test_bundle_as_an_mlflow_model_scores_like_the_job(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Training logs the bundle as a pyfunc model; registered, it loads by name and scores — with
+    ``predict``, with ``spark_udf`` and as ``score.model`` of the score job — like ``embedlib score``."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    from deltalake import DeltaTable
+
+    from embedlib.bundle import BundleError
+    from embedlib.score import run_score_job
+    from embedlib.train import run_train_job
+    from embedlib.vocab import run_vocab_job
+
+    from .conftest import adult_pandas
+
+    store = tmp_path / "mlruns"
+    rows = adult_pandas(ADULT_TEST).head(400).copy()
+    rows.insert(0, "row_id", np.arange(len(rows), dtype=np.int64))
+    rows.to_parquet(tmp_path / "rows.parquet", index=False)
+    sets = ("train.epochs=2", "tracking.mlflow=true", f"tracking.tracking_uri={store}", "score.passthrough=[row_id]",
+            f"score.source.path={tmp_path / 'rows.parquet'}", "score.source.format=parquet")
+    cfg = train_cfg(tmp_path / "out", *sets)
+    run_vocab_job(spark, cfg)
+    result = run_train_job(spark, cfg)
+    run_score_job(spark, cfg)  # the run's own bundle
+    job = DeltaTable(cfg.layout.scores).to_pandas().sort_values("row_id")
+
+    mlflow.set_tracking_uri(store.as_uri())
+    assert result.tracking_run_id is not None
+    model_uri = mlflow.MlflowClient().get_run(result.tracking_run_id).data.tags["embedlib.model_uri"]
+    version = mlflow.register_model(model_uri, "adult-demo")
+    by_name = f"models:/adult-demo/{version.version}"
+    model = mlflow.pyfunc.load_model(by_name)
+    assert [c.name for c in model.metadata.get_input_schema().inputs][:2] == ["workclass", "education"]
+    predicted = pd.DataFrame(model.predict(rows.drop(columns=["row_id"])))
+    np.testing.assert_allclose(predicted["anomaly_score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(predicted["calibrated_score"].to_numpy(), job["calibrated_score"].to_numpy(), rtol=0,
+                               atol=1e-6)
+    assert predicted["is_anomaly"].tolist() == job["is_anomaly"].tolist()
+
+    udf = mlflow.pyfunc.spark_udf(spark, by_name, result_type="double", env_manager="local")
+    frame = spark.read.parquet(str(tmp_path / "rows.parquet"))
+    features = model.metadata.get_input_schema().input_names()  # the udf takes the signature's columns, in order
+    by_udf = pd.DataFrame(frame.select("row_id", udf(*features).alias("score")).toPandas()).sort_values("row_id")
+    np.testing.assert_allclose(by_udf["score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-6)
+
+    registered = train_cfg(tmp_path / "other", *sets, f"score.model={by_name}")  # a run without a bundle of its own
+    run_score_job(spark, registered)
+    again = DeltaTable(registered.layout.scores).to_pandas().sort_values("row_id")
+    np.testing.assert_allclose(again["anomaly_score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-6)
+    with pytest.raises(BundleError, match="score.model models:/adult-demo/9 cannot be read from MLflow"):
+        run_score_job(spark, train_cfg(tmp_path / "other", *sets, "score.model=models:/adult-demo/9"))

@@ -216,6 +216,7 @@ class ScoreConfig:
     source: str | SourceConfig | None = None
     output: str | None = None
     passthrough: Passthrough = None
+    model: str | None = None
     mode: Literal["append", "overwrite"] = "append"
     run_id: str | None = None
     threshold_quantile: float = 0.99
