@@ -108,8 +108,9 @@ class _EmbedlibParams(Params):
                                           TypeConverters.toListString)
     idCols: Param[list[str]] = Param(Params._dummy(), "idCols", "id columns passed through (columns.id)",
                                      TypeConverters.toListString)
-    outputDir: Param[str] = Param(Params._dummy(), "outputDir", "where fit writes its run (output_dir); "
-                                  "default: a new temporary folder", TypeConverters.toString)
+    outputDir: Param[str] = Param(Params._dummy(), "outputDir", "where fit writes its run (output_dir): storage "
+                                  "every executor reaches on a cluster; default: a new local temporary folder",
+                                  TypeConverters.toString)
     name: Param[str] = Param(Params._dummy(), "name", "the run's name (name)", TypeConverters.toString)
     configOverrides: Param[list[str]] = Param(Params._dummy(), "configOverrides",
                                               "other config keys as key=value (as --set)", TypeConverters.toListString)
