@@ -284,13 +284,17 @@ def test_outputs_keep_source_columns_to_join_back(spark, adult_trained, test_row
     a list keeps those (and the ids); a listed column named like an output column is refused;
     ``features.passthrough`` works the same way."""
     from embedlib.extract import run_features_job
+    from embedlib.reports import score_report
     from embedlib.vocab import SchemaError
 
     cfg, _ = adult_trained
     rows = test_rows.head(300).drop(columns=["row_id"])
     rows.to_parquet(tmp_path / "rows.parquet", index=False)
     source = [f"score.source.path={tmp_path / 'rows.parquet'}", "score.source.format=parquet"]
-    run_score_job(spark, score_cfg(cfg, *source, f"score.output={tmp_path / 'all'}"))
+    all_cfg = score_cfg(cfg, *source, f"score.output={tmp_path / 'all'}")
+    report = score_report(spark, run_score_job(spark, all_cfg), all_cfg)
+    shown = [line for line in report if line.startswith("    row: ")]  # each top row's own values
+    assert len(shown) == 10 and all("age=" in line and "native-country=" in line for line in shown)
     got = DeltaTable(str(tmp_path / "all")).to_pandas()
     assert list(got.columns[: len(rows.columns)]) == list(rows.columns)
     key = ["age", "fnlwgt", "education", "occupation", "hours-per-week"]
