@@ -251,13 +251,15 @@ def make_bundle(spark: Any, data: str, folder: str, name: str, extra: list[str] 
 # ------------------------------------------------------------------------- methods
 
 
-def score_job(spark: Any, bundle: Any, data: str, out: str) -> None:
-    """What the score job does: read, ``score_frame``, one Delta commit."""
+def score_job(spark: Any, bundle: Any, data: str, out: str, keep_all: bool = False) -> None:
+    """What the score job does: read, ``score_frame``, one Delta commit. The id column is passed
+    through (``score.passthrough`` with an id declared), or with ``keep_all`` every source column
+    (its default when no id is declared)."""
     from embedlib.score import score_frame
     from embedlib.tables import write_table
 
     df = spark.read.parquet(data)
-    frame = score_frame(spark, df, bundle, ids=("id",))
+    frame = score_frame(spark, df, bundle, ids=tuple(df.columns) if keep_all else ("id",))
     write_table(spark, frame, out, mode="overwrite")
 
 
@@ -366,6 +368,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="the score job is timed writing through each (the first is the one in the main table)")
     parser.add_argument("--size", default="large", choices=["small", "medium", "large"],
                         help="model.size of the default bundle (large: the costliest model.size auto can pick)")
+    parser.add_argument("--passthrough-all", action="store_true",
+                        help="also time the score job passing every source column through (the default "
+                             "of score.passthrough when no id is declared) beside the id only")
     parser.add_argument("--batch-size", type=int, default=10_000, help="rows per Arrow batch (job and ceiling)")
     parser.add_argument("--udf-rows", type=int, default=20_000, help="rows scored by the row-at-a-time UDF")
     parser.add_argument("--ceiling-rows", type=int, default=1_000_000,
@@ -396,6 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     checks: dict[int, tuple[int, float]] = {}
     partitions: dict[int, int] = {}
     by_engine: dict[int, dict[str, Result]] = {}
+    kept_all: dict[int, Result] = {}  # --passthrough-all
     from embedlib.spark import ENGINE_CONF
 
     spark.conf.set(ENGINE_CONF, args.delta_engines[0])
@@ -428,6 +434,11 @@ def main(argv: list[str] | None = None) -> None:
             score_job(spark, bundle, data, f"{tmp}/scores-{n}")
             out.append(Result("score job: score_frame -> Delta", n, time.perf_counter() - start, cores))
             memory.sample()
+            if args.passthrough_all:
+                _log(f"{n:,} rows: score job, every source column passed through")
+                start = time.perf_counter()
+                score_job(spark, bundle, data, f"{tmp}/scores-all-{n}", keep_all=True)
+                kept_all[n] = Result("score job, every source column", n, time.perf_counter() - start, cores)
             by_engine[n] = {args.delta_engines[0]: out[-1]}
             for engine in args.delta_engines[1:]:
                 _log(f"{n:,} rows: score job through {engine}")
@@ -510,6 +521,13 @@ def main(argv: list[str] | None = None) -> None:
     for n, engines in by_engine.items():
         w(f"{n:>11,}  " + "   ".join(f"{e}: {r.seconds:.2f} s, {r.rate:,.0f} rows/s" for e, r in engines.items())
           + "\n")
+    if kept_all:
+        w(f"\nscore.passthrough: the id only vs every one of the {1 + N_CAT + N_NUM} source columns passed through "
+          "(the default when no id is declared):\n")
+        for n, r in kept_all.items():
+            job = results[n][0]
+            w(f"{n:>11,}  id only {job.rate:,.0f} rows/s   every column {r.rate:,.0f} rows/s   "
+              f"({r.rate / job.rate:.2f}x)\n")
     if len(sizes) > 1:
         small, large = results[sizes[0]][0], results[sizes[-1]][0]
         row_ratio = large.rows / small.rows

@@ -6,6 +6,21 @@ The library is cut into small modules, one responsibility each; the README's
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from embedlib.inmemory import fit
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "fit"]
+
+
+def __getattr__(name: str) -> Any:
+    """``embedlib.fit`` (:func:`embedlib.inmemory.fit`), imported when first used: ``import embedlib``
+    stays light for the jobs and the workers."""
+    if name == "fit":
+        from embedlib.inmemory import fit
+
+        return fit
+    raise AttributeError(f"module 'embedlib' has no attribute {name!r}")

@@ -27,7 +27,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -42,6 +42,9 @@ from embedlib.layout import filesystem
 from embedlib.model import EmbeddingAutoencoder, ModelSpec
 from embedlib.storage import is_s3
 from embedlib.vocab.model import Vocabulary
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Bundle", "BundleError", "bundle_from_files", "copy_bundle", "load_bundle", "read_bundle_files",
            "save_bundle"]
@@ -131,11 +134,7 @@ def save_bundle(
     manifest["bundle_id"] = _bundle_id(manifest)
     files[MANIFEST] = json.dumps(manifest, indent=1, sort_keys=True).encode()
 
-    fs, target = filesystem(path)
-    if is_s3(path):
-        _write_in_place(fs, target, files)
-    else:
-        _write_by_rename(fs, target, files)
+    _write_files(path, files)
     log.info("bundle %s written to %s", manifest["bundle_id"], path)
     return str(manifest["bundle_id"])
 
@@ -145,12 +144,17 @@ def copy_bundle(source: str, target: str) -> str:
     writes); return its id."""
     files = read_bundle_files(source)
     bundle_id = bundle_from_files(files, source).bundle_id
-    fs, inner = filesystem(target)
-    if is_s3(target):
+    _write_files(target, files)
+    return bundle_id
+
+
+def _write_files(path: str, files: Mapping[str, bytes]) -> None:
+    """A bundle's files to ``path``, so that a reader never sees a half-written bundle."""
+    fs, inner = filesystem(path)
+    if is_s3(path):
         _write_in_place(fs, inner, files)
     else:
         _write_by_rename(fs, inner, files)
-    return bundle_id
 
 
 def _write_by_rename(fs: Any, target: str, files: Mapping[str, bytes]) -> None:
@@ -230,6 +234,14 @@ class Bundle:
             tail_scale=np.array([doc["tail_scale"][c] for c in columns], dtype=np.float64),
             rows=int(doc["rows"]),
         )
+
+    def score_frame(self, frame: pd.DataFrame, *, rank_by: str | None = None, top_reasons: int = 3,
+                    emit_code: bool = False) -> pd.DataFrame:
+        """The score job's columns for each row of a pandas DataFrame, without Spark, indexed like
+        ``frame`` (:func:`embedlib.inmemory.score_frame`)."""
+        from embedlib.inmemory import score_frame
+
+        return score_frame(self, frame, rank_by=rank_by, top_reasons=top_reasons, emit_code=emit_code)
 
     @property
     def source_types(self) -> dict[str, str]:

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from embedlib.config import Config
 
-__all__ = ["EncodeError", "Encoded", "Encoder", "ShardSet", "encode_to_shards", "read_shards"]
+__all__ = ["EncodeError", "Encoded", "Encoder", "ShardSet", "encode_in_memory", "encode_to_shards", "read_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,10 @@ class Encoder:
 
     def encode(self, data: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
         """Encode to an Arrow batch with :meth:`output_schema` (shards, Spark)."""
-        enc = self.arrays(data)
+        return self.to_batch(self.arrays(data))
+
+    def to_batch(self, enc: Encoded) -> pa.RecordBatch:
+        """Encoded arrays as an Arrow batch with :meth:`output_schema`."""
         cols: list[pa.Array] = [pa.array(enc.cat[:, i].astype(np.int32)) for i in range(enc.cat.shape[1])]
         cols += [pa.array(enc.num[:, j]) for j in range(enc.num.shape[1])]
         cols += [pa.array(enc.missing[:, j]) for j in range(enc.missing.shape[1])]
@@ -240,19 +243,16 @@ def encode_to_shards(
     """
     from pyspark.sql import functions as F
 
-    from embedlib.layout import read_text, write_text_atomic
+    from embedlib.layout import write_text_atomic
 
     t = cfg.train
-    shards = t.num_shards or max(8, 4 * t.num_workers)
+    shards = _shard_count(cfg)
     fingerprint = _fingerprint(vocab, cfg, shards, source_version)
     root = cfg.layout.encoded
     meta_path = cfg.layout.shards_manifest
-    existing = read_text(meta_path)
-    if existing is not None:
-        found = ShardSet.from_dict(json.loads(existing))
-        if found.fingerprint == fingerprint:
-            log.info("reusing encoded shards %s (%d train / %d valid rows)", root, found.train_rows, found.valid_rows)
-            return found
+    found = _reusable(cfg, fingerprint)
+    if found is not None:
+        return found
 
     encoder = Encoder.for_vocab(vocab)
     cols = [F.col(f"`{c}`") for c in encoder.columns]
@@ -278,6 +278,85 @@ def encode_to_shards(
     ).parquet(root)
     result = _collect_shards(spark, root, fingerprint)
     write_text_atomic(meta_path, json.dumps(result.to_dict(), indent=1))
+    log.info("encoded %d train / %d valid rows into %s", result.train_rows, result.valid_rows, root)
+    return result
+
+
+def _shard_count(cfg: Config) -> int:
+    return cfg.train.num_shards or max(8, 4 * cfg.train.num_workers)
+
+
+def _reusable(cfg: Config, fingerprint: str) -> ShardSet | None:
+    """The run's shards when their manifest has ``fingerprint`` (same rows, vocabulary, split)."""
+    from embedlib.layout import read_text
+
+    existing = read_text(cfg.layout.shards_manifest)
+    if existing is None:
+        return None
+    found = ShardSet.from_dict(json.loads(existing))
+    if found.fingerprint != fingerprint:
+        return None
+    log.info("reusing encoded shards %s (%d train / %d valid rows)", found.root, found.train_rows, found.valid_rows)
+    return found
+
+
+def encode_in_memory(table: pa.Table, vocab: Vocabulary, cfg: Config) -> ShardSet:
+    """Encode a table in memory into the run's Parquet shards, without Spark: the same
+    :class:`Encoder`, split, sampling and shard layout rules as :func:`encode_to_shards`, with a
+    hash of each encoded row (pandas' ``hash_pandas_object``) in place of Spark's ``xxhash64``.
+    Identical rows go to the same split; the same table and config give the same shards."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    from embedlib.layout import filesystem, join, remove_tree, write_text_atomic
+
+    t = cfg.train
+    encoder = Encoder.for_vocab(vocab)
+    enc = encoder.arrays(table)
+    parts = {f"c{i}": enc.cat[:, i] for i in range(enc.cat.shape[1])}
+    parts |= {f"n{j}": enc.num[:, j] for j in range(enc.num.shape[1])}
+    parts |= {f"m{j}": enc.missing[:, j] for j in range(enc.missing.shape[1])}
+    h = pd.util.hash_pandas_object(pd.DataFrame(parts), index=False).to_numpy(np.uint64)
+    scale = np.uint64(1_000_000)
+    keep = np.arange(len(h))
+    if t.sample_fraction is not None or t.max_rows is not None:
+        sample = pd.util.hash_array(h ^ np.uint64(t.seed)) % scale
+        if t.sample_fraction is not None:
+            keep = np.flatnonzero(sample < np.uint64(int(t.sample_fraction * 1_000_000)))
+        else:
+            assert t.max_rows is not None
+            keep = np.lexsort((h, sample))[: t.max_rows]
+    keep = keep[np.argsort(h[keep], kind="stable")]
+    valid = h[keep] % scale < np.uint64(int(t.validation_fraction * 1_000_000))
+    shards = _shard_count(cfg)
+    digest = hashlib.sha256(h[keep].tobytes()).hexdigest()[:16]
+    fingerprint = _fingerprint(vocab, cfg, shards, f"in-memory:{digest}")
+    found = _reusable(cfg, fingerprint)
+    if found is not None:
+        return found
+    root = cfg.layout.encoded
+    remove_tree(root)  # the manifest inside goes first: half-written shards are never reused
+    fs, base = filesystem(root)
+    batch = encoder.to_batch(enc)
+    files: dict[str, list[str]] = {"train": [], "valid": []}
+    rows = {"train": 0, "valid": 0}
+    for split, rows_of_split in (("train", keep[~valid]), ("valid", keep[valid])):
+        fs.create_dir(f"{base}/split={split}", recursive=True)
+        shard_of = h[rows_of_split] % np.uint64(shards)
+        for s in range(shards):
+            take = rows_of_split[shard_of == np.uint64(s)]
+            if not len(take):
+                continue
+            name = f"part-{s:05d}.parquet"
+            with fs.open_output_stream(f"{base}/split={split}/{name}") as out:
+                pq.write_table(pa.Table.from_batches([batch.take(pa.array(take))]), out)
+            files[split].append(join(root, f"split={split}", name))
+            rows[split] += len(take)
+    if rows["train"] == 0:
+        raise EncodeError(f"no training rows after sampling and the validation split (shards at {root})")
+    result = ShardSet(root=root, train_files=tuple(files["train"]), valid_files=tuple(files["valid"]),
+                      train_rows=rows["train"], valid_rows=rows["valid"], fingerprint=fingerprint)
+    write_text_atomic(cfg.layout.shards_manifest, json.dumps(result.to_dict(), indent=1))
     log.info("encoded %d train / %d valid rows into %s", result.train_rows, result.valid_rows, root)
     return result
 

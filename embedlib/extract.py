@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from embedlib.config import Config
 
-__all__ = ["embedding_table", "features_arrow", "features_frame", "run_extract_job", "run_features_job", "write_npz"]
+__all__ = ["embedding_table", "features_arrow", "features_fields", "features_frame", "features_names", "run_extract_job", "run_features_job", "write_npz"]
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,11 @@ def features_arrow(bundle: Bundle, data: pa.Table | pa.RecordBatch, *, flatten: 
     return out
 
 
+def features_names(bundle: Bundle, flatten: bool) -> frozenset[str]:
+    """The column names a design matrix writes itself (``bundle_id`` included)."""
+    return frozenset(f.name for f in features_fields(bundle, flatten)) | {"bundle_id"}
+
+
 def features_fields(bundle: Bundle, flatten: bool) -> list[Any]:
     """Spark fields of :func:`features_arrow`'s columns."""
     from pyspark.sql.types import ArrayType, DoubleType, FloatType, StructField
@@ -184,8 +189,8 @@ def run_features_job(spark: SparkSession, cfg: Config) -> str:
     src_cfg = cfg.source.with_target(fc.source)
     name = src_cfg.name
     df = read_source(spark, src_cfg)
-    reserved = {f.name for f in features_fields(bundle, fc.flatten)} | {"bundle_id"}
-    ids = passthrough_columns(fc.passthrough, cfg.columns.id, df.columns, reserved, "features.passthrough")
+    ids = passthrough_columns(fc.passthrough, cfg.columns.id, df.columns, features_names(bundle, fc.flatten),
+                              "features.passthrough")
     frame = features_frame(spark, df, bundle, ids=ids, flatten=fc.flatten, table=name)
     write_table(spark, frame, output, mode="overwrite", user_metadata={"bundle_id": bundle.bundle_id, "source": name})
     return output

@@ -180,6 +180,11 @@ class RunLayout:
         return join(self.root, "_work")
 
     @property
+    def fit_source(self) -> str:
+        """The Parquet copy of the DataFrame ``EmbeddingAnomalyDetector.fit`` trains on."""
+        return join(self.work, "fit-source")
+
+    @property
     def encoded(self) -> str:
         """The encoded training shards (Parquet, ``split=train|valid``)."""
         return join(self.work, "encoded")

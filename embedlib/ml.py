@@ -53,7 +53,6 @@ log = logging.getLogger(__name__)
 #: Config sections whose settings are Params, and the settings left to ``configOverrides``.
 SECTIONS = {"model": ModelConfig, "train": TrainConfig}
 NOT_PARAMS = {"embedding_dims"}  # a mapping: configOverrides=["model.embedding_dims.city=8"]
-FIT_SOURCE = "fit-source"
 
 
 def camel(name: str) -> str:
@@ -149,7 +148,7 @@ class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], _EmbedlibPara
         return self._set(**params)
 
     def _fit(self, dataset: DataFrame) -> EmbeddingAnomalyModel:
-        from embedlib.layout import join
+        from embedlib.layout import RunLayout
         from embedlib.train import run_train_job
         from embedlib.vocab import SchemaError, run_vocab_job
 
@@ -160,9 +159,8 @@ class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], _EmbedlibPara
             raise SchemaError(f"EmbeddingAnomalyDetector: the DataFrame lacks column(s) {', '.join(missing)} "
                               f"(declared in idCols/categoricalCols/numericCols); it has {', '.join(dataset.columns)}")
         output = self.getOrDefault(self.outputDir) if self.isDefined(self.outputDir) else tempfile.mkdtemp(prefix="embedlib-")
-        probe = self.config(output, "unused.parquet")  # bad settings fail here, before any work
-        source = join(probe.layout.root, "_work", FIT_SOURCE)
-        cfg = self.config(output, source)
+        source = RunLayout(output, self.getOrDefault(self.name)).fit_source
+        cfg = self.config(output, source)  # bad settings fail here, before any work
         dataset.select(*[f"`{c}`" for c in dict.fromkeys(declared)]).write.mode("overwrite").parquet(source)
         spark = dataset.sparkSession
         run_vocab_job(spark, cfg)
@@ -197,22 +195,20 @@ class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomaly
         return self._bundle
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        from embedlib.score import output_fields, score_frame
+        from embedlib.score import output_names, score_frame
         from embedlib.workers import passthrough_columns
 
-        reserved = {f.name for f in output_fields(True, True)} | {"bundle_id"}
-        keep = passthrough_columns("all", (), dataset.columns, reserved, "transform")
+        keep = passthrough_columns("all", (), dataset.columns, output_names(), "transform")
         rank_by = self.getOrDefault(self.rankBy) if self.isDefined(self.rankBy) else None
         return score_frame(dataset.sparkSession, dataset, self.bundle, ids=keep, rank_by=rank_by,
                            top_reasons=self.getOrDefault(self.topReasons), table="the DataFrame")
 
     def features(self, dataset: DataFrame, flatten: bool = False) -> DataFrame:
         """The design matrix of ``dataset`` (the features job's), its columns kept beside it."""
-        from embedlib.extract import features_fields, features_frame
+        from embedlib.extract import features_frame, features_names
         from embedlib.workers import passthrough_columns
 
-        reserved = {f.name for f in features_fields(self.bundle, flatten)} | {"bundle_id"}
-        keep = passthrough_columns("all", (), dataset.columns, reserved, "features")
+        keep = passthrough_columns("all", (), dataset.columns, features_names(self.bundle, flatten), "features")
         return features_frame(dataset.sparkSession, dataset, self.bundle, ids=keep, flatten=flatten,
                               table="the DataFrame")
 

@@ -4,7 +4,7 @@ Training with ``tracking.mlflow: true`` logs the bundle as a pyfunc model with a
 bundle's columns with their source types in, the scores out), so
 ``mlflow.pyfunc.load_model(uri).predict(pandas_df)`` and
 ``mlflow.pyfunc.spark_udf(spark, uri, result_type="double")`` score like ``embedlib score`` — the
-same :func:`embedlib.inference.score_rows`, threshold and ranking. ``score.model:
+same :func:`embedlib.score.build_output`, threshold and ranking. ``score.model:
 models:/<name>/<version>`` (or any MLflow model URI) scores with a registered model's bundle.
 """
 
@@ -14,12 +14,10 @@ import logging
 from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from embedlib.bundle import Bundle, BundleError, load_bundle
-from embedlib.inference import score_rows
+from embedlib.inmemory import score_frame
 
 __all__ = ["BUNDLE_ARTIFACT", "BundleModel", "bundle_from_model", "log_bundle_model", "score_pandas", "signature"]
 
@@ -30,17 +28,11 @@ BUNDLE_ARTIFACT = "bundle"
 
 
 def score_pandas(bundle: Bundle, frame: pd.DataFrame) -> pd.DataFrame:
-    """``anomaly_score``, ``calibrated_score`` (NaN without calibration) and ``is_anomaly`` (the
-    bundle's ranking against its threshold, as the score job flags rows) of each row of ``frame``."""
-    missing = [c for c in bundle.spec.columns if c not in frame.columns]
-    if missing:
-        raise BundleError(f"the rows to score lack column(s) {', '.join(missing)}; the model was trained on "
-                          f"{', '.join(bundle.spec.columns)}")
-    table = pa.Table.from_pandas(frame[list(bundle.spec.columns)], preserve_index=False)
-    result = score_rows(bundle, table)
-    calibrated = result.calibrated_score if result.calibrated_score is not None else np.full(len(frame), np.nan)
-    return pd.DataFrame({"anomaly_score": result.score, "calibrated_score": calibrated,
-                         "is_anomaly": result.ranking > bundle.threshold_for(result.rank_by)})
+    """``anomaly_score``, ``calibrated_score`` (NaN without calibration) and ``is_anomaly`` of each
+    row of ``frame``: :func:`embedlib.inmemory.score_frame`'s (the score job's) without reasons."""
+    scores = score_frame(bundle, frame.reset_index(drop=True), top_reasons=0)
+    return scores[["anomaly_score", "calibrated_score", "is_anomaly"]].astype(
+        {"anomaly_score": "float64", "calibrated_score": "float64", "is_anomaly": "bool"})
 
 
 class BundleModel(mlflow.pyfunc.PythonModel):  # type: ignore[misc,name-defined]

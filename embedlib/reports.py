@@ -49,7 +49,7 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
     """Readable summary of a score run: the top rows with reasons, the distribution."""
     from pyspark.sql import functions as F
 
-    from embedlib.score import output_fields
+    from embedlib.score import output_names
     from embedlib.tables import read_table
 
     if not run.written:
@@ -71,7 +71,7 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
     order = "calibrated_score" if run.rank_by == "calibrated" else "anomaly_score"
     rows = scores.orderBy(F.col(order).desc()).limit(top).collect()
     lines.append(f"top {len(rows)} rows (by {order}):")
-    own = {f.name for f in output_fields(True, True)} | {"bundle_id"}
+    own = output_names()
     passed = [c for c in scores.columns if c not in own]  # the row's own values (score.passthrough)
     for row in rows:
         ids = ", ".join(f"{c}={row[c]}" for c in cfg.columns.id if c in passed)

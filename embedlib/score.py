@@ -53,6 +53,7 @@ __all__ = [
     "build_output",
     "check_source",
     "output_fields",
+    "output_names",
     "run_score_job",
     "score_frame",
 ]
@@ -103,7 +104,7 @@ def build_output(
     out: dict[str, pa.Array] = {}
     out["anomaly_score"] = pa.array(result.score, pa.float64())
     out["is_anomaly"] = pa.array(result.ranking > threshold, pa.bool_())
-    offsets = pa.array(np.arange(0, rows * width + 1, width, dtype=np.int32))
+    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
     keys = names.take(np.tile(np.arange(width), rows))
     out["contributions"] = pa.MapArray.from_arrays(
         offsets, keys, pa.array(result.contributions.reshape(-1), pa.float64())
@@ -143,7 +144,7 @@ def build_output(
         ],
         fields=list(REASON_TYPE),
     )
-    out["reasons"] = pa.ListArray.from_arrays(pa.array(np.arange(0, rows * k + 1, k, dtype=np.int32)), reasons)
+    out["reasons"] = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * k), reasons)
     if result.calibrated is not None and result.calibrated_score is not None:
         out["calibrated_score"] = pa.array(result.calibrated_score, pa.float64())
         out["calibrated_contributions"] = pa.MapArray.from_arrays(
@@ -155,7 +156,7 @@ def build_output(
     if emit_code:
         code = result.code.astype(np.float32)
         out["code"] = pa.ListArray.from_arrays(
-            pa.array(np.arange(0, rows * code.shape[1] + 1, code.shape[1], dtype=np.int32)),
+            pa.array(np.arange(rows + 1, dtype=np.int32) * code.shape[1]),
             pa.array(code.reshape(-1), pa.float32()),
         )
     if flags:
@@ -180,6 +181,12 @@ def _as_float(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     import pyarrow.compute as pc
 
     return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def output_names() -> frozenset[str]:
+    """Every column name a scores table can hold besides the passed-through ones (with ``code``,
+    the hidden flags and ``bundle_id``): a source column of one of these names is not passed through."""
+    return frozenset(f.name for f in output_fields(True, True)) | {"bundle_id"}
 
 
 def output_fields(emit_code: bool, flags: bool = False) -> list[Any]:
@@ -285,8 +292,7 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     src_cfg = cfg.source.with_target(cfg.score.source)
     source_name = src_cfg.name
     df = read_source(spark, src_cfg)
-    reserved = {f.name for f in output_fields(True, True)} | {"bundle_id"}
-    ids = passthrough_columns(cfg.score.passthrough, cfg.columns.id, df.columns, reserved, "score.passthrough")
+    ids = passthrough_columns(cfg.score.passthrough, cfg.columns.id, df.columns, output_names(), "score.passthrough")
     check_source(df, bundle, ids, source_name)
     if df.isEmpty():
         raise SchemaError(f"score source {source_name} has no rows; nothing to score")

@@ -18,6 +18,7 @@ FORBIDDEN = {
     "embedlib.model": ("pyspark", "pyarrow"),
     "embedlib.bundle": ("pyspark",),
     "embedlib.inference": ("pyspark",),
+    "embedlib.inmemory": ("torch", "pyspark"),
     "embedlib.vocab.model": ("torch", "pyspark"),
     "embedlib.vocab": ("torch", "pyspark"),
     "embedlib.tables": ("torch", "pyspark"),

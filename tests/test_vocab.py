@@ -19,6 +19,7 @@ from embedlib.vocab import (
     VocabError,
     Vocabulary,
     build_vocabulary,
+    build_vocabulary_in_memory,
     normalize_arrow,
     run_vocab_job,
     write_vocabulary,
@@ -234,6 +235,8 @@ def test_arrow_and_spark_engines_give_the_same_table(spark, adult_cfg: Config, t
             **{**cfg.vocab.__dict__, "engine": "spark"})}), source="adult")
         assert arrow.to_arrow().equals(reference.to_arrow()), fmt
         assert arrow.content_hash == rows.content_hash == reference.content_hash, fmt
+        in_memory = build_vocabulary_in_memory(src.toArrow(), cfg, source="adult")  # embedlib.fit's, no Spark
+        assert in_memory.to_arrow().equals(reference.to_arrow()) and in_memory.content_hash == reference.content_hash
         for col, st in reference.numeric.items():
             assert arrow.numeric[col].mean == pytest.approx(st.mean, rel=1e-12)
             assert arrow.numeric[col].std == pytest.approx(st.std, rel=1e-9)
@@ -256,6 +259,9 @@ def test_arrow_engine_on_tiny_edge_cases(spark, tmp_path: Path) -> None:  # type
     arrow = build_vocabulary(spark, src, a_cfg, source="t", files=source_files(spark, a_cfg.source, a_cfg.feature_columns))
     rows_v = build_vocabulary(spark, src, s_cfg, source="t")
     assert arrow.to_arrow().equals(rows_v.to_arrow())
+    in_memory = build_vocabulary_in_memory(src.toArrow(), a_cfg, source="t")
+    assert in_memory.to_arrow().equals(arrow.to_arrow()) and in_memory.numeric == arrow.numeric
+    assert in_memory.meta["source_types"] == arrow.meta["source_types"]
     assert arrow["s"].values == ("a", "") and arrow["s"].counts == (3, 1)
     assert arrow.numeric == rows_v.numeric
     with pytest.raises(VocabError, match="vocab.engine=arrow needs a Parquet or Delta path"):

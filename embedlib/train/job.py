@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TrainResult", "best_model", "calibrate", "check_vocab_matches", "contributions_of", "make_job",
-    "run_train_job", "spec_for",
+    "run_train_job", "spec_for", "train_on_shards",
 ]
 
 
@@ -114,10 +114,9 @@ def calibrate(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, q
 
 def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     """vocab (read) → encode shards → train on the backend → bundle."""
-    from embedlib.bundle import save_bundle
     from embedlib.encode import encode_to_shards
     from embedlib.tables import delta_version, read_source, use_engine
-    from embedlib.tracking import check_tracking, log_training
+    from embedlib.tracking import check_tracking
     from embedlib.vocab import Vocabulary, check_columns
 
     layout = cfg.layout
@@ -134,6 +133,17 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     if cfg.source.format == "delta" and cfg.source.path is not None:
         version = str(delta_version(spark, cfg.source.path))
     shards = encode_to_shards(spark, df, vocab, cfg, source_version=version)
+    return train_on_shards(spark, cfg, vocab, shards, backend)
+
+
+def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, shards: ShardSet,
+                    backend: Backend) -> TrainResult:
+    """Size → the loop on ``backend`` → calibration, thresholds → the bundle (and its MLflow run).
+    ``spark`` runs the size trials in parallel; without it (in memory) they run one after another."""
+    from embedlib.bundle import save_bundle
+    from embedlib.tracking import log_training
+
+    layout = cfg.layout
     size = choose_size(spark, cfg.model, shards, lambda name, model, sample: make_job(
         replace(cfg, model=model), vocab, sample, backend, folder=join(layout.size_trials, name)))
     cfg = replace(cfg, model=size.model)

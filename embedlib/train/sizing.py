@@ -120,10 +120,11 @@ def sample_shards(shards: ShardSet, rows: int) -> ShardSet:
                    fingerprint=f"{shards.fingerprint}-sample-{len(train)}-{len(valid)}")
 
 
-def choose_size(spark: SparkSession, model: ModelConfig, shards: ShardSet,
+def choose_size(spark: SparkSession | None, model: ModelConfig, shards: ShardSet,
                 trial_job: Callable[[str, ModelConfig, ShardSet], TrainJob]) -> SizeChoice:
     """Resolve ``model.size``: train each candidate (``trial_job(name, model, sample)``) as a
-    Spark task and keep the best by validation NLL."""
+    Spark task — one after another in this process without ``spark`` — and keep the best by
+    validation NLL."""
     cands = candidates(model)
     if len(cands) == 1:
         name, resolved = next(iter(cands.items()))
@@ -133,25 +134,21 @@ def choose_size(spark: SparkSession, model: ModelConfig, shards: ShardSet,
                     "(raise train.validation_fraction, or set model.size)", FALLBACK)
         return SizeChoice(FALLBACK, cands.get(FALLBACK, next(iter(cands.values()))))
     sample = sample_shards(shards, model.search_rows)
-    sc = spark.sparkContext
-    slots = max(1, min(len(cands), sc.defaultParallelism))
+    slots = max(1, min(len(cands), spark.sparkContext.defaultParallelism)) if spark is not None else 1
     per_trial = model.search_seconds / math.ceil(len(cands) / slots)
-    threads = int(spark.conf.get("spark.task.cpus", "1") or 1)
+    threads = int(spark.conf.get("spark.task.cpus", "1") or 1) if spark is not None else 0
     jobs = [(name, replace(trial_job(name, m, sample), max_seconds=per_trial, threads=threads, progress=False))
             for name, m in cands.items()]
     log.info("model.size auto: training %s on %d rows (validation %d), %d at a time, at most %.0f s each",
              ", ".join(cands), sample.train_rows, sample.valid_rows, slots, per_trial)
     started = time.perf_counter()
-    sc.setJobDescription("embedlib train: model.size auto trials")
     try:
-        results = dict(sc.parallelize(jobs, len(jobs)).map(_run_trial).collect())
+        results = dict(_run_trials(spark, jobs))
     except Exception as exc:
         from embedlib.errors import first_line
 
         raise TrainError(f"model.size auto: a trial failed: {first_line(exc)}; set model.size to "
                          "small, medium or large to train without the search") from exc
-    finally:
-        sc.setJobDescription(None)  # type: ignore[arg-type]
     best = min(r["validation_loss"] for r in results.values())
     chosen = next(n for n in cands if results[n]["validation_loss"] <= best + SIZE_TOLERANCE * abs(best))
     seconds = round(time.perf_counter() - started, 2)
@@ -159,6 +156,17 @@ def choose_size(spark: SparkSession, model: ModelConfig, shards: ShardSet,
         f"{n} {r['validation_loss']:.4f}" + ("" if r["converged"] else f" ({r['stopped']})")
         for n, r in results.items()), chosen, seconds)
     return SizeChoice(chosen, cands[chosen], results, sample.train_rows, seconds)
+
+
+def _run_trials(spark: SparkSession | None, jobs: list[tuple[str, TrainJob]]) -> list[tuple[str, dict[str, Any]]]:
+    if spark is None:
+        return [_run_trial(job) for job in jobs]
+    sc = spark.sparkContext
+    sc.setJobDescription("embedlib train: model.size auto trials")
+    try:
+        return sc.parallelize(jobs, len(jobs)).map(_run_trial).collect()
+    finally:
+        sc.setJobDescription(None)  # type: ignore[arg-type]
 
 
 def _run_trial(item: tuple[str, TrainJob]) -> tuple[str, dict[str, Any]]:

@@ -19,7 +19,13 @@ The index convention lives in :mod:`embedlib.indices` and is re-exported here.
 from __future__ import annotations
 
 from embedlib.indices import FIRST_INDEX, NULL_INDEX, OOV_INDEX
-from embedlib.vocab.build import build_vocabulary, content_hash, run_vocab_job, write_vocabulary
+from embedlib.vocab.build import (
+    build_vocabulary,
+    build_vocabulary_in_memory,
+    content_hash,
+    run_vocab_job,
+    write_vocabulary,
+)
 from embedlib.vocab.model import (
     SCHEMA_VERSION,
     VOCAB_SCHEMA,
@@ -45,6 +51,7 @@ __all__ = [
     "VocabError",
     "Vocabulary",
     "build_vocabulary",
+    "build_vocabulary_in_memory",
     "check_columns",
     "content_hash",
     "normalize_arrow",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     from embedlib.config import Config
 
-__all__ = ["ArrowEngine"]
+__all__ = ["ArrowEngine", "count_table"]
 
 _PARTIAL_SCHEMA = (
     "cid INT, value STRING, n LONG, n_x LONG, nans LONG, pos_inf LONG, neg_inf LONG, "
@@ -48,21 +48,14 @@ class ArrowEngine:
         if not files:
             return Counts(pa.table({"cid": pa.array([], pa.int32())}), {})
         wanted = list(dict.fromkeys(cfg.columns.categorical + cfg.columns.numeric))
-        schema = to_arrow_schema(df.select(*[f"`{c}`" for c in wanted]).schema, timezone="UTC")
-        spec = _ArrowCountSpec(
-            categorical=tuple(cfg.columns.categorical),
-            numeric=tuple(cfg.columns.numeric),
-            log1p=tuple(cfg.columns.log1p),
-            trim=cfg.vocab.trim,
-            lowercase=cfg.vocab.lowercase,
-            schema_bytes=schema.serialize().to_pybytes(),
-        )
+        spec = _ArrowCountSpec.of(cfg, to_arrow_schema(df.select(*[f"`{c}`" for c in wanted]).schema, timezone="UTC"))
         tasks = max(1, min(len(files), spark.sparkContext.defaultParallelism * 2))
         paths = spark.createDataFrame([(f,) for f in files], "file STRING").repartition(tasks)
         partials = paths.mapInArrow(spec.count_files, _PARTIAL_SCHEMA)
         # One job: categorical partial counts merge by (cid, value); numeric moments and
         # row counts carry a per-task key in `value`, so they pass through unmerged and
-        # are combined on the driver (Chan's formula needs more than a sum).
+        # are combined on the driver (Chan's formula needs more than a sum). The cut by
+        # min_count runs here too, so that rare values are not shipped to the driver.
         ncat = len(cfg.columns.categorical)
         moment_cols = ["n_x", "nans", "pos_inf", "neg_inf", "n_fin", "mean", "m2", "min", "max"]
         merged = partials.groupBy("cid", "value").agg(
@@ -72,15 +65,35 @@ class ArrowEngine:
         table = merged.where(
             (cid < 0) | (cid >= ncat) | value.isNull() | (F.col("n") >= cfg.vocab.min_count)
         ).toArrow()
-        records = table.to_pylist()
-        row_count = sum(int(r["n"]) for r in records if r["cid"] < 0)
-        kept_cats = table.filter(pc.and_(pc.greater_equal(table["cid"], 0), pc.less(table["cid"], ncat)))
-        numeric_rows = _merge_moments([r for r in records if r["cid"] >= ncat])
-        totals = {i: row_count for i in range(ncat + len(cfg.columns.numeric))}
-        kept = pa.concat_tables(
-            [kept_cats.select(["cid", "value", "n"]), pa.Table.from_pylist(numeric_rows)], promote_options="permissive"
-        )
-        return Counts(kept, totals)
+        return _counts(table, cfg)
+
+
+def count_table(table: pa.Table, cfg: Config) -> Counts:
+    """The arrow engine's counts of a table in memory — no Spark: one "task" over the whole table,
+    whose partial counts are already merged."""
+    wanted = list(dict.fromkeys(cfg.columns.categorical + cfg.columns.numeric))
+    spec = _ArrowCountSpec.of(cfg, table.select(wanted).schema)
+    partials = pa.Table.from_batches(list(spec.count_tables([table])), schema=_partial_arrow_schema())
+    return _counts(partials, cfg)
+
+
+def _counts(merged: pa.Table, cfg: Config) -> Counts:
+    """Merged partial counts → :class:`Counts`: categorical values cut by ``min_count`` (the null
+    group kept), numeric moments combined, the row count."""
+    ncat = len(cfg.columns.categorical)
+    cid = merged["cid"]
+    keep = pc.or_kleene(pc.or_kleene(pc.less(cid, 0), pc.greater_equal(cid, ncat)),
+                        pc.or_kleene(pc.is_null(merged["value"]), pc.greater_equal(merged["n"], cfg.vocab.min_count)))
+    table = merged.filter(keep)
+    records = table.filter(pc.invert(pc.and_(pc.greater_equal(table["cid"], 0), pc.less(table["cid"], ncat)))).to_pylist()
+    row_count = sum(int(r["n"]) for r in records if r["cid"] < 0)
+    kept_cats = table.filter(pc.and_(pc.greater_equal(table["cid"], 0), pc.less(table["cid"], ncat)))
+    numeric_rows = _merge_moments([r for r in records if r["cid"] >= ncat])
+    totals = {i: row_count for i in range(ncat + len(cfg.columns.numeric))}
+    kept = pa.concat_tables(
+        [kept_cats.select(["cid", "value", "n"]), pa.Table.from_pylist(numeric_rows)], promote_options="permissive"
+    )
+    return Counts(kept, totals)
 
 
 def _merge_moments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -128,30 +141,52 @@ class _ArrowCountSpec:
     lowercase: bool
     schema_bytes: bytes
 
+    @classmethod
+    def of(cls, cfg: Config, schema: pa.Schema) -> _ArrowCountSpec:
+        """The spec of ``cfg``'s columns, whose types are ``schema``'s (the source's)."""
+        return cls(categorical=tuple(cfg.columns.categorical), numeric=tuple(cfg.columns.numeric),
+                   log1p=tuple(cfg.columns.log1p), trim=cfg.vocab.trim, lowercase=cfg.vocab.lowercase,
+                   schema_bytes=schema.serialize().to_pybytes())
+
+    @property
+    def schema(self) -> pa.Schema:
+        return pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
+
     def count_files(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """``mapInArrow`` body: the partial counts of the Parquet files named in ``batches``."""
+        yield from self.count_tables(self._row_groups(batches))
+
+    def _row_groups(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
         import pyarrow.parquet as pq
 
-        schema = pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
-        counts: list[list[pa.Table]] = [[] for _ in self.categorical]
-        moments = [_Moments() for _ in self.numeric]
-        total_rows = 0
+        from embedlib.layout import local_path
+
+        schema = self.schema
         for batch in batches:
             for path in batch.column(0).to_pylist():
-                from embedlib.layout import local_path
-
                 pf = pq.ParquetFile(local_path(path) or path, read_dictionary=list(self.categorical))
                 present = set(pf.schema_arrow.names)
                 self._check_types(pf.schema_arrow, schema, path)
                 for rg in range(pf.num_row_groups):
-                    table = pf.read_row_group(rg, columns=[c for c in schema.names if c in present])
-                    rows = table.num_rows
-                    total_rows += rows
-                    for i, name in enumerate(self.categorical):
-                        col = table.column(name) if name in present else pa.nulls(rows, pa.string())
-                        counts[i].append(self._value_counts(col, schema.field(name).type))
-                    for j, name in enumerate(self.numeric):
-                        col = table.column(name) if name in present else pa.nulls(rows, pa.float64())
-                        moments[j].add(col, signed_log1p=name in self.log1p)
+                    yield pf.read_row_group(rg, columns=[c for c in schema.names if c in present])
+
+    def count_tables(self, tables: Iterable[pa.Table]) -> Iterator[pa.RecordBatch]:
+        """Partial counts of ``tables`` (a column a table lacks counts as null): one record per
+        categorical value, the moments of each numeric and the row count (keyed by a task id)."""
+        schema = self.schema
+        counts: list[list[pa.Table]] = [[] for _ in self.categorical]
+        moments = [_Moments() for _ in self.numeric]
+        total_rows = 0
+        for table in tables:
+            present = set(table.schema.names)
+            rows = table.num_rows
+            total_rows += rows
+            for i, name in enumerate(self.categorical):
+                col = table.column(name) if name in present else pa.chunked_array([pa.nulls(rows, pa.string())])
+                counts[i].append(self._value_counts(col, schema.field(name).type))
+            for j, name in enumerate(self.numeric):
+                col = table.column(name) if name in present else pa.chunked_array([pa.nulls(rows, pa.float64())])
+                moments[j].add(col, signed_log1p=name in self.log1p)
         for i in range(len(self.categorical)):
             if not counts[i]:
                 continue

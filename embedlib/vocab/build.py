@@ -14,14 +14,15 @@ import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedlib.indices import FIRST_INDEX, NULL_INDEX, OOV_INDEX
-from embedlib.vocab.arrow_engine import ArrowEngine
+from embedlib.vocab.arrow_engine import ArrowEngine, count_table
 from embedlib.vocab.counts import CountEngine, Counts
 from embedlib.vocab.model import SCHEMA_VERSION, ColumnVocab, NumericStats, VocabError, Vocabulary
 from embedlib.vocab.schema import check_columns
@@ -29,10 +30,11 @@ from embedlib.vocab.spark_engine import SparkEngine
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
     from embedlib.config import Config
 
-__all__ = ["build_vocabulary", "content_hash", "count_engine", "run_vocab_job", "write_vocabulary"]
+__all__ = ["build_vocabulary", "build_vocabulary_in_memory", "content_hash", "count_engine", "run_vocab_job", "write_vocabulary"]
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +62,22 @@ def build_vocabulary(
 ) -> Vocabulary:
     """Count every categorical and summarise every numeric in **one** pass over ``df``
     (``files``: its Parquet data files, when known), then cut, number and hash."""
-    check_columns(df.schema, source, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
+    return _build(df.schema, cfg, source, lambda: count_engine(cfg, files, source).count(spark, df, cfg, files))
+
+
+def build_vocabulary_in_memory(table: pa.Table, cfg: Config, *, source: str) -> Vocabulary:
+    """The vocabulary of a table in memory, counted by the arrow engine without Spark; equal to
+    the vocabulary job's on the same rows (its Spark types read from the Arrow schema)."""
+    from pyspark.sql.pandas.types import from_arrow_schema  # type mapping only: no session
+
+    return _build(from_arrow_schema(table.schema), cfg, source, lambda: count_table(table, cfg))
+
+
+def _build(schema: StructType, cfg: Config, source: str, count: Callable[[], Counts]) -> Vocabulary:
+    check_columns(schema, source, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
                   ids=cfg.columns.id)
-    types = {c: df.schema[c].dataType.simpleString() for c in cfg.feature_columns}
-    counts = count_engine(cfg, files, source).count(spark, df, cfg, files)
+    types = {c: schema[c].dataType.simpleString() for c in cfg.feature_columns}
+    counts = count()
     row_count = counts.totals.get(0, 0)
     if row_count == 0:
         raise VocabError(f"source {source} has no rows; nothing to build a vocabulary from")

@@ -1,0 +1,114 @@
+"""In memory, without Spark: ``embedlib.fit`` on pandas or Arrow, ``bundle.score_frame`` on pandas —
+the jobs' bundle format, and the score job's numbers on the same rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+import embedlib
+from embedlib.config import ConfigError, load_config
+from embedlib.vocab import SchemaError
+
+from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, adult_pandas
+
+#: The training tests' settings (conftest.TRAIN_SETS) as fit's settings.
+SETTINGS = {"train.epochs": 6, "train.patience": 10, "train.batch_size": 512, "train.learning_rate": 0.003,
+            "train.seed": 7, "model.size": "medium"}
+
+
+CFG = load_config([BASE_CONF, ADULT_CONF])
+CATEGORICAL, NUMERIC = list(CFG.columns.categorical), list(CFG.columns.numeric)
+
+
+def test_fit_in_memory_then_score_frame_equals_the_score_job(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from embedlib.score import run_score_job
+
+    bundle = embedlib.fit(adult_pandas(), categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "runs"), name="mem",
+                          settings={**SETTINGS, "columns.log1p": ["fnlwgt", "capital-gain", "capital-loss"]})
+    assert bundle.path == str(tmp_path / "runs" / "mem" / "bundle")
+    assert bundle.spec.categorical == tuple(CATEGORICAL) and bundle.calibration is not None
+    metrics = bundle.manifest["metrics"]
+    assert metrics["backend"] == "local" and metrics["train_rows"] + metrics["validation_rows"] == 32561
+    assert bundle.vocab.numeric["capital-gain"].log1p and bundle.vocab.meta["row_count"] == 32561
+
+    test = adult_pandas(ADULT_TEST).head(2000).copy()
+    test.insert(0, "row_id", np.arange(len(test), dtype=np.int64))
+    test.index = pd.Index(np.arange(len(test)) * 10 + 5)  # a frame's own index comes back
+    mem = bundle.score_frame(test)
+    assert list(mem.columns) == ["anomaly_score", "is_anomaly", "contributions", "reasons", "calibrated_score",
+                                 "calibrated_contributions", "bundle_id"]
+    assert (mem.index == test.index).all()
+    row = mem.iloc[0]
+    assert sum(row["contributions"].values()) == pytest.approx(row["anomaly_score"], abs=1e-9)
+    assert sum(row["calibrated_contributions"].values()) == pytest.approx(row["calibrated_score"], abs=1e-9)
+    assert len(row["reasons"]) == 3 and set(row["reasons"][0]) == {"column", "value", "expected", "probability", "nats"}
+
+    # `embedlib score` (Spark) with the bundle fit wrote, on the same rows
+    test.to_parquet(tmp_path / "test.parquet", index=False)
+    cfg = load_config([BASE_CONF, ADULT_CONF], [
+        f"output_dir={tmp_path / 'runs'}", "name=mem", f"score.source.path={tmp_path / 'test.parquet'}",
+        "score.source.format=parquet", "columns.id=[row_id]", f"score.output={tmp_path / 'job_scores'}"])
+    run_score_job(spark, cfg)
+    job = DeltaTable(str(tmp_path / "job_scores")).to_pandas().sort_values("row_id")
+    assert job["row_id"].tolist() == list(range(2000))
+    for col in ("anomaly_score", "calibrated_score"):
+        np.testing.assert_allclose(mem[col].to_numpy(), job[col].to_numpy(), rtol=0, atol=1e-9)
+    assert mem["is_anomaly"].tolist() == job["is_anomaly"].tolist()
+    assert (job["bundle_id"] == bundle.bundle_id).all() and (mem["bundle_id"] == bundle.bundle_id).all()
+    mem_reasons = [[(r["column"], r["value"], r["expected"]) for r in rs] for rs in mem["reasons"]]
+    job_reasons = [[(r["column"], r["value"], r["expected"]) for r in rs] for rs in job["reasons"]]
+    assert mem_reasons == job_reasons
+
+    # ranked by nats, with no reasons: the other threshold, empty lists
+    by_nats = bundle.score_frame(test, rank_by="nats", top_reasons=0)
+    assert by_nats["is_anomaly"].tolist() == (mem["anomaly_score"] > bundle.threshold_for("nats")).tolist()
+    assert all(len(r) == 0 for r in by_nats["reasons"])
+
+
+def test_fit_from_arrow_equals_fit_from_pandas_and_bad_input(tmp_path: Path) -> None:
+    """The same rows as pandas or as Arrow (with a dictionary column) give the same vocabulary and,
+    trained with the same seed, the same weights; bad input is named before any work."""
+    frame = adult_pandas().head(6000)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.set_column(table.schema.get_field_index("workclass"), "workclass",
+                             table.column("workclass").dictionary_encode())
+    quick = {**SETTINGS, "train.max_steps": 60}
+    a = embedlib.fit(frame, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "a"), settings=quick)
+    b = embedlib.fit(table, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "b"), settings=quick)
+    assert a.vocab.content_hash == b.vocab.content_hash
+    assert a.manifest["files"]["weights.safetensors"] == b.manifest["files"]["weights.safetensors"]
+    # model.size auto without Spark: the candidates train one after another in this process
+    auto = embedlib.fit(frame, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "auto"),
+                        settings={**quick, "model.size": "auto", "model.search_seconds": 30})
+    search = auto.manifest["metrics"]["size_search"]
+    assert set(search["trials"]) == {"small", "medium", "large"} and search["size"] in search["trials"]
+    assert auto.manifest["metrics"]["model_size"] == search["size"]
+    shards = json.loads((tmp_path / "a" / "embedlib" / "_work" / "encoded" / "_shards.json").read_text())
+    assert shards["train_rows"] + shards["valid_rows"] == 6000 and 0 < shards["valid_rows"] < 1200
+
+    with pytest.raises(SchemaError, match="lacks column\\(s\\) workclass"):
+        embedlib.fit(frame.drop(columns=["workclass"]), categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "c"))
+    with pytest.raises(ConfigError, match="columns.numeric come from fit's own arguments"):
+        embedlib.fit(frame, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "c"), settings={"columns.numeric": ["age"]})
+    with pytest.raises(ConfigError, match="train.backend=horovod: fit trains in this process"):
+        embedlib.fit(frame, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "c"), settings={"train.backend": "horovod"})
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        embedlib.fit(frame, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "c"), settings={"train.batch_size": 0})
+    mixed = frame.copy()
+    mixed["age"] = mixed["age"].astype(object)
+    mixed.loc[3, "age"] = "forty"
+    with pytest.raises(SchemaError, match="column 'age' mixes types"):
+        embedlib.fit(mixed, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "c"))
+    assert not (tmp_path / "c").exists()  # refused before any work
+    with pytest.raises(SchemaError, match="score_frame: the data lacks column\\(s\\) age"):
+        a.score_frame(frame.drop(columns=["age"]))
+    as_text = frame.head(5).astype({"age": str})
+    with pytest.raises(SchemaError, match="numeric column 'age' of the rows to score is string now but was bigint"):
+        a.score_frame(as_text)
