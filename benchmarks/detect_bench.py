@@ -67,6 +67,8 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "small": (["model.size=small"], None),
     "medium": (["model.size=medium"], None),
     "large": (["model.size=large"], None),
+    # the convergence check: the default's trajectory (same warm-up and schedule) allowed the budget's cap
+    "medium, 40000 steps": (["model.size=medium", "train.max_steps=40000"], None),
     "first version": (["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8",
                        "train.max_steps=0", "train.epochs=20", "train.learning_rate=0.001",
                        "train.lr_schedule=constant", "train.patience=3"], "nats"),
@@ -339,8 +341,10 @@ def main(argv: list[str] | None = None) -> None:
                         spark, table, train, tmp, seed, args.variants).items():
                     scorers[f"embedlib {variant}"] = (scorer, secs)
                     training.setdefault((name, variant), []).append(
-                        {k: metrics.get(k) for k in ("steps", "epochs_run", "best_epoch", "validation_loss",
-                                                     "converged", "train_seconds", "model_size")})
+                        {**{k: metrics.get(k) for k in ("steps", "epochs_run", "best_epoch", "validation_loss",
+                                                        "converged", "train_seconds", "model_size", "step_budget",
+                                                        "stopped")},
+                         "history": [[h["steps"], h["validation_loss"]] for h in metrics.get("history", [])]})
                 any_bundle = load_bundle(f"{tmp}/runs/{name}-s{seed}-0/bundle")
                 sample = train.sample(n=min(len(train), args.baseline_rows), random_state=seed)
                 for method in args.baselines:
@@ -362,7 +366,7 @@ def main(argv: list[str] | None = None) -> None:
                         f"{m} {cells[(name, rate, m)].auroc[-1]:.3f}/{cells[(name, rate, m)].auprc[-1]:.3f}"
                         f" ({cells[(name, rate, m)].seconds[-1]:.0f}s)" for m in methods))
                 if args.json:  # what is measured so far survives an interrupted run
-                    _dump(args.json, cells)
+                    _dump(args.json, cells, training)
     spark.stop()
     _report(args, methods, cells, training)
 
@@ -412,11 +416,16 @@ def _report(args: argparse.Namespace, methods: list[str], cells: dict[tuple[str,
         print(f"goal: AUROC >= {GOAL_AUROC} on the tables with strong dependencies: "
               + ("met" if not low else "NOT met: " + ", ".join(low)))
     if args.json:
-        _dump(args.json, cells)
+        _dump(args.json, cells, training)
 
 
-def _dump(path: str, cells: dict[tuple[str, float, str], Cell]) -> None:
-    Path(path).write_text(json.dumps({f"{n}|{r}|{m}": vars(c) for (n, r, m), c in cells.items()}, indent=1))
+def _dump(path: str, cells: dict[tuple[str, float, str], Cell],
+          training: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
+    """Every figure: ``table|rate|method`` cells, and ``training|table|variant`` runs (per seed, with
+    the validation NLL after each epoch as ``[steps, nats/row]``)."""
+    doc: dict[str, Any] = {f"{n}|{r}|{m}": vars(c) for (n, r, m), c in cells.items()}
+    doc |= {f"training|{n}|{v}": runs for (n, v), runs in training.items()}
+    Path(path).write_text(json.dumps(doc, indent=1))
 
 
 if __name__ == "__main__":

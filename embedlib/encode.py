@@ -403,8 +403,9 @@ def _selector(folder: str) -> Any:
     return pafs.FileSelector(folder, allow_not_found=False, recursive=False)
 
 
-def read_shards(files: Sequence[str], encoder: Encoder) -> Iterator[Encoded]:
-    """Yield the encoded arrays of each row group of ``files``, in order."""
+def read_shards(files: Sequence[str], encoder: Encoder, rows: int | None = None) -> Iterator[Encoded]:
+    """Yield the encoded arrays of ``files`` in order: each row group whole, or at most ``rows``
+    rows at a time (the passes that run the model: memory bounded whatever the shard size)."""
     import pyarrow.parquet as pq
 
     from embedlib.layout import filesystem
@@ -413,5 +414,7 @@ def read_shards(files: Sequence[str], encoder: Encoder) -> Iterator[Encoded]:
         fs, local = filesystem(path)
         with fs.open_input_file(local) as handle:
             pf = pq.ParquetFile(handle)
-            for rg in range(pf.num_row_groups):
-                yield encoder.from_encoded(pf.read_row_group(rg))
+            parts = (pf.iter_batches(batch_size=rows) if rows is not None
+                     else (pf.read_row_group(rg) for rg in range(pf.num_row_groups)))
+            for part in parts:
+                yield encoder.from_encoded(part)

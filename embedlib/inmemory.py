@@ -121,6 +121,7 @@ def score_frame(bundle: Bundle, frame: pd.DataFrame, *, rank_by: str | None = No
     ``frame`` so that ``frame.join(scores)`` puts them side by side."""
     from pyspark.sql.pandas.types import from_arrow_schema  # type mapping only: no session
 
+    from embedlib.model import PASS_ROWS
     from embedlib.score import build_output
     from embedlib.vocab.schema import check_columns
 
@@ -131,9 +132,14 @@ def score_frame(bundle: Bundle, frame: pd.DataFrame, *, rank_by: str | None = No
     check_columns(from_arrow_schema(table.schema), "the rows to score", categorical=spec.categorical,
                   numeric=spec.numeric, trained=bundle.source_types)
     ranking = rank_by or bundle.rank_by
-    out = build_output(bundle, table, threshold=bundle.threshold_for(ranking), top_reasons=top_reasons,
-                       emit_code=emit_code, rank_by=ranking)
-    out["bundle_id"] = pa.array([bundle.bundle_id] * table.num_rows, pa.string())
-    scores = pa.table(out).to_pandas(maps_as_pydicts="strict")
+    threshold = bundle.threshold_for(ranking)
+    parts = []
+    for start in range(0, max(table.num_rows, 1), PASS_ROWS):  # bounded memory: logits are rows × cardinality
+        rows = table.slice(start, PASS_ROWS)
+        out = build_output(bundle, rows, threshold=threshold, top_reasons=top_reasons, emit_code=emit_code,
+                           rank_by=ranking)
+        out["bundle_id"] = pa.array([bundle.bundle_id] * rows.num_rows, pa.string())
+        parts.append(pa.table(out))
+    scores = pa.concat_tables(parts).to_pandas(maps_as_pydicts="strict")
     scores.index = frame.index
     return scores

@@ -38,6 +38,7 @@ from torch import nn
 from embedlib.indices import OOV_INDEX
 
 __all__ = [
+    "PASS_ROWS",
     "EmbeddingAutoencoder",
     "ModelSpec",
     "column_nll",
@@ -46,6 +47,11 @@ __all__ = [
     "random_mask",
     "default_embedding_dim",
 ]
+
+#: The most rows one forward pass outside training takes (validation, calibration, scoring in the
+#: driver or in memory): its logits are rows × the column's values, so memory stays bounded
+#: whatever the shard size and the cardinality.
+PASS_ROWS = 8_192
 
 
 def default_embedding_dim(n_rows: int, max_dim: int) -> int:

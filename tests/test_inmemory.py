@@ -112,3 +112,32 @@ def test_fit_from_arrow_equals_fit_from_pandas_and_bad_input(tmp_path: Path) -> 
     as_text = frame.head(5).astype({"age": str})
     with pytest.raises(SchemaError, match="numeric column 'age' of the rows to score is string now but was bigint"):
         a.score_frame(as_text)
+
+
+def test_every_pass_that_runs_the_model_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation, calibration and scoring run the model on at most PASS_ROWS rows at a time (their
+    logits are rows × cardinality), whatever the shard: here one shard of ~15,000 rows per split,
+    which a pass taking row groups whole would run in one forward."""
+    from embedlib.model import PASS_ROWS, EmbeddingAutoencoder
+
+    seen: list[int] = []
+    original = EmbeddingAutoencoder.reconstruct
+
+    def recording(self, cat, num, miss):  # type: ignore[no-untyped-def]
+        seen.append(int(cat.shape[0]))
+        return original(self, cat, num, miss)
+
+    monkeypatch.setattr(EmbeddingAutoencoder, "reconstruct", recording)
+    rng = np.random.default_rng(0)
+    n = 30_000
+    frame = pd.DataFrame({"c": [f"v{i}" for i in rng.integers(0, 5_000, n)],
+                          "d": rng.integers(0, 20, n).astype(str), "x": rng.normal(size=n)})
+    bundle = embedlib.fit(frame, categorical=["c", "d"], numeric=["x"], output_dir=str(tmp_path), settings={
+        "train.num_shards": 1, "train.validation_fraction": 0.5, "model.size": "small", "train.max_steps": 20,
+        "vocab.min_count": 1})
+    assert bundle.spec.cardinalities[0] > 4_000
+    valid_rows = bundle.manifest["metrics"]["validation_rows"]
+    assert valid_rows > PASS_ROWS and max(seen) <= PASS_ROWS
+    seen.clear()
+    scores = bundle.score_frame(frame)
+    assert len(scores) == n and max(seen) <= PASS_ROWS and sum(seen) == n

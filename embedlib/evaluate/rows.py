@@ -14,6 +14,7 @@ import pyarrow as pa
 from embedlib.evaluate.metrics import plant_anomalies
 from embedlib.evaluate.options import EvaluateError, EvaluateOptions
 from embedlib.inference import score_rows
+from embedlib.model import PASS_ROWS
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -26,8 +27,6 @@ __all__ = ["EvalSet", "baseline_scores", "labelled_set", "planted_set", "trainin
 
 log = logging.getLogger(__name__)
 
-#: Rows scored at once in the driver.
-CHUNK_ROWS = 50_000
 #: Hidden column names of the labelled join.
 LABEL_COLUMN = "__label"
 CONTRIBUTIONS_COLUMN = "__contributions"
@@ -71,8 +70,8 @@ def _sampled(table: pa.Table, total: int) -> str:
 
 def _score(bundle: Bundle, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     scores, contributions, calibrated = [], [], []
-    for start in range(0, table.num_rows, CHUNK_ROWS):
-        result = score_rows(bundle, table.slice(start, CHUNK_ROWS))
+    for start in range(0, table.num_rows, PASS_ROWS):
+        result = score_rows(bundle, table.slice(start, PASS_ROWS))
         scores.append(result.score)
         contributions.append(result.contributions)
         if result.calibrated_score is not None:

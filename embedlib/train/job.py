@@ -15,7 +15,7 @@ import torch
 from embedlib.calibration import Calibration
 from embedlib.encode import Encoder, ShardSet, read_shards
 from embedlib.layout import join
-from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
+from embedlib.model import PASS_ROWS, EmbeddingAutoencoder, ModelSpec, column_nll
 from embedlib.train.backends import Backend, resolve_backend
 from embedlib.train.checkpoint import CheckpointStore
 from embedlib.train.errors import TrainError
@@ -79,22 +79,20 @@ def check_vocab_matches(vocab: Vocabulary, cfg: Config) -> None:
 
 
 def contributions_of(model: EmbeddingAutoencoder, files: Sequence[str], encoder: Encoder,
-                     max_rows: int = 200_000, chunk: int = 8_192) -> np.ndarray:
+                     max_rows: int = 200_000) -> np.ndarray:
     """Per-column contributions ``[rows, columns]`` of the first ``max_rows`` rows of ``files``,
-    scored as scoring does, ``chunk`` rows at a time (bounded memory whatever the shard size)."""
+    scored as scoring does, ``PASS_ROWS`` rows at a time (bounded memory whatever the shard size)."""
     model.eval()
     parts: list[np.ndarray] = []
     seen = 0
     with torch.inference_mode():
-        for enc in read_shards(files, encoder):
+        for enc in read_shards(files, encoder, rows=PASS_ROWS):
             cat, num, miss = tensors(enc, torch.device("cpu"))
-            for start in range(0, len(enc), chunk):
-                c, n, m = cat[start:start + chunk], num[start:start + chunk], miss[start:start + chunk]
-                logits, pred = model.reconstruct(c, n, m)
-                parts.append(column_nll(logits, pred, c, n, m).double().numpy())
-                seen += c.shape[0]
-                if seen >= max_rows:
-                    return np.concatenate(parts)[:max_rows]
+            logits, pred = model.reconstruct(cat, num, miss)
+            parts.append(column_nll(logits, pred, cat, num, miss).double().numpy())
+            seen += cat.shape[0]
+            if seen >= max_rows:
+                return np.concatenate(parts)[:max_rows]
     return np.concatenate(parts) if parts else np.zeros((0, len(model.spec.columns)))
 
 

@@ -40,7 +40,15 @@ import torch
 
 from embedlib.encode import Encoded, Encoder, ShardSet, read_shards
 from embedlib.faults import InjectedFault, fault, kill_self
-from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll, corrupt, masked_loss, random_mask
+from embedlib.model import (
+    PASS_ROWS,
+    EmbeddingAutoencoder,
+    ModelSpec,
+    column_nll,
+    corrupt,
+    masked_loss,
+    random_mask,
+)
 from embedlib.train.checkpoint import CheckpointStore, TrainState
 from embedlib.train.collective import Collective, allreduce_min
 from embedlib.train.errors import TrainError
@@ -157,7 +165,7 @@ def evaluate(
     sums = torch.zeros(len(model.spec.columns), dtype=torch.float64)
     rows = 0
     with torch.inference_mode():
-        for enc in read_shards(files, encoder):
+        for enc in read_shards(files, encoder, rows=PASS_ROWS):
             cat, num, miss = tensors(enc, device)
             logits, pred = model.reconstruct(cat, num, miss)
             sums += column_nll(logits, pred, cat, num, miss).double().sum(0).cpu()
