@@ -14,13 +14,13 @@ pass that hides it (:meth:`~embedlib.model.EmbeddingAutoencoder.reconstruct`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from embedlib.model import column_nll
+from embedlib.model import column_nll, top_of
 
 if TYPE_CHECKING:
     from embedlib.bundle import Bundle
@@ -66,34 +66,18 @@ def score_rows(bundle: Bundle, data: pa.Table | pa.RecordBatch, *, rank_by: str 
 
 def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
                   with_code: bool = False) -> ScoreResult:
-    """Score already-encoded rows: one forward pass (the masked kind: one per mask group).
+    """Score already-encoded rows: one forward pass (the masked kind: one per mask group), on at
+    most the model's ``pass_rows`` rows at a time (bounded memory whatever the cardinality).
     ``rank_by`` defaults to the bundle's; ``with_code`` adds the bottleneck code (one more pass)."""
-    with torch.inference_mode():
-        cat = torch.from_numpy(enc.cat)
-        num = torch.from_numpy(enc.num)
-        missing = torch.from_numpy(enc.missing)
-        logits, pred = bundle.model.reconstruct(cat, num, missing)
-        code = bundle.model.encode(cat, num, missing) if with_code else num.new_zeros((cat.shape[0], 0))
-        contrib = column_nll(logits, pred, cat, num, missing).double()
-        expected = []
-        expected_prob = []
-        for lg in logits:
-            # arg-max and its probability from the logits: no full softmax needed
-            top = lg.max(dim=1)
-            expected.append(top.indices)
-            expected_prob.append(torch.exp(top.values.double() - torch.logsumexp(lg.double(), dim=1)))
     rows = len(enc)
+    step = bundle.model.pass_rows
+    parts = [_pass(bundle, enc, slice(start, start + step), with_code) for start in range(0, max(rows, 1), step)]
+    contrib, pred, expected, expected_prob, code = (torch.cat(tensors) for tensors in zip(*parts))
     stats = [bundle.vocab.numeric[c] for c in bundle.spec.numeric]
     pred_np = pred.double().numpy()
     expected_num = np.stack(
         [_unstandardize(pred_np[:, j], s.mean, s.scale, s.log1p) for j, s in enumerate(stats)], axis=1
     ) if stats else np.zeros((rows, 0))
-
-    def stack(parts: list[torch.Tensor], dtype: Any) -> np.ndarray:
-        if not parts:
-            return np.zeros((rows, 0), dtype=dtype)
-        return torch.stack(parts, dim=1).numpy().astype(dtype)
-
     contributions = contrib.numpy()
     calibrated = bundle.calibration.terms(contributions) if bundle.calibration is not None else None
     return ScoreResult(
@@ -102,13 +86,31 @@ def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
         calibrated_score=calibrated.sum(axis=1) if calibrated is not None else None,
         calibrated=calibrated,
         observed=enc.cat,
-        expected=stack(expected, np.int64),
-        expected_prob=stack(expected_prob, np.float64),
+        expected=expected.numpy().astype(np.int64),
+        expected_prob=expected_prob.numpy().astype(np.float64),
         expected_num=expected_num,
         code=code.float().numpy(),
         missing=enc.missing,
         rank_by=rank_by or bundle.rank_by,
     )
+
+
+def _pass(bundle: Bundle, enc: Encoded, rows: slice, with_code: bool) -> tuple[torch.Tensor, ...]:
+    """One pass over ``rows`` of ``enc``: contributions, numeric predictions, each categorical's
+    arg-max and its probability, the code."""
+    model = bundle.model
+    with torch.inference_mode():
+        cat = torch.from_numpy(enc.cat[rows])
+        num = torch.from_numpy(enc.num[rows])
+        missing = torch.from_numpy(enc.missing[rows])
+        outputs, pred = model.reconstruct(cat, num, missing)
+        code = model.encode(cat, num, missing) if with_code else num.new_zeros((cat.shape[0], 0))
+        contrib = column_nll(outputs, pred, cat, num, missing).double()
+        tops = [top_of(out) for out in outputs]
+        n = cat.shape[0]
+        expected = torch.stack([t[0] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.long)
+        prob = torch.stack([t[1] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.float64)
+    return contrib, pred, expected, prob, code
 
 
 def _unstandardize(z: np.ndarray, mean: float, scale: float, log1p: bool) -> np.ndarray:

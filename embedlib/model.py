@@ -38,20 +38,31 @@ from torch import nn
 from embedlib.indices import OOV_INDEX
 
 __all__ = [
+    "ADAPTIVE_CUTOFFS",
+    "PASS_LOGITS",
     "PASS_ROWS",
+    "AdaptiveHead",
     "EmbeddingAutoencoder",
+    "HeadOutput",
     "ModelSpec",
     "column_nll",
     "corrupt",
     "masked_loss",
     "random_mask",
     "default_embedding_dim",
+    "top_of",
+    "WideOutput",
 ]
 
 #: The most rows one forward pass outside training takes (validation, calibration, scoring in the
 #: driver or in memory): its logits are rows × the column's values, so memory stays bounded
 #: whatever the shard size and the cardinality.
 PASS_ROWS = 8_192
+#: … and fewer where a full softmax is wide: at most this many logits (128 MiB of float32) per pass.
+PASS_LOGITS = 2**25
+#: The cluster bounds of an adaptive head (indices are by count, most frequent first): a head over
+#: the first 2,000 indices and one token per cluster, then clusters up to 20,000, 200,000 and the rest.
+ADAPTIVE_CUTOFFS = (2_000, 20_000, 200_000)
 
 
 def default_embedding_dim(n_rows: int, max_dim: int) -> int:
@@ -71,6 +82,7 @@ class ModelSpec:
     bottleneck: int
     kind: str = "autoencoder"  # "masked" or "autoencoder"; bundles from before model.kind are autoencoders
     masks: int = 0  # masked kind: the number of mask groups at scoring (K)
+    cutoffs: tuple[tuple[int, ...], ...] = ()  # per categorical: its adaptive head's cluster bounds, () full softmax
 
     @classmethod
     def build(
@@ -85,6 +97,7 @@ class ModelSpec:
         bottleneck: int = 8,
         kind: str = "autoencoder",
         masks: int | None = None,
+        adaptive_above: int | None = None,
     ) -> ModelSpec:
         overrides = dict(embedding_dims or {})
         dims = tuple(
@@ -101,6 +114,10 @@ class ModelSpec:
             bottleneck=bottleneck,
             kind=kind,
             masks=0 if kind != "masked" else max(1, min(masks or width, width)),
+            cutoffs=tuple(
+                tuple(c for c in ADAPTIVE_CUTOFFS if c < n - 1) if adaptive_above is not None and n > adaptive_above
+                else () for n in cardinalities
+            ),
         )
 
     @property
@@ -111,6 +128,10 @@ class ModelSpec:
     @property
     def masked(self) -> bool:
         return self.kind == "masked"
+
+    def cutoffs_of(self, i: int) -> tuple[int, ...]:
+        """Categorical ``i``'s adaptive head cluster bounds; () for a full softmax."""
+        return self.cutoffs[i] if self.cutoffs else ()
 
     def mask_groups(self) -> list[list[int]]:
         """The scoring masks of the masked kind: the columns each of the ``K`` passes hides."""
@@ -123,6 +144,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values["cutoffs"] = tuple(tuple(c) for c in values.get("cutoffs", ()))
         return cls(**values)  # keys a bundle lacks (written before them) take their defaults
 
 
@@ -131,6 +153,100 @@ def mlp(widths: Sequence[int]) -> nn.Sequential:
     for a, b in zip(widths[:-1], widths[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers)
+
+
+class WideOutput:
+    """An adaptive head's output for a batch: the decoder's hidden state and the head, whose
+    log-probabilities are computed for the indices asked (never for the whole vocabulary at once)."""
+
+    def __init__(self, head: AdaptiveHead, hidden: torch.Tensor) -> None:
+        self.head = head
+        self.hidden = hidden
+
+    def nll(self, target: torch.Tensor) -> torch.Tensor:
+        """``−log p(target)`` per row, exact (normalised over every index)."""
+        return -self.head.log_prob_of(self.hidden, target)
+
+    def top(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The most likely index of each row and its probability, exact."""
+        return self.head.top(self.hidden)
+
+
+#: What a categorical head gives for a batch: logits (a full softmax) or a :class:`WideOutput`.
+HeadOutput = torch.Tensor | WideOutput
+
+
+class AdaptiveHead(nn.Module):
+    """The output layer of a wide categorical (``model.adaptive_above``), after Grave et al.'s adaptive
+    softmax: indices are ordered by count, so the head scores the ``bounds[0]`` most frequent indices
+    plus one token per cluster of rarer ones, and each cluster has its own softmax behind a low-rank
+    projection (width ÷ 4 per level). ``log p(v)`` is ``log p_head(v)`` for an index in the head and
+    ``log p_head(cluster) + log p_cluster(v)`` otherwise — exact and normalised, at a fraction of a
+    full softmax's cost when most rows hold frequent values."""
+
+    def __init__(self, width: int, n: int, cutoffs: Sequence[int]) -> None:
+        super().__init__()
+        self.bounds = (*cutoffs, n)  # cluster i holds indices [bounds[i], bounds[i + 1])
+        self.head = nn.Linear(width, cutoffs[0] + len(cutoffs))
+        self.tail = nn.ModuleList(
+            nn.Sequential(nn.Linear(width, max(1, width // 4 ** (i + 1)), bias=False),
+                          nn.Linear(max(1, width // 4 ** (i + 1)), self.bounds[i + 1] - self.bounds[i], bias=False))
+            for i in range(len(cutoffs))
+        )
+
+    def forward(self, hidden: torch.Tensor) -> WideOutput:
+        return WideOutput(self, hidden)
+
+    def _chunk(self, cluster: int) -> int:
+        """Rows of cluster ``cluster``'s softmax at a time."""
+        return max(1, PASS_LOGITS // (self.bounds[cluster + 1] - self.bounds[cluster]))
+
+    def log_prob_of(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """``log p(target)`` per row; each cluster's softmax runs only on the rows whose target is in
+        it, at most ``PASS_LOGITS`` logits at a time."""
+        head_lp = nn.functional.log_softmax(self.head(hidden), dim=1)
+        short = self.bounds[0]
+        target = target.long()
+        out = head_lp.gather(1, target.clamp(max=short - 1)[:, None]).squeeze(1)
+        for i, proj in enumerate(self.tail):
+            lo, hi = self.bounds[i], self.bounds[i + 1]
+            rows = ((target >= lo) & (target < hi)).nonzero().squeeze(1)
+            # a cluster no target falls in still runs, on zero rows: every parameter gets a (zero)
+            # gradient in every step, which DDP and Horovod need to reduce each one
+            for chunk in rows.split(self._chunk(i)) if len(rows) else (rows,):
+                lp = nn.functional.log_softmax(proj(hidden[chunk]), dim=1)
+                picked = lp.gather(1, (target[chunk] - lo)[:, None]).squeeze(1) + head_lp[chunk, short + i]
+                out = out.index_put((chunk,), picked)
+        return out
+
+    def top(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Arg-max index and its probability per row, exact: a cluster's softmax runs only for rows
+        where the cluster's own probability exceeds the best value found so far (no value inside it
+        can beat that otherwise)."""
+        head_lp = nn.functional.log_softmax(self.head(hidden).double(), dim=1)
+        short = self.bounds[0]
+        best_lp, best = head_lp[:, :short].max(dim=1)
+        for i, proj in enumerate(self.tail):
+            cluster_lp = head_lp[:, short + i]
+            for chunk in (cluster_lp > best_lp).nonzero().squeeze(1).split(self._chunk(i)):
+                lp = nn.functional.log_softmax(proj(hidden[chunk]).double(), dim=1) + cluster_lp[chunk, None]
+                value, index = lp.max(dim=1)
+                better = value > best_lp[chunk]
+                best_lp[chunk] = torch.where(better, value, best_lp[chunk])
+                best[chunk] = torch.where(better, index + self.bounds[i], best[chunk])
+        return best, best_lp.exp()
+
+
+def _head(width: int, n: int, cutoffs: Sequence[int]) -> nn.Module:
+    return AdaptiveHead(width, n, cutoffs) if cutoffs else nn.Linear(width, n)
+
+
+def top_of(output: HeadOutput) -> tuple[torch.Tensor, torch.Tensor]:
+    """The arg-max index of each row and its probability (float64)."""
+    if isinstance(output, WideOutput):
+        return output.top()
+    top = output.max(dim=1)  # from the logits: no full softmax needed
+    return top.indices, torch.exp(top.values.double() - torch.logsumexp(output.double(), dim=1))
 
 
 class EmbeddingAutoencoder(nn.Module):
@@ -153,10 +269,18 @@ class EmbeddingAutoencoder(nn.Module):
         self.encoder = nn.Sequential(mlp((width_in, *spec.hidden)), nn.Linear(spec.hidden[-1], spec.bottleneck))
         back = tuple(reversed(spec.hidden))
         self.decoder = mlp((spec.bottleneck, *back))
-        self.cat_heads = nn.ModuleList(nn.Linear(back[-1], n) for n in spec.cardinalities)
+        self.cat_heads = nn.ModuleList(_head(back[-1], n, spec.cutoffs_of(i)) for i, n in enumerate(spec.cardinalities))
         self.num_head = nn.Linear(back[-1], n_num) if n_num else None
         #: per mask group, its columns' first-layer input positions and mask-flag positions (fixed by the spec)
         self.group_inputs = self._group_inputs() if spec.masked else []
+
+    @property
+    def pass_rows(self) -> int:
+        """The most rows one pass outside training takes: ``PASS_ROWS``, fewer where a full-softmax
+        head's logits would pass ``PASS_LOGITS`` (adaptive heads bound their clusters themselves)."""
+        widest = max([head.head.out_features if isinstance(head, AdaptiveHead) else cast(nn.Linear, head).out_features
+                      for head in self.cat_heads], default=1)
+        return max(1, min(PASS_ROWS, PASS_LOGITS // widest))
 
     def embed(self, cat: torch.Tensor) -> list[torch.Tensor]:
         return [emb(cat[:, i]) for i, emb in enumerate(self.embeddings)]
@@ -176,8 +300,8 @@ class EmbeddingAutoencoder(nn.Module):
 
     def forward(
         self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor, mask: torch.Tensor | None = None
-    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Returns (logits per categorical, numeric predictions, bottleneck code)."""
+    ) -> tuple[list[HeadOutput], torch.Tensor, torch.Tensor]:
+        """Returns (each categorical's head output, numeric predictions, bottleneck code)."""
         code = self.encode(cat, num, missing, mask)
         hidden = self.decoder(code)
         logits = [head(hidden) for head in self.cat_heads]
@@ -205,8 +329,8 @@ class EmbeddingAutoencoder(nn.Module):
 
     def reconstruct(
         self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor
-    ) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """What scoring compares each cell with: (logits per categorical, numeric predictions).
+    ) -> tuple[list[HeadOutput], torch.Tensor]:
+        """What scoring compares each cell with: (each categorical's head output, numeric predictions).
 
         The autoencoder: one pass, every cell visible. The masked kind: one pass per
         mask group, each column's output taken from the pass that hides it.
@@ -215,7 +339,7 @@ class EmbeddingAutoencoder(nn.Module):
             logits, pred, _ = self(cat, num, missing)
             return logits, pred
         n_cat = len(self.spec.categorical)
-        out_logits: list[torch.Tensor | None] = [None] * n_cat
+        out_logits: list[HeadOutput | None] = [None] * n_cat
         out_pred = num.new_zeros(num.shape)
         # The first layer is linear: with every cell shown once (``base``), hiding a group is
         # subtracting what its inputs added and adding its mask flags' weights. The rest of the
@@ -238,7 +362,7 @@ class EmbeddingAutoencoder(nn.Module):
 
 
 def column_nll(
-    logits: Sequence[torch.Tensor],
+    logits: Sequence[HeadOutput],
     pred: torch.Tensor,
     cat: torch.Tensor,
     num: torch.Tensor,
@@ -246,11 +370,13 @@ def column_nll(
 ) -> torch.Tensor:
     """Per-row, per-column negative log-likelihood in nats, shape ``[rows, columns]``.
 
-    Categoricals: ``−log softmax(logits)[observed index]``; numerics:
+    Categoricals: ``−log softmax(logits)[observed index]`` (an adaptive head: its exact
+    ``−log p(observed)``); numerics:
     ``½ (x − x̂)²`` where observed, 0 where missing. ``.sum(1)`` is the row score.
     """
     parts = [
-        nn.functional.cross_entropy(lg, cat[:, i].long(), reduction="none") for i, lg in enumerate(logits)
+        lg.nll(cat[:, i]) if isinstance(lg, WideOutput) else nn.functional.cross_entropy(lg, cat[:, i].long(), reduction="none")
+        for i, lg in enumerate(logits)
     ]
     cols = torch.stack(parts, dim=1) if parts else num.new_zeros((num.shape[0], 0))
     if num.shape[1]:

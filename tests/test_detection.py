@@ -93,7 +93,9 @@ def test_masked_prediction_of_a_cell_ignores_its_own_value(adult_trained) -> Non
             cats = torch.from_numpy(enc.cat.copy())
             cats[:, j] = value
             logits, _ = ae.reconstruct(cats, torch.from_numpy(enc.num), torch.from_numpy(enc.missing))
-            sums += torch.softmax(logits[j], dim=1)[:, value].numpy()
+            lg = logits[j]
+            assert isinstance(lg, torch.Tensor)  # a full softmax head: its logits
+            sums += torch.softmax(lg, dim=1)[:, value].numpy()
     assert np.abs(sums - 1.0).max() > 1e-3
 
 

@@ -144,6 +144,10 @@ class ModelConfig:
     rows (``search_rows``), as Spark tasks in parallel, within ``search_seconds``,
     and keeps the one with the lowest validation NLL (the smaller of two within
     1 %). Any of the three keys set explicitly wins over every size.
+
+    A categorical with more than ``adaptive_above`` embedding rows gets an adaptive
+    softmax head (:class:`embedlib.model.AdaptiveHead`: exact nats at a fraction of
+    a full softmax's cost); null: a full softmax for every column.
     """
 
     max_embedding_dim: int | None = None
@@ -157,6 +161,7 @@ class ModelConfig:
     size: ModelSize = "auto"
     search_rows: int = 50_000
     search_seconds: float = 600.0
+    adaptive_above: int | None = 10_000
 
     @property
     def shape_set(self) -> bool:

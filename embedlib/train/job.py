@@ -15,7 +15,7 @@ import torch
 from embedlib.calibration import Calibration
 from embedlib.encode import Encoder, ShardSet, read_shards
 from embedlib.layout import join
-from embedlib.model import PASS_ROWS, EmbeddingAutoencoder, ModelSpec, column_nll
+from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
 from embedlib.train.backends import Backend, resolve_backend
 from embedlib.train.checkpoint import CheckpointStore
 from embedlib.train.errors import TrainError
@@ -62,6 +62,7 @@ def spec_for(vocab: Vocabulary, cfg: Config) -> ModelSpec:
         bottleneck=m.bottleneck,
         kind=m.kind,
         masks=m.masks,
+        adaptive_above=m.adaptive_above,
     )
 
 
@@ -81,12 +82,12 @@ def check_vocab_matches(vocab: Vocabulary, cfg: Config) -> None:
 def contributions_of(model: EmbeddingAutoencoder, files: Sequence[str], encoder: Encoder,
                      max_rows: int = 200_000) -> np.ndarray:
     """Per-column contributions ``[rows, columns]`` of the first ``max_rows`` rows of ``files``,
-    scored as scoring does, ``PASS_ROWS`` rows at a time (bounded memory whatever the shard size)."""
+    scored as scoring does, the model's ``pass_rows`` at a time (bounded memory whatever the shard size)."""
     model.eval()
     parts: list[np.ndarray] = []
     seen = 0
     with torch.inference_mode():
-        for enc in read_shards(files, encoder, rows=PASS_ROWS):
+        for enc in read_shards(files, encoder, rows=model.pass_rows):
             cat, num, miss = tensors(enc, torch.device("cpu"))
             logits, pred = model.reconstruct(cat, num, miss)
             parts.append(column_nll(logits, pred, cat, num, miss).double().numpy())

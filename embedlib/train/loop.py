@@ -41,7 +41,6 @@ import torch
 from embedlib.encode import Encoded, Encoder, ShardSet, read_shards
 from embedlib.faults import InjectedFault, fault, kill_self
 from embedlib.model import (
-    PASS_ROWS,
     EmbeddingAutoencoder,
     ModelSpec,
     column_nll,
@@ -165,7 +164,7 @@ def evaluate(
     sums = torch.zeros(len(model.spec.columns), dtype=torch.float64)
     rows = 0
     with torch.inference_mode():
-        for enc in read_shards(files, encoder, rows=PASS_ROWS):
+        for enc in read_shards(files, encoder, rows=model.pass_rows):
             cat, num, miss = tensors(enc, device)
             logits, pred = model.reconstruct(cat, num, miss)
             sums += column_nll(logits, pred, cat, num, miss).double().sum(0).cpu()

@@ -1,0 +1,136 @@
+"""Wide categoricals: the adaptive softmax head gives exact nats and the exact arg-max, trains on every
+backend (each parameter takes part in every step), and a bundle with one scores like any other."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import embedlib
+from embedlib.model import AdaptiveHead, ModelSpec, WideOutput, column_nll, top_of
+
+
+def _full_log_probs(head: AdaptiveHead, hidden: torch.Tensor, n: int) -> torch.Tensor:
+    """log p(v) of every index v, one call per index (the reference the head never computes itself)."""
+    rows = hidden.shape[0]
+    return torch.stack([head.log_prob_of(hidden, torch.full((rows,), v)) for v in range(n)], dim=1)
+
+
+def test_adaptive_head_gives_exact_normalised_nats_and_the_exact_arg_max() -> None:
+    torch.manual_seed(0)
+    n = 300
+    head = AdaptiveHead(16, n, (20, 100))  # head: 20 indices + 2 cluster tokens; clusters [20, 100), [100, 300)
+    with torch.no_grad():
+        for p in head.parameters():  # large weights: peaked distributions, arg-max often inside a cluster
+            p.mul_(8.0)
+    hidden = torch.randn(64, 16)
+    with torch.no_grad():
+        full = _full_log_probs(head, hidden, n)
+        np.testing.assert_allclose(torch.logsumexp(full.double(), dim=1).numpy(), 0.0, atol=1e-5)  # normalised
+        target = torch.randint(0, n, (64,))
+        nll = column_nll([head(hidden)], hidden.new_zeros((64, 0)), target[:, None], hidden.new_zeros((64, 0)),
+                         hidden.new_zeros((64, 0)))
+        np.testing.assert_allclose(nll[:, 0].numpy(), -full.gather(1, target[:, None]).squeeze(1).numpy(), atol=1e-5)
+        best, prob = top_of(head(hidden))
+        assert torch.equal(best, full.argmax(dim=1))
+        np.testing.assert_allclose(prob.numpy(), full.max(dim=1).values.exp().double().numpy(), rtol=1e-5)
+        assert (best >= 20).any() and (best < 20).any()  # both the head and the clusters held arg-maxes
+
+    # every parameter gets a gradient in a step whose targets all sit in the head (DDP, Horovod)
+    loss = -head.log_prob_of(hidden, torch.randint(0, 20, (64,))).mean()
+    loss.backward()
+    assert all(p.grad is not None for p in head.parameters())
+    assert all(p.grad is not None and float(p.grad.abs().sum()) == 0.0 for p in head.tail.parameters())  # zeros
+
+
+def test_spec_gives_wide_columns_an_adaptive_head_and_reads_old_specs() -> None:
+    spec = ModelSpec.build(["a", "b"], [50, 30_000], ["x"], adaptive_above=10_000, kind="masked")
+    assert spec.cutoffs == ((), (2_000, 20_000))
+    assert ModelSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "cutoffs"}  # a bundle written before adaptive heads
+    assert ModelSpec.from_dict(old).cutoffs_of(1) == ()
+    assert ModelSpec.build(["b"], [30_000], [], adaptive_above=None).cutoffs == ((),)
+
+
+@pytest.fixture(scope="module")
+def wide_frame() -> pd.DataFrame:
+    """40,000 rows: a `user` column of 2,500 values — 2,000 regular users (~20 rows each) and 500 seen
+    once, so that a batch often holds no row of the adaptive head's cluster — which determines
+    `group` (user i is in group i % 7), and a numeric."""
+    rng = np.random.default_rng(3)
+    regular = rng.integers(0, 2_000, 39_500)
+    user = np.concatenate([regular, np.arange(2_000, 2_500)])
+    rng.shuffle(user)
+    return pd.DataFrame({"user": [f"u{u}" for u in user], "group": [f"g{u % 7}" for u in user],
+                         "x": rng.normal(size=len(user))})
+
+
+def test_wide_column_trains_and_scores_in_memory(wide_frame: pd.DataFrame, tmp_path: Path) -> None:
+    bundle = embedlib.fit(wide_frame, categorical=["user", "group"], numeric=["x"], output_dir=str(tmp_path),
+                          settings={"model.adaptive_above": 2_001, "model.size": "small", "vocab.min_count": 1,
+                                    "train.max_steps": 600, "train.seed": 1})
+    assert bundle.spec.cutoffs_of(0) == (2_000,) and bundle.spec.cutoffs_of(1) == ()
+    assert isinstance(bundle.model.cat_heads[0], AdaptiveHead)
+    metrics = bundle.manifest["metrics"]
+    user_nll = metrics["history"][-1]["validation_columns"]["user"]
+    assert user_nll < np.log(bundle.spec.cardinalities[0]) - 1.0  # it learned that the group narrows the user
+    group_nll = metrics["history"][-1]["validation_columns"]["group"]
+    assert group_nll < 0.5 * np.log(7)  # and that the user determines the group
+
+    rows = wide_frame.head(500).copy()
+    rows.loc[0, "group"] = "g6" if rows.loc[0, "group"] != "g6" else "g5"  # a broken pair
+    scores = bundle.score_frame(rows)
+    sums = np.array([sum(c.values()) for c in scores["contributions"]])
+    np.testing.assert_allclose(sums, scores["anomaly_score"].to_numpy(), atol=1e-9)
+    assert scores["contributions"].iloc[0]["group"] > np.median([c["group"] for c in scores["contributions"]])
+    with pytest.MonkeyPatch.context() as mp:  # passes of 64 rows give the same numbers as one of 500
+        mp.setattr("embedlib.model.PASS_ROWS", 64)
+        assert bundle.model.pass_rows == 64
+        again = bundle.score_frame(rows)
+    np.testing.assert_allclose(again["anomaly_score"].to_numpy(), scores["anomaly_score"].to_numpy(), atol=1e-6)
+    assert [[r["expected"] for r in rs] for rs in again["reasons"]] == [[r["expected"] for r in rs] for rs in scores["reasons"]]
+    reasons = [r for rs in scores["reasons"] for r in rs if r["column"] == "user"]
+    assert reasons and all(r["expected"] in bundle.vocab["user"].labels() for r in reasons)
+    assert all(0.0 < r["probability"] <= 1.0 for r in reasons)
+
+
+@pytest.mark.timeout(900)
+def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Two DDP processes (TorchDistributor, gloo): a step where a cluster holds no target must not stall
+    the gradient reduction."""
+    from embedlib.config import load_config
+    from embedlib.train import run_train_job
+    from embedlib.vocab import run_vocab_job
+
+    wide_frame.to_parquet(tmp_path / "wide.parquet", index=False)
+    cfg = load_config([], [f"output_dir={tmp_path}", f"source.path={tmp_path / 'wide.parquet'}", "source.format=parquet",
+                           "columns.categorical=[user, group]", "columns.numeric=[x]", "vocab.min_count=1",
+                           "model.adaptive_above=2001", "model.size=small", "train.max_steps=200",
+                           "train.backend=torch_distributor", "train.num_workers=2", "train.local_mode=true",
+                           "train.use_gpu=false"])
+    run_vocab_job(spark, cfg)
+    result = run_train_job(spark, cfg)
+    assert result.metrics["world_size"] == 2 and result.metrics["steps"] == 200
+    assert np.isfinite(result.metrics["validation_loss"])
+
+
+def test_pass_rows_bound_the_logits_of_a_wide_full_softmax() -> None:
+    from embedlib.model import PASS_LOGITS, PASS_ROWS, EmbeddingAutoencoder
+
+    def model(adaptive_above: int | None) -> EmbeddingAutoencoder:
+        return EmbeddingAutoencoder(ModelSpec.build(["c", "d"], [100_000, 40], ["x"], hidden=(16, 8), bottleneck=4,
+                                                    adaptive_above=adaptive_above))
+
+    assert model(None).pass_rows == PASS_LOGITS // 100_000  # 335 rows × 100,000 logits
+    assert model(10_000).pass_rows == PASS_ROWS  # the adaptive head bounds its clusters itself
+    head = model(10_000).cat_heads[0]
+    assert isinstance(head, AdaptiveHead) and head._chunk(1) == PASS_LOGITS // 80_000
+
+
+def test_wide_output_is_what_a_wide_head_returns() -> None:
+    head = AdaptiveHead(8, 3_000, (2_000,))
+    assert isinstance(head(torch.randn(3, 8)), WideOutput)
