@@ -16,6 +16,7 @@ PACKAGE = ROOT / "embedlib"
 FORBIDDEN = {
     "embedlib.indices": ("torch", "pyspark", "pyarrow", "numpy"),
     "embedlib.model": ("pyspark", "pyarrow"),
+    "embedlib.heads": ("pyspark", "pyarrow"),
     "embedlib.bundle": ("pyspark",),
     "embedlib.inference": ("pyspark",),
     "embedlib.inmemory": ("torch", "pyspark"),
