@@ -23,8 +23,9 @@ PASS_ROWS = 8_192
 #: … and fewer where a full softmax is wide: at most this many logits (128 MiB of float32) per pass.
 PASS_LOGITS = 2**25
 #: The cluster bounds of an adaptive head (indices are by count, most frequent first): a head over
-#: the first 2,000 indices and one token per cluster, then clusters up to 20,000, 200,000 and the rest.
-ADAPTIVE_CUTOFFS = (2_000, 20_000, 200_000)
+#: the first 256 indices and one token per cluster, then clusters up to 4,096, 65,536 and the rest.
+#: A small head keeps the cost per row near a narrow column's (benchmarks/highcard_bench.py).
+ADAPTIVE_CUTOFFS = (256, 4_096, 65_536)
 
 
 class WideOutput:

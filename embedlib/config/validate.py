@@ -108,8 +108,8 @@ def _validate_training(cfg: Config, err: Any) -> None:
         raise err("model.search_seconds", f"must be positive, got {m.search_seconds}")
     if not 0.0 < m.mask_rate <= 1.0:
         raise err("model.mask_rate", f"must be in (0, 1], got {m.mask_rate}")
-    if m.adaptive_above is not None and m.adaptive_above < 2_001:
-        raise err("model.adaptive_above", f"must be at least 2001 (an adaptive head keeps the 2,000 most frequent "
+    if m.adaptive_above is not None and m.adaptive_above < 257:
+        raise err("model.adaptive_above", f"must be at least 257 (an adaptive head keeps the 256 most frequent "
                   f"values in its head) or null (a full softmax for every column), got {m.adaptive_above}")
     if t.learning_rate <= 0:
         raise err("train.learning_rate", f"must be positive, got {t.learning_rate}")
