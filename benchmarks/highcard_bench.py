@@ -1,0 +1,196 @@
+"""Wide categoricals: the adaptive softmax head against the full softmax, by cardinality.
+
+    .venv/bin/python benchmarks/highcard_bench.py [--rows 1000000] [--cardinalities 100 10000 100000 1000000]
+        [--train-seconds 60] [--score-seconds 30] [--master local[2]]
+
+For each cardinality K, Spark generates (deterministically, ``xxhash64`` of the row id) a table of
+``--rows`` rows: ``c``, a categorical of K values with a Zipf-like (log-uniform) distribution and 1 %
+nulls; ``d``, 20 values determined by ``c``; ``x`` and ``y = 2x + noise``. ``embedlib vocab`` builds its
+vocabulary (``vocab.min_count: 1``, so the vocabulary holds every value seen) and is timed. Then, for
+the default model (``model.adaptive_above: 10000``: an adaptive head above 10,000 values) and for the
+full softmax (``model.adaptive_above: null``), each in its own process (so that its peak memory is its
+own), with ``model.size: small`` and the masked kind:
+
+* the rows are encoded into shards in memory (not timed), and the training loop runs as many steps
+  as take about ``--train-seconds`` (sized by a 10-step probe; no validation): training rows/s =
+  steps × batch / seconds;
+* the model is saved as a bundle (its size on disk) and ``build_output`` — what the score job runs on
+  each Arrow batch — scores batches of 10,000 raw rows for ``--score-seconds`` in one thread:
+  scoring rows/s (1 core);
+* the process's peak resident memory (``ru_maxrss``) is read last.
+
+Below 10,000 values both models are the same full softmax, so the smallest cardinality runs once.
+The figures print side by side, with the goal: at 100,000 values, the default's training and
+scoring rows/s ≥ 0.5× the 100-value table's. Weights are trained only for the measured seconds
+(speed, not quality: ``tests/test_wide.py`` checks the nats are exact).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BATCH = 512
+SCORE_BATCH = 10_000
+
+
+def generate(spark: Any, rows: int, cardinality: int, path: str) -> None:
+    from pyspark.sql import functions as F
+
+    def unit(seed: int) -> Any:
+        return (F.abs(F.xxhash64(F.col("id"), F.lit(seed))) % 1_000_003) / 1_000_003.0
+
+    # log-uniform over [0, K): P(v) ~ 1 / (v + 1), a Zipf-like skew
+    value = F.floor(F.exp(unit(1) * F.log(F.lit(float(cardinality + 1))))).cast("long") - 1
+    c = F.when(unit(2) < 0.01, None).otherwise(F.concat(F.lit("v"), value.cast("string")))
+    d = F.concat(F.lit("d"), F.pmod(F.xxhash64(c), F.lit(20)).cast("string"))
+    x = unit(3) * 10.0
+    spark.range(0, rows, 1, 8).select(c.alias("c"), d.alias("d"), x.alias("x"),
+                                      (x * 2.0 + unit(4) - 0.5).alias("y")).write.parquet(path)
+
+
+def config(out: str, data: str, adaptive: bool) -> Any:
+    from embedlib.config import load_config
+
+    return load_config([], [f"output_dir={out}", f"source.path={data}", "source.format=parquet",
+                            "columns.categorical=[c, d]", "columns.numeric=[x, y]", "vocab.min_count=1",
+                            "model.size=small", f"train.batch_size={BATCH}", "train.validation_fraction=0.01",
+                            *([] if adaptive else ["model.adaptive_above=null"])])
+
+
+def measure(out: str, data: str, adaptive: bool, train_seconds: float, score_seconds: float) -> dict[str, Any]:
+    """One model in this process: training and scoring rows/s, bundle size, peak memory."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    from embedlib.bundle import load_bundle, save_bundle
+    from embedlib.encode import encode_in_memory
+    from embedlib.score import build_output
+    from embedlib.train import CheckpointStore, SingleProcess, train_loop
+    from embedlib.train.backends import LocalBackend
+    from embedlib.train.job import best_model, make_job
+    from embedlib.vocab import Vocabulary
+
+    cfg = config(out, data, adaptive)
+    vocab = Vocabulary.load_delta(cfg.layout.vocab)
+    table = pq.read_table(data.replace("file://", ""))
+    shards = encode_in_memory(table, vocab, cfg)
+    train_only = dataclasses.replace(shards, valid_files=(), valid_rows=0)
+
+    def steps(n: int) -> tuple[Any, dict[str, Any], float]:
+        job = make_job(cfg, vocab, train_only, LocalBackend())
+        folder = f"{out}/checkpoints-{'adaptive' if adaptive else 'full'}-{n}"  # each run from scratch
+        store = CheckpointStore(folder=folder, reports=f"{folder}/workers", fingerprint=job.store.fingerprint)
+        job = dataclasses.replace(job, max_steps=n, progress=False, store=store)
+        started = time.perf_counter()
+        metrics = train_loop(SingleProcess(), job)
+        return job, metrics, time.perf_counter() - started
+
+    _, _, probe = steps(10)  # the speed, to size the measured run to about --train-seconds
+    job, metrics, seconds = steps(max(20, int(train_seconds / max(probe / 10, 1e-3))))
+    model = best_model(job)
+    save_bundle(cfg.layout.bundle, model=model, vocab=vocab, threshold=1e9, threshold_quantile=0.99, metrics={},
+                model_config={}, rank_by="nats", thresholds={"nats": 1e9})
+    size = sum(f.stat().st_size for f in Path(cfg.layout.bundle).iterdir())
+    bundle = load_bundle(cfg.layout.bundle)
+    scored = 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < score_seconds:
+        batch = table.slice(scored % max(1, table.num_rows - SCORE_BATCH), SCORE_BATCH)
+        build_output(bundle, batch, threshold=1e9, top_reasons=3, emit_code=False)
+        scored += batch.num_rows
+    score_secs = time.perf_counter() - started
+    return {
+        "values": vocab.size("c") - 2, "cutoffs": list(bundle.spec.cutoffs_of(0)),
+        "train_steps": metrics["steps"], "train_rows_per_s": metrics["steps"] * BATCH / seconds,
+        "score_rows_per_s": scored / score_secs, "bundle_mib": size / 2**20,
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--cardinalities", type=int, nargs="+", default=[100, 10_000, 100_000, 1_000_000])
+    parser.add_argument("--train-seconds", type=float, default=60.0)
+    parser.add_argument("--score-seconds", type=float, default=30.0)
+    parser.add_argument("--master", default="local[2]")
+    parser.add_argument("--one", nargs=3, metavar=("OUT", "DATA", "HEAD"), help=argparse.SUPPRESS)  # a child
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    if args.one:
+        out, data, head = args.one
+        print(json.dumps(measure(out, data, head == "adaptive", args.train_seconds, args.score_seconds)))
+        return
+
+    from embedlib.config import SparkConfig
+    from embedlib.spark import get_session
+    from embedlib.vocab import run_vocab_job
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = get_session(SparkConfig(master=args.master, conf={"spark.sql.shuffle.partitions": "8",
+                                                              "spark.driver.memory": "4g"}), app_name="highcard-bench")
+    spark.sparkContext.setLogLevel("ERROR")
+    results: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="highcard-bench-") as tmp:
+        for k in sorted(args.cardinalities):
+            data = f"{tmp}/data-{k}.parquet"
+            generate(spark, args.rows, k, data)
+            out = f"{tmp}/runs-{k}"
+            started = time.perf_counter()
+            run_vocab_job(spark, config(out, data, True))
+            results[k] = {"vocab_seconds": time.perf_counter() - started}
+            heads = ["adaptive", "full"] if k + 2 > 10_000 else ["adaptive"]
+            for head in heads:
+                sys.stderr.write(f"{k:,} values: {head} head\n")
+                run = subprocess.run([sys.executable, __file__, "--one", out, data, head, "--train-seconds",
+                                      str(args.train_seconds), "--score-seconds", str(args.score_seconds)],
+                                     capture_output=True, text=True, check=False)
+                if run.returncode != 0:
+                    results[k][head] = {"error": (run.stderr.strip().splitlines() or ["?"])[-1]}
+                    continue
+                results[k][head] = json.loads(run.stdout.strip().splitlines()[-1])
+    spark.stop()
+    report(args, results)
+
+
+def report(args: argparse.Namespace, results: dict[int, dict[str, Any]]) -> None:
+    w = sys.stdout.write
+    w(f"rows: {args.rows:,}  columns: c (the cardinality), d (20 values, from c), x, y  model.size small, masked; "
+      f"train {args.train_seconds:.0f} s, score {args.score_seconds:.0f} s (1 thread, batches of {SCORE_BATCH:,})\n\n")
+    w(f"{'cardinality':>12} {'values':>9} {'head':<9}{'cutoffs':<22}{'vocab s':>8}{'train rows/s':>14}"
+      f"{'score rows/s':>14}{'bundle MiB':>12}{'peak MiB':>10}\n")
+    for k, r in results.items():
+        for head in ("adaptive", "full"):
+            m = r.get(head)
+            if m is None:
+                continue
+            if "error" in m:
+                w(f"{k:>12,} {'':>9} {head:<9}failed: {m['error']}\n")
+                continue
+            name = head if m["cutoffs"] else "full"
+            w(f"{k:>12,} {m['values']:>9,} {name:<9}{str(m['cutoffs']):<22}{r['vocab_seconds']:>8.1f}"
+              f"{m['train_rows_per_s']:>14,.0f}{m['score_rows_per_s']:>14,.0f}{m['bundle_mib']:>12.1f}"
+              f"{m['peak_rss_mib']:>10,.0f}\n")
+    base = results.get(min(results), {}).get("adaptive", {})
+    for k in (100_000,):
+        m = results.get(k, {}).get("adaptive", {})
+        if "train_rows_per_s" in m and "train_rows_per_s" in base:
+            t, s = m["train_rows_per_s"] / base["train_rows_per_s"], m["score_rows_per_s"] / base["score_rows_per_s"]
+            ok = "met" if t >= 0.5 and s >= 0.5 else "NOT met"
+            w(f"\ngoal: at {k:,} values the default's training and scoring rows/s >= 0.5x the {min(results):,}-value "
+              f"table's: training {t:.2f}x, scoring {s:.2f}x — {ok}\n")
+
+
+if __name__ == "__main__":
+    main()
