@@ -87,8 +87,9 @@ class AdaptiveHead(nn.Module):
             # a cluster no target falls in still runs, on zero rows: every parameter gets a (zero)
             # gradient in every step, which DDP and Horovod need to reduce each one
             for chunk in rows.split(self._chunk(i)) if len(rows) else (rows,):
-                lp = nn.functional.log_softmax(proj(hidden[chunk]), dim=1)
-                picked = lp.gather(1, (target[chunk] - lo)[:, None]).squeeze(1) + head_lp[chunk, short + i]
+                logits = proj(hidden[chunk])  # log p(v | cluster) = logit − logsumexp: no softmax array
+                picked = (logits.gather(1, (target[chunk] - lo)[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
+                          + head_lp[chunk, short + i])
                 out = out.index_put((chunk,), picked)
         return out
 
@@ -96,18 +97,19 @@ class AdaptiveHead(nn.Module):
         """Arg-max index and its probability per row, exact: a cluster's softmax runs only for rows
         where the cluster's own probability exceeds the best value found so far (no value inside it
         can beat that otherwise)."""
-        head_lp = nn.functional.log_softmax(self.head(hidden).double(), dim=1)
+        head_lp = nn.functional.log_softmax(self.head(hidden), dim=1)
         short = self.bounds[0]
         best_lp, best = head_lp[:, :short].max(dim=1)
         for i, proj in enumerate(self.tail):
             cluster_lp = head_lp[:, short + i]
             for chunk in (cluster_lp > best_lp).nonzero().squeeze(1).split(self._chunk(i)):
-                lp = nn.functional.log_softmax(proj(hidden[chunk]).double(), dim=1) + cluster_lp[chunk, None]
-                value, index = lp.max(dim=1)
+                logits = proj(hidden[chunk])  # the arg-max of the logits; its log p from their logsumexp
+                top, index = logits.max(dim=1)
+                value = top - torch.logsumexp(logits, dim=1) + cluster_lp[chunk]
                 better = value > best_lp[chunk]
                 best_lp[chunk] = torch.where(better, value, best_lp[chunk])
                 best[chunk] = torch.where(better, index + self.bounds[i], best[chunk])
-        return best, best_lp.exp()
+        return best, best_lp.double().exp()
 
 
 def head_for(width: int, n: int, cutoffs: Sequence[int]) -> nn.Module:

@@ -13,14 +13,15 @@ pass that hides it (:meth:`~embedlib.model.EmbeddingAutoencoder.reconstruct`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from embedlib.model import column_nll, top_of
+from embedlib.model import AdaptiveHead, WideOutput, column_nll, top_of
 
 if TYPE_CHECKING:
     from embedlib.bundle import Bundle
@@ -38,12 +39,24 @@ class ScoreResult:
     calibrated_score: np.ndarray | None  # float64 [rows]; None for a bundle without calibration
     calibrated: np.ndarray | None  # float64 [rows, columns]: −log tail probability of each contribution
     observed: np.ndarray  # int64 [rows, categoricals]: observed index
-    expected: np.ndarray  # int64 [rows, categoricals]: arg-max index
-    expected_prob: np.ndarray  # float64 [rows, categoricals]
+    expected: np.ndarray  # int64 [rows, categoricals]: arg-max index (−1 for a wide column: expected_of)
+    expected_prob: np.ndarray  # float64 [rows, categoricals] (NaN for a wide column)
     expected_num: np.ndarray  # float64 [rows, numerics], in the column's own units
     code: np.ndarray  # float32 [rows, bottleneck] (with_code), else [rows, 0]
     missing: np.ndarray  # float32 [rows, numerics]: 1 where the numeric was missing
     rank_by: str = "nats"  # what ranking / ranking_contributions are
+    wide: Mapping[int, WideOutput] = field(default_factory=dict)  # wide categoricals' outputs, every row
+
+    def expected_of(self, column: int, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Categorical ``column``'s arg-max index for ``rows`` and its probability. A wide column's
+        is computed here, for the rows asked only (the reasons'): its exact arg-max may have to open
+        its clusters, the one cost of an adaptive head that grows with the vocabulary."""
+        out = self.wide.get(column)
+        if out is None:
+            return self.expected[rows, column], self.expected_prob[rows, column]
+        with torch.inference_mode():
+            index, prob = top_of(WideOutput(out.head, out.hidden[torch.from_numpy(np.asarray(rows, dtype=np.int64))]))
+        return index.numpy().astype(np.int64), prob.numpy().astype(np.float64)
 
     @property
     def ranking(self) -> np.ndarray:
@@ -72,7 +85,10 @@ def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
     rows = len(enc)
     step = bundle.model.pass_rows
     parts = [_pass(bundle, enc, slice(start, start + step), with_code) for start in range(0, max(rows, 1), step)]
-    contrib, pred, expected, expected_prob, code = (torch.cat(tensors) for tensors in zip(*parts))
+    contrib, pred, expected, expected_prob, code, hidden = (torch.cat(tensors) for tensors in zip(*parts))
+    wide_columns = [i for i, head in enumerate(bundle.model.cat_heads) if isinstance(head, AdaptiveHead)]
+    wide = {i: WideOutput(cast(AdaptiveHead, bundle.model.cat_heads[i]), hidden[:, k])
+            for k, i in enumerate(wide_columns)}
     stats = [bundle.vocab.numeric[c] for c in bundle.spec.numeric]
     pred_np = pred.double().numpy()
     expected_num = np.stack(
@@ -92,12 +108,14 @@ def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
         code=code.float().numpy(),
         missing=enc.missing,
         rank_by=rank_by or bundle.rank_by,
+        wide=wide,
     )
 
 
 def _pass(bundle: Bundle, enc: Encoded, rows: slice, with_code: bool) -> tuple[torch.Tensor, ...]:
     """One pass over ``rows`` of ``enc``: contributions, numeric predictions, each categorical's
-    arg-max and its probability, the code."""
+    arg-max and its probability (−1, NaN for a wide column), the code, and the wide columns'
+    hidden states ``[rows, wide columns, width]``."""
     model = bundle.model
     with torch.inference_mode():
         cat = torch.from_numpy(enc.cat[rows])
@@ -106,11 +124,14 @@ def _pass(bundle: Bundle, enc: Encoded, rows: slice, with_code: bool) -> tuple[t
         outputs, pred = model.reconstruct(cat, num, missing)
         code = model.encode(cat, num, missing) if with_code else num.new_zeros((cat.shape[0], 0))
         contrib = column_nll(outputs, pred, cat, num, missing).double()
-        tops = [top_of(out) for out in outputs]
         n = cat.shape[0]
+        unknown = (torch.full((n,), -1, dtype=torch.long), torch.full((n,), float("nan"), dtype=torch.float64))
+        tops = [unknown if isinstance(out, WideOutput) else top_of(out) for out in outputs]
         expected = torch.stack([t[0] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.long)
         prob = torch.stack([t[1] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.float64)
-    return contrib, pred, expected, prob, code
+        wide = [out.hidden for out in outputs if isinstance(out, WideOutput)]
+        hidden = torch.stack(wide, dim=1) if wide else num.new_zeros((n, 0, 1))
+    return contrib, pred, expected, prob, code, hidden
 
 
 def _unstandardize(z: np.ndarray, mean: float, scale: float, log1p: bool) -> np.ndarray:

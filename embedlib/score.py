@@ -127,8 +127,9 @@ def build_output(
             observed = result.observed[sel, c]
             shown = np.where(_is_null(raw) | (observed == NULL_INDEX), "<null>", raw.astype(str))
             values[hit] = shown
-            expected[hit] = cv.labels()[result.expected[sel, c]]
-            probability[hit] = result.expected_prob[sel, c]
+            index, prob = result.expected_of(c, sel)
+            expected[hit] = cv.labels()[index]
+            probability[hit] = prob
         else:
             j = c - n_cat
             raw_x = _as_float(features.column(name))[sel]
