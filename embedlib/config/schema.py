@@ -146,7 +146,7 @@ class ModelConfig:
     1 %). Any of the three keys set explicitly wins over every size.
 
     A categorical with more than ``adaptive_above`` embedding rows gets an adaptive
-    softmax head (:class:`embedlib.model.AdaptiveHead`: exact nats at a fraction of
+    softmax head (:class:`embedlib.heads.AdaptiveHead`: exact nats at a fraction of
     a full softmax's cost); null: a full softmax for every column.
     """
 
