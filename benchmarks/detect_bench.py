@@ -69,6 +69,8 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "large": (["model.size=large"], None),
     # the convergence check: the default's trajectory (same warm-up and schedule) allowed the budget's cap
     "medium, 40000 steps": (["model.size=medium", "train.max_steps=40000"], None),
+    # the same for InstEval, where the search picks ``large`` and the default budget is ~9,000 steps
+    "large, 45000 steps": (["model.size=large", "train.max_steps=45000"], None),
     # adaptive softmax heads on every column above 257 values (the default keeps them above 10,000)
     "medium, adaptive heads": (["model.size=medium", "model.adaptive_above=257"], None),
     "first version": (["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8",
