@@ -81,17 +81,18 @@ class AdaptiveHead(nn.Module):
         short = self.bounds[0]
         target = target.long()
         out = head_lp.gather(1, target.clamp(max=short - 1)[:, None]).squeeze(1)
+        rows_in_tail, picked = [], []
         for i, proj in enumerate(self.tail):
             lo, hi = self.bounds[i], self.bounds[i + 1]
-            rows = ((target >= lo) & (target < hi)).nonzero().squeeze(1)
-            # a cluster no target falls in still runs, on zero rows: every parameter gets a (zero)
-            # gradient in every step, which DDP and Horovod need to reduce each one
-            for chunk in rows.split(self._chunk(i)) if len(rows) else (rows,):
+            # split() of zero rows gives one empty chunk: a cluster no target falls in still runs, so
+            # every parameter gets a (zero) gradient in every step, which DDP and Horovod need
+            for chunk in ((target >= lo) & (target < hi)).nonzero().squeeze(1).split(self._chunk(i)):
                 logits = proj(hidden[chunk])  # log p(v | cluster) = logit − logsumexp: no softmax array
-                picked = (logits.gather(1, (target[chunk] - lo)[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
-                          + head_lp[chunk, short + i])
-                out = out.index_put((chunk,), picked)
-        return out
+                rows_in_tail.append(chunk)
+                picked.append(logits.gather(1, (target[chunk] - lo)[:, None]).squeeze(1)
+                              - torch.logsumexp(logits, dim=1) + head_lp[chunk, short + i])
+        # one scatter of every tail row (not a copy of ``out`` per chunk)
+        return out.index_put((torch.cat(rows_in_tail),), torch.cat(picked)) if picked else out
 
     def top(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Arg-max index and its probability per row, exact: a cluster's softmax runs only for rows

@@ -21,8 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from embedlib.config import ConfigError, load_config
+from embedlib.layout import RunLayout, write_bytes_atomic
 from embedlib.vocab.model import SchemaError
 
 if TYPE_CHECKING:
@@ -36,7 +38,6 @@ log = logging.getLogger(__name__)
 #: What the configuration of an in-memory fit cannot take from ``settings``.
 _FROM_ARGUMENTS = ("columns.categorical", "columns.numeric", "columns.id", "output_dir", "name", "source")
 SOURCE = "the in-memory table"
-IN_MEMORY = "in-memory-source"
 
 
 def fit(data: pd.DataFrame | pa.Table | pa.RecordBatch, *, categorical: Sequence[str] = (),
@@ -59,12 +60,17 @@ def fit(data: pd.DataFrame | pa.Table | pa.RecordBatch, *, categorical: Sequence
         raise ConfigError(f"embedlib.fit: train.backend={backend}: fit trains in this process (train.backend=local); "
                           "use embedlib.ml.EmbeddingAnomalyDetector or `embedlib train` for distributed training")
     output = output_dir if output_dir is not None else tempfile.mkdtemp(prefix="embedlib-")
-    # the configuration needs a source; nothing is read from (or written to) this path
-    cfg = load_config([], [f"output_dir={output}", f"name={name}", f"source.path={output}/{name}/_work/{IN_MEMORY}",
+    source = RunLayout(output, name).fit_source
+    cfg = load_config([], [f"output_dir={output}", f"name={name}", f"source.path={source}", "source.format=parquet",
                            f"columns.categorical={json.dumps(list(categorical))}",
                            f"columns.numeric={json.dumps(list(numeric))}",
-                           *(f"{k}={json.dumps(v)}" for k, v in settings.items())])
-    return _fit(as_table(data, cfg.feature_columns, "embedlib.fit"), cfg)
+                           *(f"{k}={json.dumps(v)}" for k, v in settings.items())])  # bad settings fail here
+    table = as_table(data, cfg.feature_columns, "embedlib.fit")
+    # the run's source, as the estimator's: `embedlib evaluate` and a rerun read what fit trained on
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    write_bytes_atomic(source, buffer.getvalue().to_pybytes())
+    return _fit(table, cfg)
 
 
 def _fit(table: pa.Table, cfg: Config) -> Bundle:
@@ -121,7 +127,6 @@ def score_frame(bundle: Bundle, frame: pd.DataFrame, *, rank_by: str | None = No
     ``frame`` so that ``frame.join(scores)`` puts them side by side."""
     from pyspark.sql.pandas.types import from_arrow_schema  # type mapping only: no session
 
-    from embedlib.model import PASS_ROWS
     from embedlib.score import build_output
     from embedlib.vocab.schema import check_columns
 
@@ -133,13 +138,10 @@ def score_frame(bundle: Bundle, frame: pd.DataFrame, *, rank_by: str | None = No
                   numeric=spec.numeric, trained=bundle.source_types)
     ranking = rank_by or bundle.rank_by
     threshold = bundle.threshold_for(ranking)
-    parts = []
-    for start in range(0, max(table.num_rows, 1), PASS_ROWS):  # bounded memory: logits are rows × cardinality
-        rows = table.slice(start, PASS_ROWS)
-        out = build_output(bundle, rows, threshold=threshold, top_reasons=top_reasons, emit_code=emit_code,
-                           rank_by=ranking)
-        out["bundle_id"] = pa.array([bundle.bundle_id] * rows.num_rows, pa.string())
-        parts.append(pa.table(out))
-    scores = pa.concat_tables(parts).to_pandas(maps_as_pydicts="strict")
+    # one call: score_encoded runs the model the bundle's pass_rows at a time (bounded memory)
+    out = build_output(bundle, table, threshold=threshold, top_reasons=top_reasons, emit_code=emit_code,
+                       rank_by=ranking)
+    out["bundle_id"] = pa.array([bundle.bundle_id] * table.num_rows, pa.string())
+    scores = pa.table(out).to_pandas(maps_as_pydicts="strict")
     scores.index = frame.index
     return scores

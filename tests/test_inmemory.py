@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
@@ -92,6 +93,10 @@ def test_fit_from_arrow_equals_fit_from_pandas_and_bad_input(tmp_path: Path) -> 
     assert auto.manifest["metrics"]["model_size"] == search["size"]
     shards = json.loads((tmp_path / "a" / "embedlib" / "_work" / "encoded" / "_shards.json").read_text())
     assert shards["train_rows"] + shards["valid_rows"] == 6000 and 0 < shards["valid_rows"] < 1200
+    # the run's source is the copy fit trained on (as the estimator's): `embedlib evaluate` reads it
+    copy = pq.read_table(tmp_path / "b" / "embedlib" / "_work" / "fit-source")
+    assert copy.column_names == [*CATEGORICAL, *NUMERIC] and copy.num_rows == 6000
+    assert copy.column("workclass").to_pylist() == table.column("workclass").cast(pa.string()).to_pylist()
 
     with pytest.raises(SchemaError, match="lacks column\\(s\\) workclass"):
         embedlib.fit(frame.drop(columns=["workclass"]), categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "c"))

@@ -134,6 +134,26 @@ def test_pass_rows_bound_the_logits_of_a_wide_full_softmax() -> None:
     assert isinstance(head, AdaptiveHead) and head._chunk(1) == PASS_LOGITS // (65_536 - 4_096)
 
 
-def test_wide_output_is_what_a_wide_head_returns() -> None:
-    head = AdaptiveHead(8, 3_000, (256,))
-    assert isinstance(head(torch.randn(3, 8)), WideOutput)
+def test_chunked_log_prob_equals_the_dense_distribution_with_its_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """log_prob_of in many small chunks per cluster (values and gradients) equals the distribution
+    written densely from the head's own layers: log_softmax of the head, plus each cluster's
+    log_softmax behind its token."""
+    torch.manual_seed(1)
+    n, short = 200, 16
+    head = AdaptiveHead(12, n, (short, 60))
+    hidden = torch.randn(50, 12)
+    target = torch.arange(0, 200, 4)  # rows in the head and in both clusters
+    monkeypatch.setattr(AdaptiveHead, "_chunk", lambda self, i: 3)  # ~7 chunks per cluster
+    out = head(hidden)
+    assert isinstance(out, WideOutput) and out.hidden is hidden
+    got = head.log_prob_of(hidden, target)
+    head_lp = torch.log_softmax(head.head(hidden), dim=1)
+    dense = torch.cat([head_lp[:, :short]] + [torch.log_softmax(proj(hidden), dim=1) + head_lp[:, short + i, None]
+                                              for i, proj in enumerate(head.tail)], dim=1)
+    assert dense.shape == (50, n)
+    want = dense.gather(1, target[:, None]).squeeze(1)
+    np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), atol=1e-5)
+    grads = torch.autograd.grad(got.sum(), list(head.parameters()))
+    dense_grads = torch.autograd.grad(want.sum(), list(head.parameters()))
+    for g, d in zip(grads, dense_grads, strict=True):
+        np.testing.assert_allclose(g.numpy(), d.numpy(), atol=1e-5)

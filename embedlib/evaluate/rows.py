@@ -14,7 +14,6 @@ import pyarrow as pa
 from embedlib.evaluate.metrics import plant_anomalies
 from embedlib.evaluate.options import EvaluateError, EvaluateOptions
 from embedlib.inference import score_rows
-from embedlib.model import PASS_ROWS
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -69,14 +68,9 @@ def _sampled(table: pa.Table, total: int) -> str:
 
 
 def _score(bundle: Bundle, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    scores, contributions, calibrated = [], [], []
-    for start in range(0, table.num_rows, PASS_ROWS):
-        result = score_rows(bundle, table.slice(start, PASS_ROWS))
-        scores.append(result.score)
-        contributions.append(result.contributions)
-        if result.calibrated_score is not None:
-            calibrated.append(result.calibrated_score)
-    return np.concatenate(scores), np.concatenate(contributions), np.concatenate(calibrated) if calibrated else None
+    """Scores, contributions and calibrated scores of ``table`` (``score_rows`` bounds its own passes)."""
+    result = score_rows(bundle, table)
+    return result.score, result.contributions, result.calibrated_score
 
 
 def planted_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: EvaluateOptions) -> EvalSet:
