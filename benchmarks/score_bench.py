@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/score_bench.py [--rows 1000000 4000000] [--master local[2]] [--size large]
                                                [--delta-engines connector delta-rs]
                                                [--batch-size 10000] [--udf-rows 20000]
-                                               [--ceiling-rows 1000000]
+                                               [--ceiling-rows 1000000] [--profile 25]
 
 Reference model: 10 categoricals of ~100 values each (skewed, 1 % nulls) and 20
 numerics (1 % nulls), plus an ``id`` column. For each size in ``--rows`` the table is
@@ -287,6 +287,29 @@ def time_batches(fn: Callable[[Any], Any], batches: list[Any]) -> float:
         torch.set_num_threads(threads)
 
 
+def profile_batches(fn: Callable[[Any], Any], batches: list[Any], top: int) -> str:
+    """``fn`` over ``batches`` in one thread under cProfile: its ``top`` functions by own time."""
+    import cProfile
+    import io
+    import pstats
+
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    profiler = cProfile.Profile()
+    try:
+        profiler.enable()
+        for batch in batches:
+            fn(batch)
+        profiler.disable()
+    finally:
+        torch.set_num_threads(threads)
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
+
+
 def row_udf(bundle: Any) -> Callable[..., float]:
     """The per-row scorer: one-row Arrow table → ``score_rows``; bundle cached per worker."""
     from pyspark import SparkContext
@@ -375,6 +398,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--udf-rows", type=int, default=20_000, help="rows scored by the row-at-a-time UDF")
     parser.add_argument("--ceiling-rows", type=int, default=1_000_000,
                         help="rows scored in plain Python per size (0: all)")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile the ceiling (cProfile, one more pass) and print its N costliest functions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     sizes = sorted(set(args.rows))
@@ -402,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     partitions: dict[int, int] = {}
     by_engine: dict[int, dict[str, Result]] = {}
     kept_all: dict[int, Result] = {}  # --passthrough-all
+    profiles: dict[int, str] = {}  # --profile
     from embedlib.spark import ENGINE_CONF
 
     spark.conf.set(ENGINE_CONF, args.delta_engines[0])
@@ -460,6 +486,10 @@ def main(argv: list[str] | None = None) -> None:
             out.append(Result("ceiling: build_output, 1 thread", m, secs, 1))
             secs = time_batches(lambda b: score_rows(bundle, b), batches)
             out.append(Result("  of which score_rows", m, secs, 1))
+            if args.profile:
+                profiles[n] = profile_batches(
+                    lambda t: build_output(bundle, t, threshold=threshold, top_reasons=3, emit_code=False), batches,
+                    args.profile)
             del batches
 
             _log(f"{n:,} rows: the first version's model")
@@ -538,6 +568,8 @@ def main(argv: list[str] | None = None) -> None:
       f"reaped children {_mib(_maxrss_kib(resource.RUSAGE_CHILDREN))} (RUSAGE_CHILDREN); "
       f"JVM {_mib(memory.jvm)}; largest Python worker {_mib(memory.worker)} "
       f"({len(memory.workers_seen)} pyspark processes seen; VmHWM)\n")
+    for n, text in profiles.items():
+        w(f"\nwhere the ceiling's time goes, {n:,} rows (--profile; cProfile, own time):\n{text}")
 
 
 if __name__ == "__main__":
