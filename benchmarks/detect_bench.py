@@ -348,7 +348,8 @@ def main(argv: list[str] | None = None) -> None:
                         {**{k: metrics.get(k) for k in ("steps", "epochs_run", "best_epoch", "validation_loss",
                                                         "converged", "train_seconds", "model_size", "step_budget",
                                                         "stopped")},
-                         "history": [[h["steps"], h["validation_loss"]] for h in metrics.get("history", [])]})
+                         "history": [[h["steps"], h["validation_loss"]] for h in metrics.get("history", [])],
+                         "size_search": metrics.get("size_search")})
                 any_bundle = load_bundle(f"{tmp}/runs/{name}-s{seed}-0/bundle")
                 sample = train.sample(n=min(len(train), args.baseline_rows), random_state=seed)
                 for method in args.baselines:

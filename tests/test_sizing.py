@@ -9,7 +9,7 @@ import pytest
 
 from embedlib.bundle import load_bundle
 from embedlib.config import ConfigError, load_config
-from embedlib.train.sizing import SIZE_TOLERANCE, SIZES, candidates, resolve_size
+from embedlib.train.sizing import SIZE_TOLERANCE, SIZES, candidates, compare_at_equal_steps, resolve_size
 
 from .conftest import copy_vocab, train_cfg
 
@@ -48,6 +48,22 @@ def test_bad_size_settings_name_the_key(override: str, key: str) -> None:
         model_of(override)
 
 
+def test_trials_stopped_by_the_clock_are_compared_at_equal_steps() -> None:
+    """The final run is bounded in steps, so a size is not chosen for the extra steps a faster model
+    made in the same seconds: here small, stopped by time at 600 steps, is best at its end (4.8) but
+    worse than large where large stopped (400 steps: 5.5 vs 5.0)."""
+    small = {"stopped": "time", "steps": 600, "validation_loss": 4.8,
+             "history": [(200, 6.0), (400, 5.5), (600, 4.8)]}
+    large = {"stopped": "time", "steps": 400, "validation_loss": 5.0, "history": [(200, 5.6), (400, 5.0)]}
+    horizon, compared = compare_at_equal_steps({"small": small, "large": large})
+    assert horizon == 400 and compared == {"small": 5.5, "large": 5.0}
+    # a trial that converged before the horizon counts its best; with no trial stopped by time, each its own
+    done = {"stopped": "plateau", "steps": 200, "validation_loss": 4.9, "history": [(200, 4.9)]}
+    assert compare_at_equal_steps({"small": done, "large": large}) == (400, {"small": 4.9, "large": 5.0})
+    assert compare_at_equal_steps({"small": {**small, "stopped": "budget"}, "large": done}) == (
+        None, {"small": 4.8, "large": 4.9})
+
+
 @pytest.mark.timeout(900)
 def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Three trials on a sample, in parallel Spark tasks; the bundle has the chosen size's shape and
@@ -65,6 +81,8 @@ def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_tr
     losses = {name: t["validation_loss"] for name, t in trials.items()}
     assert all(math.isfinite(v) for v in losses.values())
     assert all(t["epochs_run"] == 3 and t["stopped"] == "epochs" for t in trials.values())
+    # no trial stopped by the clock: each is judged by its own best
+    assert search["compared_at_steps"] is None and all(t["compared_loss"] == t["validation_loss"] for t in trials.values())
     # the sample: whole shard files, at least search_rows rows, fewer than the training rows
     assert 1500 <= search["sample_rows"] < result.metrics["train_rows"]
     best = min(losses.values())
@@ -86,8 +104,12 @@ def test_the_search_is_bounded_in_time(spark, adult_trained, tmp_path: Path) -> 
                     "model.search_rows=1000", "model.search_seconds=0.01", "model.bottleneck=4")
     copy_vocab(cfg, run)
     result = run_train_job(spark, run)
-    trials = result.metrics["size_search"]["trials"]
+    search = result.metrics["size_search"]
+    trials = search["trials"]
     assert trials and all(t["epochs_run"] == 1 and t["stopped"] == "time" for t in trials.values())
+    # stopped by the clock: compared at the same steps (one epoch each, here)
+    assert search["compared_at_steps"] == min(t["steps"] for t in trials.values()) > 0
+    assert all(t["compared_loss"] == t["validation_loss"] for t in trials.values())
     assert not any(t["converged"] for t in trials.values())
     # the explicit bottleneck won in every trial and in the bundle
     assert load_bundle(result.bundle_path).spec.bottleneck == 4

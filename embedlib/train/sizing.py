@@ -8,8 +8,10 @@ schedule on a sample of the encoded shards (whole training files up to
 ``model.search_rows`` rows, validation files up to a quarter of that), one Spark
 task per candidate so that they run in parallel, each stopped at its share of
 ``model.search_seconds``; the lowest validation NLL wins — the unsupervised
-model-selection criterion, no labels needed — except that the smallest size
-within ``SIZE_TOLERANCE`` of it is preferred (cheaper to score, and as good).
+model-selection criterion, no labels needed — compared at equal optimizer steps
+when the clock stopped trials (:func:`compare_at_equal_steps`), except that the
+smallest size within ``SIZE_TOLERANCE`` of it is preferred (cheaper to score,
+and as good).
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ if TYPE_CHECKING:
     from embedlib.encode import ShardSet
     from embedlib.train.loop import TrainJob
 
-__all__ = ["SIZES", "SIZE_TOLERANCE", "Size", "SizeChoice", "candidates", "choose_size", "resolve_size",
-           "sample_shards"]
+__all__ = ["SIZES", "SIZE_TOLERANCE", "Size", "SizeChoice", "candidates", "choose_size", "compare_at_equal_steps",
+           "resolve_size", "sample_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +95,11 @@ class SizeChoice:
     trials: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sample_rows: int = 0
     seconds: float = 0.0
+    compared_at_steps: int | None = None  # the trials' NLLs compared at this many steps (None: at their end)
 
     def to_metrics(self) -> dict[str, Any]:
         return {"size": self.size, "trials": {k: dict(v) for k, v in self.trials.items()},
-                "sample_rows": self.sample_rows, "seconds": self.seconds}
+                "sample_rows": self.sample_rows, "seconds": self.seconds, "compared_at_steps": self.compared_at_steps}
 
 
 def sample_shards(shards: ShardSet, rows: int) -> ShardSet:
@@ -149,13 +152,33 @@ def choose_size(spark: SparkSession | None, model: ModelConfig, shards: ShardSet
 
         raise TrainError(f"model.size auto: a trial failed: {first_line(exc)}; set model.size to "
                          "small, medium or large to train without the search") from exc
-    best = min(r["validation_loss"] for r in results.values())
-    chosen = next(n for n in cands if results[n]["validation_loss"] <= best + SIZE_TOLERANCE * abs(best))
+    horizon, compared = compare_at_equal_steps(results)
+    best = min(compared.values())
+    chosen = next(n for n in cands if compared[n] <= best + SIZE_TOLERANCE * abs(best))
     seconds = round(time.perf_counter() - started, 2)
-    log.info("model.size auto: %s → %s (%.1f s)", ", ".join(
-        f"{n} {r['validation_loss']:.4f}" + ("" if r["converged"] else f" ({r['stopped']})")
-        for n, r in results.items()), chosen, seconds)
-    return SizeChoice(chosen, cands[chosen], results, sample.train_rows, seconds)
+    log.info("model.size auto: %s%s → %s (%.1f s)", ", ".join(
+        f"{n} {compared[n]:.4f}" + ("" if r["converged"] else f" ({r['stopped']})") for n, r in results.items()),
+        f", compared at {horizon} steps" if horizon is not None else "", chosen, seconds)
+    trials = {n: {**{k: v for k, v in r.items() if k != "history"}, "compared_loss": compared[n]}
+              for n, r in results.items()}
+    return SizeChoice(chosen, cands[chosen], trials, sample.train_rows, seconds, horizon)
+
+
+def compare_at_equal_steps(results: Mapping[str, Mapping[str, Any]]) -> tuple[int | None, dict[str, float]]:
+    """Each trial's validation NLL to choose by, at the same number of optimizer steps.
+
+    The final run is bounded in steps, not seconds, so sizes are compared at equal steps: when the
+    clock stopped some trials, each trial counts its best NLL within the steps the least advanced of
+    those reached (``horizon``; epochs have the same length in every trial, so every trial was
+    evaluated there). A faster, smaller model's extra steps in the same seconds do not count for it.
+    A trial that converged before the horizon counts its best. Returns ``(horizon or None, NLLs)``."""
+    timed = [int(r["steps"]) for r in results.values() if r.get("stopped") == "time"]
+    horizon = min(timed) if timed else None
+    compared: dict[str, float] = {}
+    for name, r in results.items():
+        within = [float(loss) for steps, loss in r.get("history", ()) if horizon is None or steps <= horizon]
+        compared[name] = min(within) if within else float(r["validation_loss"])
+    return horizon, compared
 
 
 def _run_trials(spark: SparkSession | None, jobs: list[tuple[str, TrainJob]]) -> list[tuple[str, dict[str, Any]]]:
@@ -182,4 +205,5 @@ def _run_trial(item: tuple[str, TrainJob]) -> tuple[str, dict[str, Any]]:
     started = time.perf_counter()
     metrics = train_loop(SingleProcess(), job)
     keep = ("validation_loss", "steps", "epochs_run", "best_epoch", "stopped", "converged")
-    return name, {**{k: metrics[k] for k in keep}, "seconds": round(time.perf_counter() - started, 2)}
+    return name, {**{k: metrics[k] for k in keep}, "seconds": round(time.perf_counter() - started, 2),
+                  "history": [(h["steps"], h["validation_loss"]) for h in metrics["history"]]}
