@@ -71,7 +71,7 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "medium, 40000 steps": (["model.size=medium", "train.max_steps=40000"], None),
     # the same for InstEval, where the search picks ``large`` and the default budget is ~9,000 steps
     "large, 45000 steps": (["model.size=large", "train.max_steps=45000"], None),
-    # adaptive softmax heads on every column above 257 values (the default keeps them above 10,000)
+    # adaptive softmax heads on every column above 257 values (the default keeps them above 1,000)
     "medium, adaptive heads": (["model.size=medium", "model.adaptive_above=257"], None),
     "first version": (["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8",
                        "train.max_steps=0", "train.epochs=20", "train.learning_rate=0.001",

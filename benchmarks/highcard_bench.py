@@ -7,7 +7,7 @@ For each cardinality K, Spark generates (deterministically, ``xxhash64`` of the 
 ``--rows`` rows: ``c``, a categorical of K values with a Zipf-like (log-uniform) distribution and 1 %
 nulls; ``d``, 20 values determined by ``c``; ``x`` and ``y = 2x + noise``. ``embedlib vocab`` builds its
 vocabulary (``vocab.min_count: 1``, so the vocabulary holds every value seen) and is timed. Then, for
-the default model (``model.adaptive_above: 10000``: an adaptive head above 10,000 values) and for the
+the default model (``model.adaptive_above``: an adaptive head above 1,000 values) and for the
 full softmax (``model.adaptive_above: null``), each in its own process (so that its peak memory is its
 own), with ``model.size: small`` and the masked kind:
 
@@ -19,7 +19,8 @@ own), with ``model.size: small`` and the masked kind:
   scoring rows/s (1 core);
 * the process's peak resident memory (``ru_maxrss``) is read last.
 
-Below 10,000 values both models are the same full softmax, so the smallest cardinality runs once.
+At or below ``model.adaptive_above`` values both models are the same full softmax, so such a
+cardinality runs once.
 The figures print side by side, with the goal: at 100,000 values, the default's training and
 scoring rows/s ≥ 0.5× the 100-value table's. Weights are trained only for the measured seconds
 (speed, not quality: ``tests/test_wide.py`` checks the nats are exact).
@@ -38,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from embedlib.config.schema import ModelConfig
 
 BATCH = 512
 SCORE_BATCH = 10_000
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
             started = time.perf_counter()
             run_vocab_job(spark, config(out, data, True))
             results[k] = {"vocab_seconds": time.perf_counter() - started}
-            heads = ["adaptive", "full"] if k + 2 > 10_000 else ["adaptive"]
+            heads = ["adaptive", "full"] if k + 2 > (ModelConfig().adaptive_above or k + 2) else ["adaptive"]
             for head in heads:
                 sys.stderr.write(f"{k:,} values: {head} head\n")
                 run = subprocess.run([sys.executable, __file__, "--one", out, data, head, "--train-seconds",

@@ -161,7 +161,7 @@ class ModelConfig:
     size: ModelSize = "auto"
     search_rows: int = 50_000
     search_seconds: float = 600.0
-    adaptive_above: int | None = 10_000
+    adaptive_above: int | None = 1_000
 
     @property
     def shape_set(self) -> bool:
