@@ -91,8 +91,8 @@ class AdaptiveHead(nn.Module):
                 rows_in_tail.append(chunk)
                 picked.append(logits.gather(1, (target[chunk] - lo)[:, None]).squeeze(1)
                               - torch.logsumexp(logits, dim=1) + head_lp[chunk, short + i])
-        # one scatter of every tail row (not a copy of ``out`` per chunk)
-        return out.index_put((torch.cat(rows_in_tail),), torch.cat(picked)) if picked else out
+        # one scatter of every tail row (not a copy of ``out`` per chunk); there is at least one cluster
+        return out.index_put((torch.cat(rows_in_tail),), torch.cat(picked))
 
     def top(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Arg-max index and its probability per row, exact: a cluster's softmax runs only for rows

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from embedlib.config import ConfigError, load_config
-from embedlib.layout import RunLayout, write_bytes_atomic
+from embedlib.layout import RunLayout, open_atomic
 from embedlib.vocab.model import SchemaError
 
 if TYPE_CHECKING:
@@ -65,15 +65,10 @@ def fit(data: pd.DataFrame | pa.Table | pa.RecordBatch, *, categorical: Sequence
                            f"columns.categorical={json.dumps(list(categorical))}",
                            f"columns.numeric={json.dumps(list(numeric))}",
                            *(f"{k}={json.dumps(v)}" for k, v in settings.items())])  # bad settings fail here
-    table = as_table(data, cfg.feature_columns, "embedlib.fit")
-    # the run's source, as the estimator's: `embedlib evaluate` and a rerun read what fit trained on
-    buffer = pa.BufferOutputStream()
-    pq.write_table(table, buffer)
-    write_bytes_atomic(source, buffer.getvalue().to_pybytes())
-    return _fit(table, cfg)
+    return _fit(as_table(data, cfg.feature_columns, "embedlib.fit"), cfg, source)
 
 
-def _fit(table: pa.Table, cfg: Config) -> Bundle:
+def _fit(table: pa.Table, cfg: Config, source: str) -> Bundle:
     from embedlib.bundle import load_bundle
     from embedlib.encode import encode_in_memory
     from embedlib.tracking import check_tracking
@@ -82,7 +77,10 @@ def _fit(table: pa.Table, cfg: Config) -> Bundle:
 
     backend = resolve_backend(None, cfg.train)
     check_tracking(cfg)
-    vocab = build_vocabulary_in_memory(table, cfg, source=SOURCE)
+    vocab = build_vocabulary_in_memory(table, cfg, source=SOURCE)  # checks the columns and the cuts
+    # the run's source, as the estimator's: `embedlib evaluate` and a rerun read what fit trained on
+    with open_atomic(source) as handle:
+        pq.write_table(table, handle)
     log.info("vocabulary of %d categorical and %d numeric column(s) over %d rows (hash %s)",
              len(vocab.columns), len(vocab.numeric), vocab.meta["row_count"], vocab.content_hash[:12])
     shards = encode_in_memory(table, vocab, cfg)

@@ -17,6 +17,8 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -295,15 +297,27 @@ def read_bytes(path: str) -> bytes:
         return bytes(handle.read())
 
 
-def write_bytes_atomic(path: str, data: bytes) -> None:
-    """Write ``data`` to a temporary sibling, then move it into place."""
+@contextmanager
+def open_atomic(path: str) -> Iterator[Any]:
+    """An output stream to a temporary sibling of ``path``, moved into place when the block ends
+    without an error (and removed when it raises): readers see the whole file or none."""
     fs, inner = filesystem(path)
     parent = inner.rsplit("/", 1)[0]
     fs.create_dir(parent, recursive=True)
     tmp = f"{inner}.tmp-{uuid.uuid4().hex[:8]}"
-    with fs.open_output_stream(tmp) as handle:
-        handle.write(data)
+    try:
+        with fs.open_output_stream(tmp) as handle:
+            yield handle
+    except BaseException:
+        fs.delete_file(tmp)
+        raise
     fs.move(tmp, inner)
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    """Write ``data`` to a temporary sibling, then move it into place."""
+    with open_atomic(path) as handle:
+        handle.write(data)
 
 
 def write_text_atomic(path: str, text: str) -> None:

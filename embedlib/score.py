@@ -133,7 +133,7 @@ def build_output(
             probability[hit] = prob
         else:
             j = c - n_cat
-            raw_x = _as_float(features.column(name))[sel]
+            raw_x = _as_float(features.column(name).take(pa.array(sel)))  # the rows shown only
             # formatted from Python floats (.tolist()): 3× faster than numpy scalars (score_bench --profile)
             values[hit] = ["<null>" if not math.isfinite(x) else f"{x:.6g}" for x in raw_x.tolist()]
             expected[hit] = [f"{x:.6g}" for x in result.expected_num[sel, j].tolist()]

@@ -15,7 +15,7 @@ from deltalake import DeltaTable
 
 import embedlib
 from embedlib.config import ConfigError, load_config
-from embedlib.vocab import SchemaError
+from embedlib.vocab import SchemaError, VocabError
 
 from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, adult_pandas
 
@@ -112,6 +112,9 @@ def test_fit_from_arrow_equals_fit_from_pandas_and_bad_input(tmp_path: Path) -> 
     with pytest.raises(SchemaError, match="column 'age' mixes types"):
         embedlib.fit(mixed, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "c"))
     assert not (tmp_path / "c").exists()  # refused before any work
+    with pytest.raises(VocabError, match="has no rows"):  # the vocabulary's checks come before the source copy
+        embedlib.fit(table.slice(0, 0), categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "d"))
+    assert not list((tmp_path / "d").rglob("*fit-source*"))
     with pytest.raises(SchemaError, match="score_frame: the data lacks column\\(s\\) age"):
         a.score_frame(frame.drop(columns=["age"]))
     as_text = frame.head(5).astype({"age": str})

@@ -67,12 +67,6 @@ def _sampled(table: pa.Table, total: int) -> str:
     return f" (a sample of {table.num_rows:,} of {total:,})" if table.num_rows < total else ""
 
 
-def _score(bundle: Bundle, table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Scores, contributions and calibrated scores of ``table`` (``score_rows`` bounds its own passes)."""
-    result = score_rows(bundle, table)
-    return result.score, result.contributions, result.calibrated_score
-
-
 def planted_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: EvaluateOptions) -> EvalSet:
     """Planted anomalies in the held-out table ``score.source``, scored by ``bundle``."""
     from embedlib.tables import read_source
@@ -95,16 +89,16 @@ def planted_set(spark: SparkSession, cfg: Config, bundle: Bundle, opts: Evaluate
         table.to_pandas(), bundle.spec.columns, fraction=opts.plant, seed=opts.seed
     )
     features = pa.Table.from_pandas(planted, preserve_index=False)
-    scores, contributions, calibrated = _score(bundle, features)
+    result = score_rows(bundle, features)  # bounds its own passes
     return EvalSet(
         description=(
             f"{int(labels.sum()):,} planted anomalies (--plant {opts.plant}, seed {opts.seed}) among "
             f"{len(labels):,} rows of {held_out}{_sampled(table, total)}"
         ),
         labels=labels,
-        scores=scores,
-        contributions=contributions,
-        calibrated=calibrated,
+        scores=result.score,
+        contributions=result.contributions,
+        calibrated=result.calibrated_score,
         columns=bundle.spec.columns,
         features=features,
     )
