@@ -68,9 +68,20 @@ def _features(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> lis
 
 
 def _score(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    if getattr(args, "stream", False):
+        from embedlib.reports import stream_report
+        from embedlib.stream import run_score_stream
+
+        return stream_report(run_score_stream(spark, cfg), cfg)
     from embedlib.score import run_score_job
 
     return score_report(spark, run_score_job(spark, cfg), cfg)
+
+
+def _score_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stream", action="store_true",
+                        help="score score.source as a stream (Structured Streaming; score.stream sets the trigger, "
+                             "checkpoint and files per micro-batch), each micro-batch one idempotent Delta commit")
 
 
 def _run(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
@@ -124,7 +135,7 @@ COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None
     "train": ("encode the source and train the embedding autoencoder; write the bundle", _train, None),
     "extract": ("write the embedding matrices (Delta; --npz for .npz files)", _extract, _npz_arg),
     "features": ("write the design matrix: embeddings + standardized numerics", _features, None),
-    "score": ("score a table: anomaly score, contributions, reasons, flag", _score, None),
+    "score": ("score a table: anomaly score, contributions, reasons, flag", _score, _score_args),
     "run": ("vocab -> train -> extract -> score, end to end", _run, _npz_arg),
     "evaluate": ("detection quality: AUROC, AUPRC, precision/recall, plots (--labels or --plant)", _evaluate,
                  _evaluate_args),

@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from embedlib.train import TrainResult
     from embedlib.vocab import Vocabulary
 
-__all__ = ["evaluation_report", "extract_report", "format_reason", "score_report", "train_report", "vocab_report"]
+__all__ = ["evaluation_report", "extract_report", "format_reason", "score_report", "stream_report", "train_report",
+           "vocab_report"]
 
 
 def vocab_report(vocab: Vocabulary, cfg: Config) -> list[str]:
@@ -42,6 +43,18 @@ def extract_report(path: str, npz_files: list[str], npz_dir: str | None) -> list
     lines = [f"embeddings written to {path}"]
     if npz_files:
         lines.append(f"{len(npz_files)} .npz file(s) written to {npz_dir}")
+    return lines
+
+
+def stream_report(runs: list[ScoreRun], cfg: Config) -> list[str]:
+    """Summary of a scoring stream's run: one line per micro-batch it wrote."""
+    written = [r for r in runs if r.written]
+    lines = [f"streamed {sum(r.rows for r in written):,} rows of {cfg.source.with_target(cfg.score.source).name} "
+             f"in {len(written)} micro-batch(es) -> {cfg.scores_output} "
+             f"({sum(r.anomalies for r in written):,} flagged)"]
+    for r in runs:
+        what = f"{r.rows:,} rows, {r.anomalies:,} flagged" if r.written else "already written; nothing added"
+        lines.append(f"  {r.run_id}: {what}")
     return lines
 
 

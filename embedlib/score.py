@@ -30,7 +30,7 @@ import functools
 import logging
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -46,17 +46,20 @@ from embedlib.workers import check_source, map_with_bundle, passthrough_columns
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-    from embedlib.config import Config
+    from embedlib.config import Config, SourceConfig
 
 __all__ = [
     "REASON_TYPE",
     "ScoreRun",
+    "Scoring",
     "build_output",
     "check_source",
     "output_fields",
     "output_names",
+    "prepare_scoring",
     "run_score_job",
     "score_frame",
+    "score_into",
 ]
 
 log = logging.getLogger(__name__)
@@ -269,47 +272,74 @@ def score_frame(
 # ----------------------------------------------------------------------------- job
 
 
-def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
-    """Score ``score.source`` (default: ``source``) with the run's bundle into ``scores``."""
-    from pyspark.sql import Observation
-    from pyspark.sql import functions as F
+@dataclass(frozen=True)
+class Scoring:
+    """What the driver settles before any Spark job of a score run, batch or stream."""
 
+    bundle: Bundle
+    source: SourceConfig
+    rank_by: str
+    threshold: float
+
+
+def prepare_scoring(spark: SparkSession, cfg: Config) -> Scoring:
+    """The checks of a score run that need no Spark job (engine, outputs, tracking, the bundle and
+    its vocabulary), the ranking and the threshold."""
     from embedlib.bundle import load_bundle
-    from embedlib.tables import check_writable, read_source, source_version, use_engine, write_table
-    from embedlib.tracking import check_tracking, log_scoring
+    from embedlib.tables import check_writable, use_engine
+    from embedlib.tracking import check_tracking
 
-    layout = cfg.layout
-    output = cfg.scores_output
     use_engine(spark, cfg.delta)
-    check_writable(spark, output, layout.score_runs)
+    check_writable(spark, cfg.scores_output, cfg.layout.score_runs)
     check_tracking(cfg)
-    started = time.perf_counter()
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     if cfg.score.model is not None:  # an MLflow model (a registered version): its own bundle and vocabulary
         from embedlib.tracking import model_bundle
 
         bundle = model_bundle(cfg, cfg.score.model)
     else:
-        bundle = load_bundle(layout.bundle)
+        bundle = load_bundle(cfg.layout.bundle)
         _check_vocab(spark, cfg, bundle)
-    src_cfg = cfg.source.with_target(cfg.score.source)
-    source_name = src_cfg.name
-    df = read_source(spark, src_cfg)
-    ids = passthrough_columns(cfg.score.passthrough, cfg.columns.id, df.columns, output_names(), "score.passthrough")
-    check_source(df, bundle, ids, source_name)
-    if df.isEmpty():
-        raise SchemaError(f"score source {source_name} has no rows; nothing to score")
     rank_by = cfg.score.rank_by if bundle.calibration is not None else "nats"
     if rank_by != cfg.score.rank_by:
         log.warning("bundle %s has no calibration (written by an older embedlib): rows are ranked by nats; "
                     "retrain to rank by the calibrated score", bundle.bundle_id)
     threshold = bundle.threshold_for(rank_by) if cfg.score.threshold is None else cfg.score.threshold
-    run_id = cfg.score.run_id or f"{source_version(spark, src_cfg)}-{bundle.bundle_id}"
+    return Scoring(bundle, cfg.source.with_target(cfg.score.source), rank_by, float(threshold))
 
+
+def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
+    """Score ``score.source`` (default: ``source``) with the run's bundle into ``scores``."""
+    from embedlib.tables import read_source, source_version
+    from embedlib.tracking import log_scoring
+
+    started = time.perf_counter()
+    scoring = prepare_scoring(spark, cfg)
+    df = read_source(spark, scoring.source)
+    ids = passthrough_columns(cfg.score.passthrough, cfg.columns.id, df.columns, output_names(), "score.passthrough")
+    check_source(df, scoring.bundle, ids, scoring.source.name)
+    if df.isEmpty():
+        raise SchemaError(f"score source {scoring.source.name} has no rows; nothing to score")
+    run_id = cfg.score.run_id or f"{source_version(spark, scoring.source)}-{scoring.bundle.bundle_id}"
+    summary = score_into(spark, cfg, scoring, df, ids, run_id, (f"embedlib-score:{run_id}", 1), started)
+    return replace(summary, tracking_run_id=log_scoring(cfg, summary))
+
+
+def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame, ids: tuple[str, ...],
+               run_id: str, txn: tuple[str, int], started: float) -> ScoreRun:
+    """Score ``df`` into the run's scores as one commit carrying ``txn``, then its summary row into
+    ``score_runs`` with the same ``txn``: a rerun of the same ``txn`` writes nothing twice (and
+    rebuilds a summary its first attempt did not get to)."""
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    from embedlib.tables import write_table
+
+    layout, output, bundle, source_name = cfg.layout, cfg.scores_output, scoring.bundle, scoring.source.name
+    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     scored = score_frame(
-        spark, df, bundle, ids=ids, threshold=threshold, top_reasons=cfg.score.top_reasons,
+        spark, df, bundle, ids=ids, threshold=scoring.threshold, top_reasons=cfg.score.top_reasons,
         emit_code=cfg.score.emit_code, table=source_name, keep_flags=True, batch_size=cfg.score.batch_size,
-        rank_by=rank_by,
+        rank_by=scoring.rank_by,
     )
     columns = bundle.spec.columns
     metrics = [
@@ -323,7 +353,6 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         metrics.append(F.count(F.when(flag == FLAG_OOV, 1)).alias(f"oov_{i}"))
     metrics.append(F.count(F.when(F.array_contains(FLAGS_COLUMN, FLAG_INF), 1)).alias("inf_rows"))
     obs = Observation(f"score-{run_id}")
-    txn = (f"embedlib-score:{run_id}", 1)
     result = write_table(
         spark, scored.observe(obs, *metrics).drop(FLAGS_COLUMN), output, mode=cfg.score.mode, txn=txn,
         user_metadata={"run_id": run_id, "bundle_id": bundle.bundle_id, "source": source_name},
@@ -331,15 +360,14 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
     if not result.committed:
         if has_summary(spark, layout.score_runs, run_id):
             log.info("score run %s is already in %s; nothing written", run_id, output)
-            return ScoreRun(run_id, bundle.bundle_id, source_name, output, False, 0, 0, threshold, {}, {}, {},
-                            started_at, round(time.perf_counter() - started, 3), rank_by=rank_by)
+            return ScoreRun(run_id, bundle.bundle_id, source_name, output, False, 0, 0, scoring.threshold, {}, {},
+                            {}, started_at, round(time.perf_counter() - started, 3), rank_by=scoring.rank_by)
         # The scores were committed but the run stopped before its summary: score
         # again without writing (deterministic, so the same figures) to rebuild it.
         log.warning("score run %s is in %s but its summary is missing from %s; recomputing it",
                     run_id, output, layout.score_runs)
         obs = Observation(f"score-{run_id}-summary")
         scored.observe(obs, *metrics).write.format("noop").mode("overwrite").save()
-    seconds = round(time.perf_counter() - started, 3)
     m = obs.get
     rows = int(m["rows"])
     summary = ScoreRun(
@@ -350,22 +378,22 @@ def run_score_job(spark: SparkSession, cfg: Config) -> ScoreRun:
         written=result.committed,
         rows=rows,
         anomalies=int(m["anomalies"]),
-        threshold=float(threshold),
+        threshold=scoring.threshold,
         quantiles={str(q): float(v) for q, v in zip(QUANTILES, m["quantiles"] or [])},
         null_rate={c: int(m[f"missing_{i}"]) / max(rows, 1) for i, c in enumerate(columns)},
         oov_rate={c: int(m[f"oov_{i}"]) / max(rows, 1) for i, c in enumerate(columns[: len(bundle.spec.categorical)])},
         started_at=started_at,
-        seconds=seconds,
+        seconds=round(time.perf_counter() - started, 3),
         inf_rows=int(m["inf_rows"]),
-        rank_by=rank_by,
+        rank_by=scoring.rank_by,
     )
     if summary.inf_rows:
         log.warning("%d row(s) of %s had ±inf numerics, scored as missing (the vocabulary's inf_policy is null)",
                     summary.inf_rows, source_name)
     write_summary(spark, summary, layout.score_runs, txn)
     log.info("scored %d rows of %s into %s (%d above the threshold %.3f)", rows, source_name, output,
-             summary.anomalies, threshold)
-    return replace(summary, tracking_run_id=log_scoring(cfg, summary))
+             summary.anomalies, scoring.threshold)
+    return summary
 
 
 def _check_vocab(spark: SparkSession, cfg: Config, bundle: Bundle) -> None:

@@ -86,7 +86,7 @@ def wheel_metadata(wheel: Path) -> tuple[str, dict[str, str], str]:
 
 def task_config(task: Mapping[str, Any]):  # type: ignore[no-untyped-def]
     """The embedlib config a python_wheel_task runs with: its --conf files and --set overrides."""
-    params = task["python_wheel_task"]["parameters"]
+    params = [p for p in task["python_wheel_task"]["parameters"] if p != "--stream"]  # the one flag
     assert len(params) % 2 == 0
     confs: list[str] = []
     sets: list[str] = []
@@ -133,8 +133,8 @@ def test_bundle_job_fits_the_schema_the_wheel_and_the_config(wheel: Path, target
     artifact = root["artifacts"]["embedlib_wheel"]
     assert artifact["type"] == "whl" and artifact["build"] == "python -m build --wheel"
 
-    (job_key, raw_job), = resources["jobs"].items()
-    job_dict = resolve(raw_job)
+    assert set(resources["jobs"]) == {"embedlib", "embedlib_stream"}
+    job_dict = resolve(resources["jobs"]["embedlib"])
     assert "${" not in yaml.safe_dump(job_dict)
     job = Job.from_dict(job_dict)  # Databricks' schema: unknown or mistyped fields raise
     assert job.schedule is not None
@@ -180,11 +180,37 @@ def test_bundle_job_fits_the_schema_the_wheel_and_the_config(wheel: Path, target
     assert (target == "prod") == gpu  # GPU training in prod, CPU in dev
 
 
+@pytest.mark.parametrize("target", TARGETS)
+def test_stream_job_catches_up_with_the_run_s_bundle(wheel: Path, target: str) -> None:
+    from databricks.bundles.jobs import Job
+
+    root, resources = bundle_files()
+    resolve = resolver(root, target)
+    package, scripts, _ = wheel_metadata(wheel)
+    job_dict = resolve(resources["jobs"]["embedlib_stream"])
+    job = Job.from_dict(job_dict)
+    assert getattr(getattr(job.schedule, "pause_status", None), "value", None) == "PAUSED"
+    assert job_dict["max_concurrent_runs"] == 1  # one query per checkpoint
+    (task,) = job_dict["tasks"]
+    assert task["python_wheel_task"]["package_name"] == package
+    assert task["python_wheel_task"]["entry_point"] == "embedlib-score" and "embedlib-score" in scripts
+    assert "--stream" in task["python_wheel_task"]["parameters"]
+    stream = task_config(task)
+    batch = task_config({t["task_key"]: t for t in resolve(resources["jobs"]["embedlib"])["tasks"]}["score"])
+    variables = {**{k: v.get("default") for k, v in root["variables"].items()}, **root["targets"][target]["variables"]}
+    assert stream.score.stream.trigger == "availableNow"
+    assert stream.score.source == variables["stream_table"] != batch.score.source
+    # the bundle and tables of the daily run: the same run
+    assert (stream.name, stream.output_dir, stream.output_schema, stream.columns) == \
+        (batch.name, batch.output_dir, batch.output_schema, batch.columns)
+    assert stream.scores_output == batch.scores_output
+
+
 def test_targets_have_their_own_catalogs_and_paths() -> None:
     root, _ = bundle_files()
     dev, prod = (root["targets"][t] for t in TARGETS)
     assert dev["mode"] == "development" and dev.get("default") is True and prod["mode"] == "production"
-    for key in ("catalog", "output_dir", "source_table", "score_table"):
+    for key in ("catalog", "output_dir", "source_table", "score_table", "stream_table"):
         assert dev["variables"][key] != prod["variables"][key]
     for target in (dev, prod):
         catalog = target["variables"]["catalog"]

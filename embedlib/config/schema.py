@@ -21,6 +21,7 @@ __all__ = [
     "ConfigError",
     "SourceConfig",
     "SparkConfig",
+    "StreamConfig",
     "TrackingConfig",
     "VocabConfig",
     "OUTPUT_COLUMNS",
@@ -210,6 +211,22 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class StreamConfig:
+    """``score.stream``: ``embedlib score --stream`` (Structured Streaming over ``score.source``).
+
+    ``trigger``: ``availableNow`` scores what has arrived since the last run and stops (scheduled
+    catch-up runs); an interval such as ``"30 seconds"`` runs a micro-batch that often until the
+    process is stopped. ``checkpoint``: the query's checkpoint (null: under the run's ``_work``
+    folder, one per source and output). ``max_files_per_trigger``: new files (Delta: data files)
+    taken into one micro-batch at most (null: all).
+    """
+
+    trigger: str = "availableNow"
+    checkpoint: str | None = None
+    max_files_per_trigger: int | None = None
+
+
+@dataclass(frozen=True)
 class ScoreConfig:
     """``score``: scoring runs, and the threshold the bundle stores.
 
@@ -230,6 +247,7 @@ class ScoreConfig:
     emit_code: bool = False
     batch_size: int = 10_000
     rank_by: RankBy = "calibrated"
+    stream: StreamConfig = field(default_factory=StreamConfig)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,10 @@ from embedlib.layout import (
     looks_like_table_name,
 )
 
-__all__ = ["origin_of", "validate"]
+__all__ = ["TRIGGER_INTERVAL", "origin_of", "validate"]
+
+#: A processing-time trigger as Spark reads it: a number and a unit.
+TRIGGER_INTERVAL = re.compile(r"\d+(\.\d+)? *(milliseconds?|ms|seconds?|s|minutes?|min|hours?|h)")
 
 
 def origin_of(path: str, origins: Mapping[str, str]) -> str:
@@ -131,6 +134,13 @@ def _validate_training(cfg: Config, err: Any) -> None:
         raise err("score.top_reasons", f"must be 0 or more, got {sc.top_reasons}")
     if sc.batch_size < 1:
         raise err("score.batch_size", f"must be at least 1, got {sc.batch_size}")
+    if sc.stream.trigger != "availableNow" and not TRIGGER_INTERVAL.fullmatch(sc.stream.trigger):
+        raise err("score.stream.trigger", f"must be availableNow or an interval such as '30 seconds' or "
+                  f"'5 minutes', got {sc.stream.trigger!r}")
+    if sc.stream.max_files_per_trigger is not None and sc.stream.max_files_per_trigger < 1:
+        raise err("score.stream.max_files_per_trigger", f"must be at least 1 or null, got {sc.stream.max_files_per_trigger}")
+    if sc.stream.checkpoint is not None:
+        check_path(sc.stream.checkpoint, what="key 'score.stream.checkpoint'")
     for section, obj in (("score", sc), ("features", cfg.features)):
         for key in ("source", "output"):
             value = getattr(obj, key)

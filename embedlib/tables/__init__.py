@@ -40,6 +40,7 @@ __all__ = [
     "is_table_name",
     "read_source",
     "read_table",
+    "require_connector",
     "source_files",
     "source_version",
     "use_engine",
@@ -95,13 +96,14 @@ def check_writable(spark: SparkSession, *targets: str) -> None:
     """
     for target in targets:
         if is_catalog_table(target):
-            _require_connector(spark, target)
+            require_connector(spark, target)
 
 
-def _require_connector(spark: SparkSession, target: str) -> None:
+def require_connector(spark: SparkSession, target: str, what: str = "catalog table") -> None:
+    """Refuse, before any work, what only the Spark Delta connector can do (``what`` of ``target``)."""
     if not isinstance(engine_for(spark), ConnectorEngine):
         raise TableError(
-            f"catalog table {target} needs the Spark Delta connector, which this session lacks or "
+            f"{what} {target} needs the Spark Delta connector, which this session lacks or "
             "delta.engine turns off (it is there on Databricks; local sessions load it after `make setup`; "
             "spark-submit: --packages io.delta:delta-spark_<spark major.minor>_2.13:<version> --conf "
             "spark.sql.extensions=io.delta.sql.DeltaSparkSessionExtension "
@@ -203,14 +205,14 @@ def source_files(spark: SparkSession, source: SourceConfig, columns: tuple[str, 
 def delta_version(spark: SparkSession, target: str) -> int | None:
     """Current version of a Delta table (path or catalog table), or None if there is none."""
     if is_catalog_table(target):
-        _require_connector(spark, target)
+        require_connector(spark, target)
     return engine_for(spark).version(spark, target)
 
 
 def commit_metadata(spark: SparkSession, target: str) -> dict[str, Any]:
     """The ``userMetadata`` JSON of the latest commit of a Delta table (``{}`` if none)."""
     if is_catalog_table(target):
-        _require_connector(spark, target)
+        require_connector(spark, target)
     meta = engine_for(spark).commit_metadata(spark, target)
     meta.pop(WRITE_ID, None)
     return meta
@@ -290,6 +292,6 @@ def write_table(
     if format != "delta":
         raise TableError(f"{target}: unknown output format {format!r}; use delta or parquet")
     if table:
-        _require_connector(spark, target)
+        require_connector(spark, target)
     return engine_for(spark).write(spark, df, target, mode=mode, txn=txn, user_metadata=user_metadata,
                                    catalog=table)
