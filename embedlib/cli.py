@@ -7,6 +7,7 @@ Every job entry point (``jobs/*.py``, the wheel's console scripts, Databricks
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
@@ -43,7 +44,13 @@ def _vocab(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[s
     from embedlib.reports import vocab_report
     from embedlib.vocab import run_vocab_job
 
-    return vocab_report(run_vocab_job(spark, cfg), cfg)
+    return vocab_report(run_vocab_job(spark, cfg, update=getattr(args, "update", False)), cfg)
+
+
+def _vocab_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--update", action="store_true",
+                        help="count the source into the run's vocabulary: indices kept, new values numbered after "
+                             "the last, counts and statistics updated (a new version of the table)")
 
 
 def _train(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
@@ -51,6 +58,12 @@ def _train(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[s
     from embedlib.train import run_train_job
 
     return train_report(run_train_job(spark, cfg))
+
+
+def _train_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--warm-start", metavar="BUNDLE",
+                        help="start from this bundle's weights (or a run folder's bundle): train.warm_start; the "
+                             "run's vocabulary must extend the bundle's (embedlib vocab --update)")
 
 
 def _extract(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
@@ -131,8 +144,8 @@ Command = Callable[["SparkSession", Config, argparse.Namespace], list[str]]
 
 #: command name → (help, function, extra-argument adder).
 COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None] | None]] = {
-    "vocab": ("build category vocabularies and numeric statistics", _vocab, None),
-    "train": ("encode the source and train the embedding autoencoder; write the bundle", _train, None),
+    "vocab": ("build category vocabularies and numeric statistics", _vocab, _vocab_args),
+    "train": ("encode the source and train the embedding autoencoder; write the bundle", _train, _train_args),
     "extract": ("write the embedding matrices (Delta; --npz for .npz files)", _extract, _npz_arg),
     "features": ("write the design matrix: embeddings + standardized numerics", _features, None),
     "score": ("score a table: anomaly score, contributions, reasons, flag", _score, _score_args),
@@ -173,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     debug = _setup_logging(args.log_level)
     try:
-        cfg = load_config(args.conf, args.overrides)
+        extra = [f"train.warm_start={json.dumps(args.warm_start)}"] if getattr(args, "warm_start", None) else []
+        cfg = load_config(args.conf, [*args.overrides, *extra])
         if getattr(args, "npz", None):
             check_path(args.npz, what="--npz")
     except (ConfigError, PathError) as exc:

@@ -72,7 +72,7 @@ def _fit(table: pa.Table, cfg: Config, source: str) -> Bundle:
     from embedlib.bundle import load_bundle
     from embedlib.encode import encode_in_memory
     from embedlib.tracking import check_tracking
-    from embedlib.train import resolve_backend, train_on_shards
+    from embedlib.train import resolve_backend, train_on_shards, warm_start_of
     from embedlib.vocab import build_vocabulary_in_memory
 
     backend = resolve_backend(None, cfg.train)
@@ -83,6 +83,7 @@ def _fit(table: pa.Table, cfg: Config, source: str) -> Bundle:
         pq.write_table(table, handle)
     log.info("vocabulary of %d categorical and %d numeric column(s) over %d rows (hash %s)",
              len(vocab.columns), len(vocab.numeric), vocab.meta["row_count"], vocab.content_hash[:12])
+    warm_start_of(cfg, vocab)  # a bad warm start is refused before the rows are encoded
     shards = encode_in_memory(table, vocab, cfg)
     result = train_on_shards(None, cfg, vocab, shards, backend)
     return load_bundle(result.bundle_path)

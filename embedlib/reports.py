@@ -34,6 +34,8 @@ def train_report(result: TrainResult) -> list[str]:
         "epoch  train    validation",
     ]
     lines += [f"{h['epoch']:>5}  {h['train_loss']:<8.4f} {h['validation_loss']:.4f}" for h in m["history"]]
+    if m.get("parent_bundle_id"):
+        lines.append(f"warm-started from bundle {m['parent_bundle_id']}")
     if result.tracking_run_id:
         lines.append(f"MLflow run {result.tracking_run_id}")
     return lines

@@ -189,6 +189,10 @@ class TrainConfig:
     ``max_steps`` (null: sized from the data) and ``epochs`` (null: no limit) cap
     a run; a capped run records that it did not converge. ``constant`` keeps the
     learning rate and stops at the first plateau.
+
+    ``warm_start``: a bundle (or a run folder holding one) whose weights the model
+    starts from, with its shape (:mod:`embedlib.train.warm`); the run's vocabulary
+    must extend the bundle's (``embedlib vocab --update``).
     """
 
     backend: Backend = "auto"
@@ -208,6 +212,7 @@ class TrainConfig:
     sample_fraction: float | None = None
     shuffle_buffer: int = 100_000
     num_shards: int | None = None
+    warm_start: str | None = None
 
 
 @dataclass(frozen=True)

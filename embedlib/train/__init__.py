@@ -18,7 +18,14 @@ from embedlib.train.backends import Backend, backend_name, resolve_backend
 from embedlib.train.checkpoint import CheckpointStore, TrainState
 from embedlib.train.collective import Collective, HorovodCollective, SingleProcess, TorchDistributed
 from embedlib.train.errors import TrainError, TrainFailure
-from embedlib.train.job import TrainResult, best_model, run_train_job, spec_for, train_on_shards
+from embedlib.train.job import (
+    TrainResult,
+    best_model,
+    run_train_job,
+    spec_for,
+    train_on_shards,
+    warm_start_of,
+)
 from embedlib.train.loop import TrainJob, train_loop
 
 __all__ = [
@@ -40,4 +47,5 @@ __all__ = [
     "spec_for",
     "train_loop",
     "train_on_shards",
+    "warm_start_of",
 ]

@@ -21,16 +21,18 @@ from embedlib.train.checkpoint import CheckpointStore
 from embedlib.train.errors import TrainError
 from embedlib.train.loop import TrainJob, tensors, train_loop
 from embedlib.train.sizing import FALLBACK, choose_size, resolve_size
+from embedlib.train.warm import load_parent, parent_model_config, warm_weights
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from embedlib.bundle import Bundle
     from embedlib.config import Config
     from embedlib.vocab import Vocabulary
 
 __all__ = [
     "TrainResult", "best_model", "calibrate", "check_vocab_matches", "contributions_of", "make_job",
-    "run_train_job", "spec_for", "train_on_shards",
+    "run_train_job", "spec_for", "train_on_shards", "warm_start_of",
 ]
 
 
@@ -125,6 +127,7 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     check_tracking(cfg)
     vocab = Vocabulary.load(spark, layout.vocab)
     check_vocab_matches(vocab, cfg)
+    warm_start_of(cfg, vocab)  # a bad warm start is refused before the source is encoded
     df = read_source(spark, cfg.source)
     check_columns(df.schema, cfg.source.name, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
                   ids=cfg.columns.id, trained=vocab.meta.get("source_types"))
@@ -135,6 +138,15 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     return train_on_shards(spark, cfg, vocab, shards, backend)
 
 
+def warm_start_of(cfg: Config, vocab: Vocabulary) -> tuple[Config, Bundle | None]:
+    """``train.warm_start``'s bundle, checked against the run, and ``cfg`` with its model's shape."""
+    if cfg.train.warm_start is None:
+        return cfg, None
+    parent = load_parent(cfg.train.warm_start)
+    model = parent_model_config(parent, vocab, cfg.model, (cfg.columns.categorical, cfg.columns.numeric))
+    return replace(cfg, model=model), parent
+
+
 def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, shards: ShardSet,
                     backend: Backend) -> TrainResult:
     """Size → the loop on ``backend`` → calibration, thresholds → the bundle (and its MLflow run).
@@ -143,14 +155,16 @@ def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, 
     from embedlib.tracking import log_training
 
     layout = cfg.layout
+    cfg, parent = warm_start_of(cfg, vocab)
     size = choose_size(spark, cfg.model, shards, lambda name, model, sample: make_job(
         replace(cfg, model=model), vocab, sample, backend, folder=join(layout.size_trials, name)))
     cfg = replace(cfg, model=size.model)
-    job = make_job(cfg, vocab, shards, backend)
+    job = make_job(cfg, vocab, shards, backend, parent=parent)
     started = time.perf_counter()
     metrics = backend.run(train_loop, job)
     metrics = {**metrics, "backend": backend.name, "train_seconds": round(time.perf_counter() - started, 2),
-               "train_rows": shards.train_rows, "validation_rows": shards.valid_rows, "model_size": size.size}
+               "train_rows": shards.train_rows, "validation_rows": shards.valid_rows, "model_size": size.size,
+               "parent_bundle_id": parent.bundle_id if parent is not None else None}
     if size.trials:
         metrics["size_search"] = size.to_metrics()
     model = best_model(job)
@@ -174,12 +188,12 @@ def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, 
 
 
 def make_job(cfg: Config, vocab: Vocabulary, shards: ShardSet, backend: Backend,
-             folder: str | None = None) -> TrainJob:
+             folder: str | None = None, parent: Bundle | None = None) -> TrainJob:
     """What every rank needs to train ``cfg``'s model on ``shards``; checkpoints go to the
-    run's folder, or to ``folder`` (a size trial's)."""
+    run's folder, or to ``folder`` (a size trial's); ``parent``: the bundle it starts from."""
     spec = spec_for(vocab, cfg)
     t = cfg.train
-    fingerprint = _job_fingerprint(spec, shards, cfg, backend)
+    fingerprint = _job_fingerprint(spec, shards, cfg, backend, parent.bundle_id if parent is not None else None)
     store = (CheckpointStore.for_run(cfg.layout, fingerprint) if folder is None
              else CheckpointStore(folder=folder, reports=join(folder, "workers"), fingerprint=fingerprint))
     return TrainJob(
@@ -198,6 +212,7 @@ def make_job(cfg: Config, vocab: Vocabulary, shards: ShardSet, backend: Backend,
         lr_schedule=t.lr_schedule,
         min_improvement=t.min_improvement,
         mask_rate=cfg.model.mask_rate,
+        init=warm_weights(parent, spec, t.seed) if parent is not None else None,
     )
 
 
@@ -213,7 +228,7 @@ def best_model(job: TrainJob) -> EmbeddingAutoencoder:
     return model
 
 
-def _job_fingerprint(spec: ModelSpec, shards: ShardSet, cfg: Config, backend: Backend) -> str:
+def _job_fingerprint(spec: ModelSpec, shards: ShardSet, cfg: Config, backend: Backend, parent: str | None) -> str:
     t = cfg.train
     key = {
         "spec": spec.to_dict(),
@@ -227,5 +242,6 @@ def _job_fingerprint(spec: ModelSpec, shards: ShardSet, cfg: Config, backend: Ba
         "shuffle_buffer": t.shuffle_buffer,
         "world": backend.workers,
         "backend": backend.name,
+        "parent": parent,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]

@@ -31,7 +31,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -80,6 +80,7 @@ class TrainJob:
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
     max_seconds: float | None = None  # stop (not converged) once an epoch ends past this many seconds
     progress: bool = True  # a progress bar on stderr when training alone (not in Spark tasks)
+    init: Mapping[str, torch.Tensor] | None = None  # starting weights (train.warm_start); None: fresh
 
 
 #: An epoch is at least this many steps (several passes over a small table) …
@@ -177,7 +178,10 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     """Train (or resume) and return the metrics; rank 0 writes checkpoints."""
     device = coll.device
     _set_seed(job.seed)
-    model = EmbeddingAutoencoder(job.spec).to(device)
+    model = EmbeddingAutoencoder(job.spec)
+    if job.init is not None:
+        model.load_state_dict(job.init)
+    model = model.to(device)
     opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=job.learning_rate)
     state = TrainState()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -212,16 +212,33 @@ def write_vocabulary(spark: SparkSession, vocab: Vocabulary, path: str) -> None:
     write_table(spark, frame, path, mode="overwrite", user_metadata=vocab.meta)
 
 
-def run_vocab_job(spark: SparkSession, cfg: Config) -> Vocabulary:
-    """Read the source, build the vocabulary and write it to ``<run>/vocab``."""
-    from embedlib.tables import check_writable, read_source, source_files, use_engine
+def run_vocab_job(spark: SparkSession, cfg: Config, *, update: bool = False) -> Vocabulary:
+    """Read the source, build the vocabulary and write it to ``<run>/vocab``; with ``update``, count
+    the source into the vocabulary already there instead (:mod:`embedlib.vocab.update`)."""
+    from embedlib.tables import check_writable, delta_version, read_source, source_files, use_engine
 
     use_engine(spark, cfg.delta)
     check_writable(spark, cfg.layout.vocab)
+    old, version = None, None
+    if update:
+        from embedlib.vocab.update import check_extendable
+
+        version = delta_version(spark, cfg.layout.vocab)
+        if version is None:
+            raise VocabError(f"vocab --update: there is no vocabulary at {cfg.layout.vocab} to update; build one "
+                             "first (embedlib vocab, without --update)")
+        old = Vocabulary.load(spark, cfg.layout.vocab)
+        check_extendable(old, cfg, cfg.layout.vocab)
     source = cfg.source.table or str(cfg.source.path)
     df = read_source(spark, cfg.source)
     files = source_files(spark, cfg.source, cfg.feature_columns)
-    vocab = build_vocabulary(spark, df, cfg, source=source, files=files)
+    if old is None:
+        vocab = build_vocabulary(spark, df, cfg, source=source, files=files)
+    else:
+        from embedlib.vocab.update import update_vocabulary
+
+        vocab = update_vocabulary(spark, old, df, cfg, source=source, files=files,
+                                  extends={"content_hash": old.content_hash, "version": version})
     write_vocabulary(spark, vocab, cfg.layout.vocab)
     log.info(
         "vocabulary of %d categorical and %d numeric column(s) over %d rows written to %s (hash %s)",

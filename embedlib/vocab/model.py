@@ -277,7 +277,9 @@ class Vocabulary:
         lines = [
             f"source: {meta.get('source')}  rows: {meta.get('row_count'):,}  "
             f"min_count: {meta['params'].get('min_count')}  max_size: {meta['params'].get('max_size')}",
-            f"content hash: {self.content_hash}",
+            f"content hash: {self.content_hash}" + (
+                f"  (extends version {meta['extends'].get('version')}, hash {str(meta['extends'].get('content_hash'))[:12]})"
+                if meta.get("extends") else ""),
             "categorical columns (values kept / rows in OOV / nulls; most frequent):",
         ]
         for name, cv in self.columns.items():
