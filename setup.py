@@ -71,6 +71,7 @@ setup(
             "embedlib-score = embedlib.cli:score_main",
             "embedlib-run = embedlib.cli:run_main",
             "embedlib-evaluate = embedlib.cli:evaluate_main",
+            "embedlib-drift = embedlib.cli:drift_main",
         ]
     },
 )

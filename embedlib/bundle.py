@@ -25,7 +25,7 @@ import io
 import json
 import logging
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +101,7 @@ def save_bundle(
     thresholds: Mapping[str, float] | None = None,
     metrics: Mapping[str, Any],
     model_config: Mapping[str, Any],
+    profile: Mapping[str, Sequence[float]] | None = None,
 ) -> str:
     """Write a bundle directory atomically (temp directory, then rename); return its id."""
     spec = model.spec
@@ -129,6 +130,7 @@ def save_bundle(
         "thresholds": {k: float(v) for k, v in (thresholds or {rank_by: threshold}).items()},
         "calibration": _calibration_json(spec.columns, calibration),
         "metrics": dict(metrics),
+        "profile": {k: list(v) for k, v in (profile or {}).items()},  # drift bins' training shares
         "files": {name: _sha256(data) for name, data in files.items()},
     }
     manifest["bundle_id"] = _bundle_id(manifest)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from embedlib import __version__
 from embedlib.config import Config, ConfigError, SourceConfig, load_config
+from embedlib.errors import CommandAlert
 from embedlib.layout import PathError, check_path
 from embedlib.reports import evaluation_report, format_reason, score_report  # re-exported: notebooks use them
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "COMMANDS",
+    "drift_main",
     "entry",
     "evaluate_main",
     "evaluation_report",
@@ -97,6 +99,12 @@ def _score_args(parser: argparse.ArgumentParser) -> None:
                              "checkpoint and files per micro-batch), each micro-batch one idempotent Delta commit")
 
 
+def _drift(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
+    from embedlib.drift import run_drift_job
+
+    return run_drift_job(spark, cfg)
+
+
 def _run(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
     from embedlib.pipeline import run_pipeline
 
@@ -150,6 +158,8 @@ COMMANDS: dict[str, tuple[str, Command, Callable[[argparse.ArgumentParser], None
     "features": ("write the design matrix: embeddings + standardized numerics", _features, None),
     "score": ("score a table: anomaly score, contributions, reasons, flag", _score, _score_args),
     "run": ("vocab -> train -> extract -> score, end to end", _run, _npz_arg),
+    "drift": ("drift of every scoring run against training: PSI, OOV and null rates per column; exit 3 on alert",
+              _drift, None),
     "evaluate": ("detection quality: AUROC, AUPRC, precision/recall, plots (--labels or --plant)", _evaluate,
                  _evaluate_args),
 }
@@ -205,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not debug:
             quiet_task_failure_logs(spark)
         lines = COMMANDS[args.command][1](spark, cfg, args)
+    except CommandAlert as alert:  # the command ran; what it found fails the job
+        sys.stdout.write("\n".join(alert.lines) + "\n")
+        sys.stdout.flush()
+        log.error("%s: %s", args.command, alert)
+        return alert.exit_code
     except ValueError as exc:  # every embedlib input error is a ValueError with a clear message
         log.error("%s failed: %s", args.command, exc)
         log.debug("%s failed", args.command, exc_info=True)
@@ -275,6 +290,7 @@ features_main = _script("features")
 score_main = _script("score")
 run_main = _script("run")
 evaluate_main = _script("evaluate")
+drift_main = _script("drift")
 
 
 if __name__ == "__main__":

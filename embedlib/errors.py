@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 
     from embedlib.config import SourceConfig
 
-__all__ = ["Failure", "explain", "first_line", "unparsable_csv_values"]
+__all__ = ["CommandAlert", "Failure", "explain", "first_line", "unparsable_csv_values"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,16 @@ def first_line(exc: BaseException) -> str:
         java = lines[1].split(": ", 1)  # "org.apache…SomeException: the message"
         return java[-1] if len(java) == 2 and "." in java[0] and " " not in java[0] else lines[1]
     return lines[0] if lines else type(exc).__name__
+
+
+class CommandAlert(RuntimeError):
+    """A command that ran and found something to fail a scheduled job for (``embedlib drift``):
+    its report's ``lines`` are printed, the message logged, and the process exits ``exit_code``."""
+
+    def __init__(self, message: str, lines: list[str], exit_code: int) -> None:
+        super().__init__(message)
+        self.lines = lines
+        self.exit_code = exit_code
 
 
 @dataclass(frozen=True)

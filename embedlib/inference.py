@@ -44,6 +44,7 @@ class ScoreResult:
     expected_num: np.ndarray  # float64 [rows, numerics], in the column's own units
     code: np.ndarray  # float32 [rows, bottleneck] (with_code), else [rows, 0]
     missing: np.ndarray  # float32 [rows, numerics]: 1 where the numeric was missing
+    standardized: np.ndarray  # float32 [rows, numerics]: the numerics as the model sees them (0 where missing)
     rank_by: str = "nats"  # what ranking / ranking_contributions are
     wide: Mapping[int, WideOutput] = field(default_factory=dict)  # wide categoricals' outputs, every row
 
@@ -107,6 +108,7 @@ def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
         expected_num=expected_num,
         code=code.float().numpy(),
         missing=enc.missing,
+        standardized=enc.num,
         rank_by=rank_by or bundle.rank_by,
         wide=wide,
     )

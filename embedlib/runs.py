@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
@@ -29,6 +29,7 @@ SCORE_RUNS_SCHEMA = pa.schema(
         ("started_at", pa.timestamp("us", tz="UTC")), ("seconds", pa.float64()),
         ("inf_rows", pa.int64()),
         ("rank_by", pa.string()),
+        ("bin_counts", pa.map_(pa.string(), pa.list_(pa.int64()))),
     ]
 )
 
@@ -55,6 +56,8 @@ class ScoreRun:
     #: what rows were flagged by: "calibrated" or "nats" (the threshold is on that score)
     rank_by: str = "nats"
     tracking_run_id: str | None = None  # the MLflow run, with tracking.mlflow: true
+    #: rows per drift bin of each column (:mod:`embedlib.drift`)
+    bin_counts: Mapping[str, list[int]] = field(default_factory=dict)
 
 
 def has_summary(spark: SparkSession, path: str, run_id: str) -> bool:
@@ -85,6 +88,7 @@ def write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str,
         "seconds": run.seconds,
         "inf_rows": run.inf_rows,
         "rank_by": run.rank_by,
+        "bin_counts": [(k, list(v)) for k, v in run.bin_counts.items()],
     }
     frame = spark.createDataFrame(pa.Table.from_pylist([row], schema=SCORE_RUNS_SCHEMA)).coalesce(1)
     write_table(spark, frame, path, mode="append", txn=txn)

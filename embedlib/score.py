@@ -37,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 
 from embedlib.bundle import Bundle, BundleError
+from embedlib.drift import column_bins, n_bins
 from embedlib.indices import NULL_INDEX, OOV_INDEX
 from embedlib.inference import score_rows
 from embedlib.runs import ScoreRun, has_summary, write_summary
@@ -49,17 +50,8 @@ if TYPE_CHECKING:
     from embedlib.config import Config, SourceConfig
 
 __all__ = [
-    "REASON_TYPE",
-    "ScoreRun",
-    "Scoring",
-    "build_output",
-    "check_source",
-    "output_fields",
-    "output_names",
-    "prepare_scoring",
-    "run_score_job",
-    "score_frame",
-    "score_into",
+    "REASON_TYPE", "ScoreRun", "Scoring", "build_output", "check_source", "output_fields",
+    "output_names", "prepare_scoring", "run_score_job", "score_frame", "score_into",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +62,8 @@ FLAGS_COLUMN = "__flags"
 #: Marks in :data:`FLAGS_COLUMN`: missing (null/NaN), out of vocabulary, ±inf read as
 #: missing (``inf_policy: null``); 0 is an ordinary value.
 FLAG_MISSING, FLAG_OOV, FLAG_INF = 1, 2, 3
+#: The hidden per-column drift bins (:func:`embedlib.drift.column_bins`) the score job counts.
+BINS_COLUMN = "__bins"
 
 REASON_TYPE = pa.struct(
     [
@@ -175,6 +169,8 @@ def build_output(
             for j, name in enumerate(spec.numeric):  # ±inf only gets here under inf_policy: null
                 marks[np.isinf(_as_float(features.column(name))), n_cat + j] = FLAG_INF
         out[FLAGS_COLUMN] = pa.ListArray.from_arrays(offsets, pa.array(marks.reshape(-1), pa.int8()))
+        bins = column_bins(result.observed, result.standardized, result.missing)
+        out[BINS_COLUMN] = pa.ListArray.from_arrays(offsets, pa.array(bins.reshape(-1), pa.int8()))
     return out
 
 
@@ -230,6 +226,7 @@ def output_fields(emit_code: bool, flags: bool = False) -> list[Any]:
         fields.append(StructField("code", ArrayType(FloatType())))
     if flags:
         fields.append(StructField(FLAGS_COLUMN, ArrayType(ByteType())))
+        fields.append(StructField(BINS_COLUMN, ArrayType(ByteType())))
     return fields
 
 
@@ -347,14 +344,17 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
         F.count(F.when(F.col("is_anomaly"), 1)).alias("anomalies"),
         F.percentile_approx("anomaly_score", list(QUANTILES), 10_000).alias("quantiles"),
     ]
+    bins = [n_bins(i < len(bundle.spec.categorical)) for i in range(len(columns))]
     for i, _ in enumerate(columns):
         flag = F.element_at(F.col(FLAGS_COLUMN), i + 1)
         metrics.append(F.count(F.when(flag.isin(FLAG_MISSING, FLAG_INF), 1)).alias(f"missing_{i}"))
         metrics.append(F.count(F.when(flag == FLAG_OOV, 1)).alias(f"oov_{i}"))
+        b = F.element_at(F.col(BINS_COLUMN), i + 1)
+        metrics += [F.count(F.when(b == k, 1)).alias(f"bin_{i}_{k}") for k in range(bins[i])]
     metrics.append(F.count(F.when(F.array_contains(FLAGS_COLUMN, FLAG_INF), 1)).alias("inf_rows"))
     obs = Observation(f"score-{run_id}")
     result = write_table(
-        spark, scored.observe(obs, *metrics).drop(FLAGS_COLUMN), output, mode=cfg.score.mode, txn=txn,
+        spark, scored.observe(obs, *metrics).drop(FLAGS_COLUMN, BINS_COLUMN), output, mode=cfg.score.mode, txn=txn,
         user_metadata={"run_id": run_id, "bundle_id": bundle.bundle_id, "source": source_name},
     )
     if not result.committed:
@@ -386,6 +386,7 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
         seconds=round(time.perf_counter() - started, 3),
         inf_rows=int(m["inf_rows"]),
         rank_by=scoring.rank_by,
+        bin_counts={c: [int(m[f"bin_{i}_{k}"]) for k in range(bins[i])] for i, c in enumerate(columns)},
     )
     if summary.inf_rows:
         log.warning("%d row(s) of %s had ±inf numerics, scored as missing (the vocabulary's inf_policy is null)",

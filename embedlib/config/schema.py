@@ -18,6 +18,7 @@ __all__ = [
     "ColumnsConfig",
     "Config",
     "DeltaConfig",
+    "DriftConfig",
     "ConfigError",
     "SourceConfig",
     "SparkConfig",
@@ -282,6 +283,14 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class DriftConfig:
+    """``drift``: ``embedlib drift`` (:mod:`embedlib.drift`). ``psi_alert``: a column whose population
+    stability index in the newest scoring run exceeds it makes the command exit with code 3."""
+
+    psi_alert: float = 0.25
+
+
+@dataclass(frozen=True)
 class DeltaConfig:
     """``delta``: which engine reads and writes Delta tables (see :mod:`embedlib.tables`).
 
@@ -321,6 +330,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     delta: DeltaConfig = field(default_factory=DeltaConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
 
     @property
     def layout(self) -> RunLayout:

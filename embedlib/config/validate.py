@@ -137,6 +137,8 @@ def _validate_training(cfg: Config, err: Any) -> None:
     if sc.stream.trigger != "availableNow" and not TRIGGER_INTERVAL.fullmatch(sc.stream.trigger):
         raise err("score.stream.trigger", f"must be availableNow or an interval such as '30 seconds' or "
                   f"'5 minutes', got {sc.stream.trigger!r}")
+    if cfg.drift.psi_alert <= 0:
+        raise err("drift.psi_alert", f"must be above 0, got {cfg.drift.psi_alert}")
     if sc.stream.max_files_per_trigger is not None and sc.stream.max_files_per_trigger < 1:
         raise err("score.stream.max_files_per_trigger", f"must be at least 1 or null, got {sc.stream.max_files_per_trigger}")
     if sc.stream.checkpoint is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -13,7 +13,8 @@ import numpy as np
 import torch
 
 from embedlib.calibration import Calibration
-from embedlib.encode import Encoder, ShardSet, read_shards
+from embedlib.drift import training_profile
+from embedlib.encode import Encoded, Encoder, ShardSet, read_shards
 from embedlib.layout import join
 from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
 from embedlib.train.backends import Backend, resolve_backend
@@ -99,6 +100,19 @@ def contributions_of(model: EmbeddingAutoencoder, files: Sequence[str], encoder:
     return np.concatenate(parts) if parts else np.zeros((0, len(model.spec.columns)))
 
 
+def profile_of(shards: ShardSet, encoder: Encoder, spec: ModelSpec, max_rows: int = 200_000) -> dict[str, list[float]]:
+    """The share of each drift bin (:mod:`embedlib.drift`) over the first ``max_rows`` training rows."""
+    def batches() -> Iterator[Encoded]:
+        seen = 0
+        for enc in read_shards(shards.train_files, encoder, rows=65_536):
+            yield enc
+            seen += len(enc)
+            if seen >= max_rows:
+                return
+
+    return training_profile(spec.columns, len(spec.categorical), batches())
+
+
 def calibrate(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, quantile: float,
               max_rows: int = 200_000) -> tuple[Calibration, dict[str, float]]:
     """The calibration, fitted on validation rows (rows the weights were not fitted on; the
@@ -170,6 +184,7 @@ def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, 
     model = best_model(job)
     calibration, thresholds = calibrate(model, shards, job.encoder, cfg.score.threshold_quantile)
     threshold = thresholds[cfg.score.rank_by]
+    profile = profile_of(shards, job.encoder, model.spec)
     bundle_id = save_bundle(
         layout.bundle,
         model=model,
@@ -181,6 +196,7 @@ def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, 
         calibration=calibration,
         rank_by=cfg.score.rank_by,
         thresholds=thresholds,
+        profile=profile,
     )
     tracked = log_training(cfg, layout.bundle, bundle_id, metrics, threshold)
     return TrainResult(bundle_id=bundle_id, bundle_path=layout.bundle, metrics=metrics, threshold=threshold,
