@@ -4,6 +4,7 @@ batch re-run after its commit landed, a file whose columns changed, both Delta e
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import time
@@ -13,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+import yaml
 from deltalake import DeltaTable, write_deltalake
 
 from embedlib.config import load_config
@@ -206,3 +208,29 @@ def test_stream_settings_that_cannot_hold_are_refused(spark, run_dir: Path, test
     with pytest.raises(TableError, match="none could be read.*add a file first or set source.schema"):
         start_score_stream(spark, stream_cfg(run_dir, run_dir / "empty", "delta-rs", "parquet"))
     assert not (run_dir / "adult-demo" / "scores").exists()
+
+
+def test_a_csv_stream_checks_each_new_file_s_header(spark, run_dir: Path, test_rows: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
+    incoming = run_dir / "csv_incoming"
+    incoming.mkdir()
+
+    def arrive_csv(frame: pd.DataFrame, name: str) -> None:
+        aside = run_dir / f".{name}"
+        frame.to_csv(aside, index=False)
+        aside.rename(incoming / name)
+
+    arrive_csv(test_rows.iloc[:1500], "part-0.csv")
+    with engine_set(spark, "delta-rs"):
+        # a schema of its own (Spark maps a CSV's columns by position; the header is checked by name)
+        ddl = "row_id INT, " + yaml.safe_load(ADULT_CONF.read_text())["source"]["schema"]
+        cfg = stream_cfg(run_dir, incoming, "delta-rs", "csv", "source.options={header: true}",
+                         f"source.schema={json.dumps(ddl)}")
+        assert [r.rows for r in run_score_stream(spark, cfg)] == [1500]
+        arrive_csv(test_rows.iloc[1500:2500].drop(columns=["education"]), "part-1.csv")
+        with pytest.raises(SchemaError, match=r"new file .*part-1.csv lacks column\(s\) education"):
+            run_score_stream(spark, cfg)
+        assert len(scores(run_dir)) == 1500
+        test_rows.iloc[1500:2500].to_csv(incoming / "part-1.csv", index=False)  # fixed in place
+        assert [r.rows for r in run_score_stream(spark, cfg)] == [1000]
+        got = scores(run_dir)
+        assert len(got) == 2500 and set(got["row_id"]) == set(range(2500))
