@@ -78,14 +78,14 @@ def _fit(table: pa.Table, cfg: Config, source: str) -> Bundle:
     backend = resolve_backend(None, cfg.train)
     check_tracking(cfg)
     vocab = build_vocabulary_in_memory(table, cfg, source=SOURCE)  # checks the columns and the cuts
+    cfg, parent = warm_start_of(cfg, vocab)  # a bad warm start is refused before anything is written
     # the run's source, as the estimator's: `embedlib evaluate` and a rerun read what fit trained on
     with open_atomic(source) as handle:
         pq.write_table(table, handle)
     log.info("vocabulary of %d categorical and %d numeric column(s) over %d rows (hash %s)",
              len(vocab.columns), len(vocab.numeric), vocab.meta["row_count"], vocab.content_hash[:12])
-    warm_start_of(cfg, vocab)  # a bad warm start is refused before the rows are encoded
     shards = encode_in_memory(table, vocab, cfg)
-    result = train_on_shards(None, cfg, vocab, shards, backend)
+    result = train_on_shards(None, cfg, vocab, shards, backend, parent)
     return load_bundle(result.bundle_path)
 
 

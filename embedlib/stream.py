@@ -162,7 +162,7 @@ def _start(writer: Any, scoring: Scoring, checkpoint: str) -> StreamingQuery:
 def read_stream(spark: SparkSession, source: SourceConfig, max_files: int | None) -> DataFrame:
     """``score.source`` as a streaming DataFrame: a Delta table through the connector, or a folder of
     Parquet/CSV files whose schema is the files' present one (or ``source.schema``)."""
-    from embedlib.tables import read_source, require_connector
+    from embedlib.tables import read_source, reader_options, require_connector
 
     reader = spark.readStream
     if max_files is not None:
@@ -180,9 +180,8 @@ def read_stream(spark: SparkSession, source: SourceConfig, max_files: int | None
         raise TableError(f"stream source {source.path}: its schema is read from the files present when the "
                          f"stream starts, and none could be read ({str(exc).splitlines()[0]}); add a file "
                          "first or set source.schema") from exc
-    opts = {"mode": "FAILFAST"} if source.format == "csv" else {}
-    opts.update({k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in source.options.items()})
-    return reader.format(source.format).options(**opts).schema(schema).load(source.path)
+    return reader.format(source.format).options(**reader_options(source.format, source.options)).schema(
+        schema).load(source.path)
 
 
 def batch_files(checkpoint: str, batch_id: int) -> list[str]:

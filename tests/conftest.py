@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,6 +132,26 @@ def copy_vocab(src_cfg, dst_cfg) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
     shutil.copytree(src_cfg.layout.vocab, dst_cfg.layout.vocab)
+
+
+@pytest.fixture()
+def run_dir(adult_trained, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    """A run directory holding a copy of the trained Adult bundle and its vocabulary (no outputs)."""
+    copy_run(adult_trained[0], tmp_path)
+    return tmp_path
+
+
+def cli(command: str, args: list[str], faults: str | None = None,
+        master: str = "local[2]") -> subprocess.CompletedProcess[str]:
+    """``embedlib <command>`` in its own process and Spark application (``faults``: embedlib.faults)."""
+    from embedlib.faults import ENV as FAULTS
+
+    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
+    env.pop(FAULTS, None)
+    if faults:
+        env[FAULTS] = faults
+    cmd = [sys.executable, "-m", "embedlib.cli", command, *args, "--set", f"spark.master={master}"]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
 
 
 def adult_args(out: Path, *extra: str) -> list[str]:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -35,8 +32,8 @@ from .conftest import (
     ADULT_DATA,
     ADULT_TEST,
     BASE_CONF,
-    ROOT,
     adult_pandas,
+    cli,
     copy_vocab,
     engine_set,
     train_cfg,
@@ -53,14 +50,6 @@ def test_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("source") / "adult_test.parquet"
     frame.to_parquet(path, index=False)
     return path
-
-
-@pytest.fixture()
-def run_dir(adult_trained, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
-    """A run directory holding a copy of the trained bundle and its vocabulary."""
-    cfg, _ = adult_trained
-    shutil.copytree(cfg.layout.root, tmp_path / cfg.name, ignore=shutil.ignore_patterns("scores", "score_runs", "_work"))
-    return tmp_path
 
 
 def score_sets(out: Path, source: Path, run_id: str, engine: str = "auto") -> list[str]:
@@ -80,16 +69,6 @@ def score_config(out: Path, source: Path, run_id: str, engine: str = "auto"):  #
     from embedlib.config import load_config
 
     return load_config([BASE_CONF, ADULT_CONF], score_sets(out, source, run_id, engine))
-
-
-def cli(command: str, args: list[str], faults: str | None = None, master: str = "local[2]") -> subprocess.CompletedProcess[str]:
-    """``embedlib <command>`` in its own process and Spark application."""
-    env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
-    env.pop(FAULTS, None)
-    if faults:
-        env[FAULTS] = faults
-    cmd = [sys.executable, "-m", "embedlib.cli", command, *args, "--set", f"spark.master={master}"]
-    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
 
 
 def scores(out: Path) -> pd.DataFrame:

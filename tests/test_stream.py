@@ -23,8 +23,7 @@ from embedlib.stream import APP_PREFIX, checkpoint_of, run_score_stream, start_s
 from embedlib.tables import TableError
 from embedlib.vocab import SchemaError
 
-from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, adult_pandas, engine_set
-from .test_reliability import cli
+from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, adult_pandas, cli, engine_set
 
 
 @pytest.fixture(scope="module")
@@ -33,13 +32,6 @@ def test_rows() -> pd.DataFrame:
     frame = adult_pandas(ADULT_TEST)
     frame.insert(0, "row_id", range(len(frame)))
     return frame
-
-
-@pytest.fixture()
-def run_dir(adult_trained, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
-    cfg, _ = adult_trained
-    shutil.copytree(cfg.layout.root, tmp_path / cfg.name, ignore=shutil.ignore_patterns("scores", "score_runs", "_work"))
-    return tmp_path
 
 
 def stream_sets(out: Path, source: Path, engine: str, fmt: str = "parquet", *extra: str) -> list[str]:

@@ -40,6 +40,7 @@ __all__ = [
     "is_table_name",
     "read_source",
     "read_table",
+    "reader_options",
     "require_connector",
     "source_files",
     "source_version",
@@ -153,10 +154,7 @@ def read_table(
     if format not in ("parquet", "csv"):
         raise TableError(f"{target}: unknown format {format!r}; use delta, parquet or csv")
     _require_exists(target)
-    # a CSV value that does not parse as its schema type fails the read (embedlib.errors names it)
-    # instead of turning into a silent null; source.options.mode overrides
-    opts = {**({"mode": "FAILFAST"} if format == "csv" else {}), **(options or {})}
-    reader = spark.read.format(format).options(**{k: _opt(v) for k, v in opts.items()})
+    reader = spark.read.format(format).options(**reader_options(format, options))
     if schema:
         reader = reader.schema(schema)
     try:
@@ -165,10 +163,12 @@ def read_table(
         raise TableError(storage.explain(exc, target) or f"{format} source {target} cannot be read: {first_line(exc)}") from exc
 
 
-def _opt(value: Any) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return str(value)
+def reader_options(format: str, options: Mapping[str, Any] | None) -> dict[str, str]:
+    """Spark reader options of a file source (batch or stream): ``source.options`` as strings (booleans
+    as Spark spells them), over CSV's ``FAILFAST`` default — a value that does not parse as its schema
+    type fails the read (embedlib.errors names it) instead of turning into a silent null."""
+    opts = {**({"mode": "FAILFAST"} if format == "csv" else {}), **(options or {})}
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in opts.items()}
 
 
 def _require_exists(path: str) -> None:

@@ -141,7 +141,7 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     check_tracking(cfg)
     vocab = Vocabulary.load(spark, layout.vocab)
     check_vocab_matches(vocab, cfg)
-    warm_start_of(cfg, vocab)  # a bad warm start is refused before the source is encoded
+    cfg, parent = warm_start_of(cfg, vocab)  # a bad warm start is refused before the source is encoded
     df = read_source(spark, cfg.source)
     check_columns(df.schema, cfg.source.name, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
                   ids=cfg.columns.id, trained=vocab.meta.get("source_types"))
@@ -149,7 +149,7 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     if cfg.source.format == "delta" and cfg.source.path is not None:
         version = str(delta_version(spark, cfg.source.path))
     shards = encode_to_shards(spark, df, vocab, cfg, source_version=version)
-    return train_on_shards(spark, cfg, vocab, shards, backend)
+    return train_on_shards(spark, cfg, vocab, shards, backend, parent)
 
 
 def warm_start_of(cfg: Config, vocab: Vocabulary) -> tuple[Config, Bundle | None]:
@@ -162,14 +162,14 @@ def warm_start_of(cfg: Config, vocab: Vocabulary) -> tuple[Config, Bundle | None
 
 
 def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, shards: ShardSet,
-                    backend: Backend) -> TrainResult:
+                    backend: Backend, parent: Bundle | None = None) -> TrainResult:
     """Size → the loop on ``backend`` → calibration, thresholds → the bundle (and its MLflow run).
-    ``spark`` runs the size trials in parallel; without it (in memory) they run one after another."""
+    ``spark`` runs the size trials in parallel; without it (in memory) they run one after another.
+    ``parent``: the warm start's bundle, with ``cfg`` from :func:`warm_start_of`."""
     from embedlib.bundle import save_bundle
     from embedlib.tracking import log_training
 
     layout = cfg.layout
-    cfg, parent = warm_start_of(cfg, vocab)
     size = choose_size(spark, cfg.model, shards, lambda name, model, sample: make_job(
         replace(cfg, model=model), vocab, sample, backend, folder=join(layout.size_trials, name)))
     cfg = replace(cfg, model=size.model)
