@@ -114,7 +114,7 @@ def measure(out: str, data: str, adaptive: bool, train_seconds: float, score_sec
         scored += batch.num_rows
     score_secs = time.perf_counter() - started
     return {
-        "values": vocab.size("c") - 2, "cutoffs": list(bundle.spec.cutoffs_of(0)),
+        "values": vocab.size("c") - 2, "cutoffs": list(bundle.spec.cutoffs_of(0)), "bucket": bundle.spec.bucket_of(0),
         "train_steps": metrics["steps"], "train_rows_per_s": metrics["steps"] * BATCH / seconds,
         "score_rows_per_s": scored / score_secs, "bundle_mib": size / 2**20,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -171,7 +171,7 @@ def report(args: argparse.Namespace, results: dict[int, dict[str, Any]]) -> None
     w = sys.stdout.write
     w(f"rows: {args.rows:,}  columns: c (the cardinality), d (20 values, from c), x, y  model.size small, masked; "
       f"train {args.train_seconds:.0f} s, score {args.score_seconds:.0f} s (1 thread, batches of {SCORE_BATCH:,})\n\n")
-    w(f"{'cardinality':>12} {'values':>9} {'head':<9}{'cutoffs':<22}{'vocab s':>8}{'train rows/s':>14}"
+    w(f"{'cardinality':>12} {'values':>9} {'head':<9}{'cutoffs / bucket':<22}{'vocab s':>8}{'train rows/s':>14}"
       f"{'score rows/s':>14}{'bundle MiB':>12}{'peak MiB':>10}\n")
     for k, r in results.items():
         for head in ("adaptive", "full"):
@@ -182,7 +182,8 @@ def report(args: argparse.Namespace, results: dict[int, dict[str, Any]]) -> None
                 w(f"{k:>12,} {'':>9} {head:<9}failed: {m['error']}\n")
                 continue
             name = head if m["cutoffs"] else "full"
-            w(f"{k:>12,} {m['values']:>9,} {name:<9}{str(m['cutoffs']):<22}{r['vocab_seconds']:>8.1f}"
+            shape = str(m["cutoffs"]) + (f" / {m['bucket']:,}" if m.get("bucket") else "")
+            w(f"{k:>12,} {m['values']:>9,} {name:<9}{shape:<22}{r['vocab_seconds']:>8.1f}"
               f"{m['train_rows_per_s']:>14,.0f}{m['score_rows_per_s']:>14,.0f}{m['bundle_mib']:>12.1f}"
               f"{m['peak_rss_mib']:>10,.0f}\n")
     base = results.get(min(results), {}).get("adaptive", {})

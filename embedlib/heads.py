@@ -9,11 +9,12 @@ vocabulary at once. :func:`embedlib.model.column_nll` and :func:`top_of` take ei
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
-__all__ = ["ADAPTIVE_CUTOFFS", "PASS_LOGITS", "PASS_ROWS", "AdaptiveHead", "HeadOutput", "WideOutput", "head_for",
+__all__ = ["ADAPTIVE_CUTOFFS", "BUCKET", "PASS_LOGITS", "PASS_ROWS", "AdaptiveHead", "HeadOutput", "WideOutput", "head_for",
            "top_of"]
 
 #: The most rows one forward pass outside training takes (validation, calibration, scoring in the
@@ -23,9 +24,15 @@ PASS_ROWS = 8_192
 #: … and fewer where a full softmax is wide: at most this many logits (128 MiB of float32) per pass.
 PASS_LOGITS = 2**25
 #: The cluster bounds of an adaptive head (indices are by count, most frequent first): a head over
-#: the first 256 indices and one token per cluster, then clusters up to 4,096, 65,536 and the rest.
-#: A small head keeps the cost per row near a narrow column's (benchmarks/highcard_bench.py).
-ADAPTIVE_CUTOFFS = (256, 4_096, 65_536)
+#: the first 256 indices and one token per cluster, a cluster up to 4,096, then the rest in buckets
+#: of :data:`BUCKET`. A small head keeps the cost per row near a narrow column's
+#: (benchmarks/highcard_bench.py). Bundles written before buckets (bounds 256, 4,096, 65,536, each
+#: cluster one softmax) load as they were.
+ADAPTIVE_CUTOFFS = (256, 4_096)
+#: The values of one bucket of an adaptive head's last cluster: the head holds one token per bucket
+#: and a row pays for its own bucket's softmax only, so a rare value costs ~1,024 logits however many
+#: values the column has (one softmax over the whole rest cost ~n).
+BUCKET = 1_024
 
 
 class WideOutput:
@@ -55,12 +62,20 @@ class AdaptiveHead(nn.Module):
     plus one token per cluster of rarer ones, and each cluster has its own softmax behind a low-rank
     projection (width ÷ 4 per level). ``log p(v)`` is ``log p_head(v)`` for an index in the head and
     ``log p_head(cluster) + log p_cluster(v)`` otherwise — exact and normalised, at a fraction of a
-    full softmax's cost when most rows hold frequent values."""
+    full softmax's cost when most rows hold frequent values.
 
-    def __init__(self, width: int, n: int, cutoffs: Sequence[int]) -> None:
+    With ``bucket`` (> 0) the last cluster is split into buckets of ``bucket`` consecutive indices,
+    each its own softmax over its rows of the cluster's output weights, with one head token per bucket:
+    ``log p(v) = log p_head(bucket) + log p_bucket(v)``, a row's cost bounded by the bucket's size."""
+
+    def __init__(self, width: int, n: int, cutoffs: Sequence[int], bucket: int = 0) -> None:
         super().__init__()
         self.bounds = (*cutoffs, n)  # cluster i holds indices [bounds[i], bounds[i + 1])
-        self.head = nn.Linear(width, cutoffs[0] + len(cutoffs))
+        self.bucket = bucket
+        #: head tokens: the first bounds[0] indices, one per plain cluster, one per bucket of the last
+        self.buckets = -(-(n - cutoffs[-1]) // bucket) if bucket else 0
+        self.plain = len(cutoffs) - (1 if bucket else 0)
+        self.head = nn.Linear(width, cutoffs[0] + self.plain + self.buckets)
         self.tail = nn.ModuleList(
             nn.Sequential(nn.Linear(width, max(1, width // 4 ** (i + 1)), bias=False),
                           nn.Linear(max(1, width // 4 ** (i + 1)), self.bounds[i + 1] - self.bounds[i], bias=False))
@@ -71,8 +86,31 @@ class AdaptiveHead(nn.Module):
         return WideOutput(self, hidden)
 
     def _chunk(self, cluster: int) -> int:
-        """Rows of cluster ``cluster``'s softmax at a time."""
+        """Rows of cluster ``cluster``'s softmax at a time; for the bucketed cluster, rows of a bucket's
+        softmax and its slab of output weights (``bucket`` × the projection's width each)."""
+        if cluster == self.plain:
+            return max(1, PASS_LOGITS // (self.bucket * self._layers(cluster)[1].in_features))
         return max(1, PASS_LOGITS // (self.bounds[cluster + 1] - self.bounds[cluster]))
+
+    def _layers(self, cluster: int) -> tuple[nn.Linear, nn.Linear]:
+        """Cluster ``cluster``'s projection and output layer."""
+        proj, out = cast(nn.Sequential, self.tail[cluster])
+        return cast(nn.Linear, proj), cast(nn.Linear, out)
+
+    def _bucket_logits(self, hidden: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
+        """Each row's logits over the values of its bucket of the last cluster (``[rows, bucket]``);
+        the last bucket's missing values at −inf."""
+        proj, out = self._layers(self.plain)
+        size = self.bounds[-1] - self.bounds[-2]
+        # the output weights padded to whole buckets and viewed [buckets, bucket, width]: each row takes
+        # its bucket's slab (whose gradient is one slab added per row, not one row per value)
+        slabs = nn.functional.pad(out.weight, (0, 0, 0, self.buckets * self.bucket - size))
+        weights = slabs.view(self.buckets, self.bucket, -1).index_select(0, bucket)
+        logits = torch.bmm(weights, proj(hidden)[:, :, None]).squeeze(2)
+        if self.buckets * self.bucket == size:
+            return logits
+        missing = (bucket * self.bucket)[:, None] + torch.arange(self.bucket, device=hidden.device) >= size  # the last bucket
+        return logits.masked_fill(missing, float("-inf"))
 
     def log_prob_of(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``log p(target)`` per row; each cluster's softmax runs only on the rows whose target is in
@@ -87,10 +125,15 @@ class AdaptiveHead(nn.Module):
             # split() of zero rows gives one empty chunk: a cluster no target falls in still runs, so
             # every parameter gets a (zero) gradient in every step, which DDP and Horovod need
             for chunk in ((target >= lo) & (target < hi)).nonzero().squeeze(1).split(self._chunk(i)):
-                logits = proj(hidden[chunk])  # log p(v | cluster) = logit − logsumexp: no softmax array
+                at = target[chunk] - lo  # log p(v | cluster) = logit − logsumexp: no softmax array
+                if i < self.plain:
+                    logits, cluster_lp = proj(hidden[chunk]), head_lp[chunk, short + i]
+                else:
+                    bucket = at // self.bucket
+                    logits, cluster_lp = self._bucket_logits(hidden[chunk], bucket), head_lp[chunk, short + i + bucket]
+                    at = at % self.bucket
                 rows_in_tail.append(chunk)
-                picked.append(logits.gather(1, (target[chunk] - lo)[:, None]).squeeze(1)
-                              - torch.logsumexp(logits, dim=1) + head_lp[chunk, short + i])
+                picked.append(logits.gather(1, at[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1) + cluster_lp)
         # one scatter of every tail row (not a copy of ``out`` per chunk); there is at least one cluster
         return out.index_put((torch.cat(rows_in_tail),), torch.cat(picked))
 
@@ -102,6 +145,9 @@ class AdaptiveHead(nn.Module):
         short = self.bounds[0]
         best_lp, best = head_lp[:, :short].max(dim=1)
         for i, proj in enumerate(self.tail):
+            if i == self.plain:
+                self._top_of_buckets(hidden, head_lp[:, short + i:], best_lp, best)
+                continue
             cluster_lp = head_lp[:, short + i]
             for chunk in (cluster_lp > best_lp).nonzero().squeeze(1).split(self._chunk(i)):
                 logits = proj(hidden[chunk])  # the arg-max of the logits; its log p from their logsumexp
@@ -112,10 +158,27 @@ class AdaptiveHead(nn.Module):
                 best[chunk] = torch.where(better, index + self.bounds[i], best[chunk])
         return best, best_lp.double().exp()
 
+    def _top_of_buckets(self, hidden: torch.Tensor, bucket_lp: torch.Tensor, best_lp: torch.Tensor,
+                        best: torch.Tensor) -> None:
+        """Updates ``best_lp`` and ``best`` in place with the buckets' values: each (row, bucket) pair
+        whose bucket's own probability exceeds the row's best so far is opened."""
+        pairs = (bucket_lp > best_lp[:, None]).nonzero()
+        for chunk in pairs.split(self._chunk(self.plain)):
+            rows, bucket = chunk[:, 0], chunk[:, 1]
+            logits = self._bucket_logits(hidden[rows], bucket)
+            top, index = logits.max(dim=1)
+            value = top - torch.logsumexp(logits, dim=1) + bucket_lp[rows, bucket]
+            # a row may have several pairs: the best of them, then only where it beats the row's best
+            row_best = best_lp.scatter_reduce(0, rows, value, "amax")
+            won = (value == row_best[rows]) & (value > best_lp[rows])
+            best[rows[won]] = self.bounds[-2] + bucket[won] * self.bucket + index[won]
+            best_lp.copy_(row_best)
 
-def head_for(width: int, n: int, cutoffs: Sequence[int]) -> nn.Module:
-    """A categorical's output layer: adaptive with ``cutoffs``, else a full softmax's linear layer."""
-    return AdaptiveHead(width, n, cutoffs) if cutoffs else nn.Linear(width, n)
+
+def head_for(width: int, n: int, cutoffs: Sequence[int], bucket: int = 0) -> nn.Module:
+    """A categorical's output layer: adaptive with ``cutoffs`` (its last cluster in buckets of ``bucket``
+    values if > 0), else a full softmax's linear layer."""
+    return AdaptiveHead(width, n, cutoffs, bucket) if cutoffs else nn.Linear(width, n)
 
 
 def top_of(output: HeadOutput) -> tuple[torch.Tensor, torch.Tensor]:

@@ -37,6 +37,7 @@ from torch import nn
 
 from embedlib.heads import (
     ADAPTIVE_CUTOFFS,
+    BUCKET,
     PASS_LOGITS,
     PASS_ROWS,
     AdaptiveHead,
@@ -82,6 +83,8 @@ class ModelSpec:
     kind: str = "autoencoder"  # "masked" or "autoencoder"; bundles from before model.kind are autoencoders
     masks: int = 0  # masked kind: the number of mask groups at scoring (K)
     cutoffs: tuple[tuple[int, ...], ...] = ()  # per categorical: its adaptive head's cluster bounds, () full softmax
+    #: per categorical: the bucket size of its adaptive head's last cluster, 0 one softmax (bundles before buckets)
+    buckets: tuple[int, ...] = ()
 
     @classmethod
     def build(
@@ -104,6 +107,8 @@ class ModelSpec:
             for c, n in zip(categorical, cardinalities)
         )
         width = len(categorical) + len(numeric)
+        cutoffs = [tuple(c for c in ADAPTIVE_CUTOFFS if c < n - 1) if adaptive_above is not None and n > adaptive_above
+                   else () for n in cardinalities]
         return cls(
             categorical=tuple(categorical),
             cardinalities=tuple(int(n) for n in cardinalities),
@@ -113,10 +118,8 @@ class ModelSpec:
             bottleneck=bottleneck,
             kind=kind,
             masks=0 if kind != "masked" else max(1, min(masks or width, width)),
-            cutoffs=tuple(
-                tuple(c for c in ADAPTIVE_CUTOFFS if c < n - 1) if adaptive_above is not None and n > adaptive_above
-                else () for n in cardinalities
-            ),
+            cutoffs=tuple(cutoffs),
+            buckets=tuple(BUCKET if len(c) == len(ADAPTIVE_CUTOFFS) else 0 for c in cutoffs),
         )
 
     @property
@@ -131,6 +134,10 @@ class ModelSpec:
     def cutoffs_of(self, i: int) -> tuple[int, ...]:
         """Categorical ``i``'s adaptive head cluster bounds; () for a full softmax."""
         return self.cutoffs[i] if self.cutoffs else ()
+
+    def bucket_of(self, i: int) -> int:
+        """The bucket size of categorical ``i``'s adaptive head's last cluster; 0 for one softmax."""
+        return self.buckets[i] if self.buckets else 0
 
     def mask_groups(self) -> list[list[int]]:
         """The scoring masks of the masked kind: the columns each of the ``K`` passes hides."""
@@ -174,7 +181,7 @@ class EmbeddingAutoencoder(nn.Module):
         self.encoder = nn.Sequential(mlp((width_in, *spec.hidden)), nn.Linear(spec.hidden[-1], spec.bottleneck))
         back = tuple(reversed(spec.hidden))
         self.decoder = mlp((spec.bottleneck, *back))
-        self.cat_heads = nn.ModuleList(head_for(back[-1], n, spec.cutoffs_of(i)) for i, n in enumerate(spec.cardinalities))
+        self.cat_heads = nn.ModuleList(head_for(back[-1], n, spec.cutoffs_of(i), spec.bucket_of(i)) for i, n in enumerate(spec.cardinalities))
         self.num_head = nn.Linear(back[-1], n_num) if n_num else None
         #: per mask group, its columns' first-layer input positions and mask-flag positions (fixed by the spec)
         self.group_inputs = self._group_inputs() if spec.masked else []

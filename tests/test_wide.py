@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import embedlib
-from embedlib.model import AdaptiveHead, ModelSpec, WideOutput, column_nll, top_of
+from embedlib.model import AdaptiveHead, EmbeddingAutoencoder, ModelSpec, WideOutput, column_nll, top_of
 
 
 def _full_log_probs(head: AdaptiveHead, hidden: torch.Tensor, n: int) -> torch.Tensor:
@@ -20,10 +20,14 @@ def _full_log_probs(head: AdaptiveHead, hidden: torch.Tensor, n: int) -> torch.T
     return torch.stack([head.log_prob_of(hidden, torch.full((rows,), v)) for v in range(n)], dim=1)
 
 
-def test_adaptive_head_gives_exact_normalised_nats_and_the_exact_arg_max() -> None:
+@pytest.mark.parametrize("bucket", [0, 32])
+def test_adaptive_head_gives_exact_normalised_nats_and_the_exact_arg_max(bucket: int) -> None:
     torch.manual_seed(0)
     n = 300
-    head = AdaptiveHead(16, n, (20, 100))  # head: 20 indices + 2 cluster tokens; clusters [20, 100), [100, 300)
+    # head: 20 indices + 2 cluster tokens; clusters [20, 100), [100, 300) — or, with buckets, the last
+    # cluster's 200 values in 7 buckets (the last of 8 values), each with its own head token
+    head = AdaptiveHead(16, n, (20, 100), bucket)
+    assert head.head.out_features == (22 if not bucket else 21 + 7)
     with torch.no_grad():
         for p in head.parameters():  # large weights: peaked distributions, arg-max often inside a cluster
             p.mul_(8.0)
@@ -39,6 +43,7 @@ def test_adaptive_head_gives_exact_normalised_nats_and_the_exact_arg_max() -> No
         assert torch.equal(best, full.argmax(dim=1))
         np.testing.assert_allclose(prob.numpy(), full.max(dim=1).values.exp().double().numpy(), rtol=1e-5)
         assert (best >= 20).any() and (best < 20).any()  # both the head and the clusters held arg-maxes
+        assert (best >= 100).any()  # … and the last cluster (its buckets)
 
     # every parameter gets a gradient in a step whose targets all sit in the head (DDP, Horovod)
     loss = -head.log_prob_of(hidden, torch.randint(0, 20, (64,))).mean()
@@ -49,10 +54,15 @@ def test_adaptive_head_gives_exact_normalised_nats_and_the_exact_arg_max() -> No
 
 def test_spec_gives_wide_columns_an_adaptive_head_and_reads_old_specs() -> None:
     spec = ModelSpec.build(["a", "b"], [50, 30_000], ["x"], adaptive_above=10_000, kind="masked")
-    assert spec.cutoffs == ((), (256, 4_096))
+    assert spec.cutoffs == ((), (256, 4_096)) and spec.buckets == (0, 1_024)
+    assert ModelSpec.build(["b"], [3_000], [], adaptive_above=1_000).buckets == (0,)  # no cluster past 4,096
     assert ModelSpec.from_dict(spec.to_dict()) == spec
     old = {k: v for k, v in spec.to_dict().items() if k != "cutoffs"}  # a bundle written before adaptive heads
     assert ModelSpec.from_dict(old).cutoffs_of(1) == ()
+    # a bundle written before buckets: three clusters, each one softmax, as it was trained
+    legacy = {k: v for k, v in spec.to_dict().items() if k != "buckets"} | {"cutoffs": [[], [256, 4_096, 65_536]]}
+    head = EmbeddingAutoencoder(ModelSpec.from_dict(legacy | {"cardinalities": [50, 70_000]})).cat_heads[1]
+    assert isinstance(head, AdaptiveHead) and head.bucket == 0 and head.head.out_features == 256 + 3
     assert ModelSpec.build(["b"], [30_000], [], adaptive_above=None).cutoffs == ((),)
 
 
@@ -68,11 +78,23 @@ def wide_frame() -> pd.DataFrame:
                          "x": rng.normal(size=len(user))})
 
 
-def test_wide_column_trains_and_scores_in_memory(wide_frame: pd.DataFrame, tmp_path: Path) -> None:
+def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Columns wider than 1,026 rows get a plain cluster [256, 1,024) and the rest in buckets of 256 — the
+    shape of a 100,000-value column's head (clusters to 4,096, buckets of 1,024) at a size tests train."""
+    monkeypatch.setattr("embedlib.model.ADAPTIVE_CUTOFFS", (256, 1_024))
+    monkeypatch.setattr("embedlib.model.BUCKET", 256)
+
+
+@pytest.mark.parametrize("buckets", [False, True])
+def test_wide_column_trains_and_scores_in_memory(wide_frame: pd.DataFrame, tmp_path: Path, buckets: bool,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    if buckets:
+        small_buckets(monkeypatch)
     bundle = embedlib.fit(wide_frame, categorical=["user", "group"], numeric=["x"], output_dir=str(tmp_path),
                           settings={"model.adaptive_above": 1_000, "model.size": "small", "vocab.min_count": 1,
                                     "train.max_steps": 600, "train.seed": 1})
-    assert bundle.spec.cutoffs_of(0) == (256,) and bundle.spec.cutoffs_of(1) == ()
+    assert bundle.spec.cutoffs_of(0) == ((256, 1_024) if buckets else (256,)) and bundle.spec.cutoffs_of(1) == ()
+    assert bundle.spec.buckets == ((256, 0) if buckets else (0, 0))  # 2,502 rows: [1,024, 2,502) in 6 buckets
     assert isinstance(bundle.model.cat_heads[0], AdaptiveHead)
     metrics = bundle.manifest["metrics"]
     user_nll = metrics["history"][-1]["validation_columns"]["user"]
@@ -101,14 +123,17 @@ def test_wide_column_trains_and_scores_in_memory(wide_frame: pd.DataFrame, tmp_p
 
 
 @pytest.mark.timeout(900)
-def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Two DDP processes (TorchDistributor, gloo) train a model with an adaptive head: DDP reduces every
     parameter's gradient in every step, so each cluster must take part even when no row of a batch
-    falls in it (it runs on zero rows)."""
+    falls in it (it runs on zero rows). The head has a plain cluster and a bucketed one (small_buckets)."""
+    from embedlib.bundle import load_bundle
     from embedlib.config import load_config
     from embedlib.train import run_train_job
     from embedlib.vocab import run_vocab_job
 
+    small_buckets(monkeypatch)
     wide_frame.to_parquet(tmp_path / "wide.parquet", index=False)
     cfg = load_config([], [f"output_dir={tmp_path}", f"source.path={tmp_path / 'wide.parquet'}", "source.format=parquet",
                            "columns.categorical=[user, group]", "columns.numeric=[x]", "vocab.min_count=1",
@@ -118,6 +143,7 @@ def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: 
     run_vocab_job(spark, cfg)
     result = run_train_job(spark, cfg)
     assert result.metrics["world_size"] == 2 and result.metrics["steps"] == 200
+    assert load_bundle(result.bundle_path).spec.buckets == (256, 0)
     assert np.isfinite(result.metrics["validation_loss"])
 
 
@@ -131,16 +157,20 @@ def test_pass_rows_bound_the_logits_of_a_wide_full_softmax() -> None:
     assert model(None).pass_rows == PASS_LOGITS // 100_000  # 335 rows × 100,000 logits
     assert model(10_000).pass_rows == PASS_ROWS  # the adaptive head bounds its clusters itself
     head = model(10_000).cat_heads[0]
-    assert isinstance(head, AdaptiveHead) and head._chunk(1) == PASS_LOGITS // (65_536 - 4_096)
+    assert isinstance(head, AdaptiveHead) and head._chunk(0) == PASS_LOGITS // (4_096 - 256)
+    # a bucket's rows take its logits and its slab of output weights (1,024 × the projection's width 1)
+    assert head.bucket == 1_024 and head._chunk(1) == PASS_LOGITS // 1_024
 
 
-def test_chunked_log_prob_equals_the_dense_distribution_with_its_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("bucket", [0, 12])
+def test_chunked_log_prob_equals_the_dense_distribution_with_its_gradients(monkeypatch: pytest.MonkeyPatch,
+                                                                           bucket: int) -> None:
     """log_prob_of in many small chunks per cluster (values and gradients) equals the distribution
-    written densely from the head's own layers: log_softmax of the head, plus each cluster's
-    log_softmax behind its token."""
+    written densely from the head's own layers: log_softmax of the head, plus each cluster's (each
+    bucket's) log_softmax behind its token."""
     torch.manual_seed(1)
     n, short = 200, 16
-    head = AdaptiveHead(12, n, (short, 60))
+    head = AdaptiveHead(12, n, (short, 60), bucket)  # with buckets: [60, 200) in 12 buckets, the last of 8
     hidden = torch.randn(50, 12)
     target = torch.arange(0, 200, 4)  # rows in the head and in both clusters
     monkeypatch.setattr(AdaptiveHead, "_chunk", lambda self, i: 3)  # ~7 chunks per cluster
@@ -148,8 +178,12 @@ def test_chunked_log_prob_equals_the_dense_distribution_with_its_gradients(monke
     assert isinstance(out, WideOutput) and out.hidden is hidden
     got = head.log_prob_of(hidden, target)
     head_lp = torch.log_softmax(head.head(hidden), dim=1)
-    dense = torch.cat([head_lp[:, :short]] + [torch.log_softmax(proj(hidden), dim=1) + head_lp[:, short + i, None]
-                                              for i, proj in enumerate(head.tail)], dim=1)
+    parts = [head_lp[:, :short]] + [torch.log_softmax(proj(hidden), dim=1) + head_lp[:, short + i, None]
+                                    for i, proj in enumerate(head.tail[:head.plain])]
+    if bucket:
+        parts += [torch.log_softmax(logits, dim=1) + head_lp[:, short + head.plain + b, None]
+                  for b, logits in enumerate(head.tail[-1](hidden).split(bucket, dim=1))]
+    dense = torch.cat(parts, dim=1)
     assert dense.shape == (50, n)
     want = dense.gather(1, target[:, None]).squeeze(1)
     np.testing.assert_allclose(got.detach().numpy(), want.detach().numpy(), atol=1e-5)

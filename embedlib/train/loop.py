@@ -182,7 +182,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     if job.init is not None:
         model.load_state_dict(job.init)
     model = model.to(device)
-    opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=job.learning_rate)
+    opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=job.learning_rate, fused=True)
     state = TrainState()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     restored = job.store.load(model, opt)
