@@ -243,6 +243,34 @@ def test_arrow_and_spark_engines_give_the_same_table(spark, adult_cfg: Config, t
             assert (arrow.numeric[col].min, arrow.numeric[col].max) == (st.min, st.max)
 
 
+def test_arrow_engine_splits_a_large_file_by_row_groups(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.parquet as pq
+
+    from embedlib.tables import source_files
+    from embedlib.vocab.arrow_engine import work_units
+
+    slots = spark.sparkContext.defaultParallelism * 2
+    assert work_units(["a", "b"], 4) == [("a", 0, 2), ("a", 1, 2), ("b", 0, 2), ("b", 1, 2)]
+    assert work_units([f"f{i}" for i in range(5)], 4) == [(f"f{i}", 0, 1) for i in range(5)]
+    rng = np.random.default_rng(3)
+    table = pa.table({"s": pa.array([None if v == 0 else f"v{v}" for v in rng.integers(0, 40, 7_000)]),
+                      "x": rng.normal(size=7_000)})
+    (tmp_path / "one").mkdir()
+    pq.write_table(table, tmp_path / "one" / "part-0.parquet", row_group_size=1_000)  # 7 row groups, 1 file
+    cfg = load_config([], [f"output_dir={tmp_path}", f"source.path={tmp_path / 'one'}", "source.format=parquet",
+                           "columns.categorical=[s]", "columns.numeric=[x]", "vocab.min_count=1"])
+    files = source_files(spark, cfg.source, cfg.feature_columns)
+    assert files is not None and len(files) == 1
+    units = work_units(files, slots)
+    assert len(units) == slots  # one file: a part per slot, each its own task
+    assert all(spark.sparkContext.parallelize(units, slots).glom().map(len).collect())
+    arrow = build_vocabulary(spark, read_source(spark, cfg.source), cfg, source="t", files=files)
+    in_memory = build_vocabulary_in_memory(table, cfg, source="t")  # every row group counted once
+    assert arrow.to_arrow().equals(in_memory.to_arrow())
+    assert arrow["s"].null_count == in_memory["s"].null_count == sum(v is None for v in table["s"].to_pylist())
+    assert arrow.numeric["x"].mean == pytest.approx(float(np.mean(table["x"])), rel=1e-12)
+
+
 def test_arrow_engine_on_tiny_edge_cases(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     rows = [(7, " a", 1.0), (7, "A", float("nan")), (8, None, None), (None, "a ", 3.0), (8, "", 5.0)]
     df = spark.createDataFrame(rows, "code INT, s STRING, x DOUBLE")

@@ -1,8 +1,9 @@
 """The ``arrow`` counting engine: Spark distributes Parquet files, pyarrow counts them.
 
 For Parquet files (a Parquet path, or a Delta table read through delta-rs),
-Spark spreads the data files over its executors and each task reads them with
-pyarrow, counting dictionary-encoded columns natively and keeping mergeable
+Spark spreads the data files over its executors (a table of fewer files than
+task slots has each file split by row groups, so every core counts) and each
+task reads them with pyarrow, counting dictionary-encoded columns natively and keeping mergeable
 numeric moments; one Spark job merges the partial counts. Several times faster
 than the row path (``benchmarks/vocab_bench.py``).
 """
@@ -49,8 +50,11 @@ class ArrowEngine:
             return Counts(pa.table({"cid": pa.array([], pa.int32())}), {})
         wanted = list(dict.fromkeys(cfg.columns.categorical + cfg.columns.numeric))
         spec = _ArrowCountSpec.of(cfg, to_arrow_schema(df.select(*[f"`{c}`" for c in wanted]).schema, timezone="UTC"))
-        tasks = max(1, min(len(files), spark.sparkContext.defaultParallelism * 2))
-        paths = spark.createDataFrame([(f,) for f in files], "file STRING").repartition(tasks)
+        units = work_units(files, spark.sparkContext.defaultParallelism * 2)
+        # parallelize deals out contiguous equal slices: a repartition() of a few rows may put them
+        # all in one task (two files went to the same one of two partitions: one core counted both)
+        tasks = min(len(units), spark.sparkContext.defaultParallelism * 2)
+        paths = spark.createDataFrame(spark.sparkContext.parallelize(units, tasks), "file STRING, part INT, parts INT")
         partials = paths.mapInArrow(spec.count_files, _PARTIAL_SCHEMA)
         # One job: categorical partial counts merge by (cid, value); numeric moments and
         # row counts carry a per-task key in `value`, so they pass through unmerged and
@@ -66,6 +70,15 @@ class ArrowEngine:
             (cid < 0) | (cid >= ncat) | value.isNull() | (F.col("n") >= cfg.vocab.min_count)
         ).toArrow()
         return _counts(table, cfg)
+
+
+def work_units(files: list[str], slots: int) -> list[tuple[str, int, int]]:
+    """What the counting tasks read: ``(file, part, parts)``, part ``part`` of a file being its row
+    groups ``part, part + parts, …``. Each file whole when there are at least ``slots`` files; else
+    each split in ``slots // len(files)`` parts, so that a table of a few large files keeps every
+    slot busy."""
+    parts = max(1, slots // max(1, len(files)))
+    return [(f, k, parts) for f in files for k in range(parts)]
 
 
 def count_table(table: pa.Table, cfg: Config) -> Counts:
@@ -153,7 +166,8 @@ class _ArrowCountSpec:
         return pa.ipc.read_schema(pa.py_buffer(self.schema_bytes))
 
     def count_files(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        """``mapInArrow`` body: the partial counts of the Parquet files named in ``batches``."""
+        """``mapInArrow`` body: the partial counts of the parts of Parquet files named in ``batches``
+        (``file``, ``part``, ``parts``: :func:`work_units`)."""
         yield from self.count_tables(self._row_groups(batches))
 
     def _row_groups(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Table]:
@@ -163,11 +177,11 @@ class _ArrowCountSpec:
 
         schema = self.schema
         for batch in batches:
-            for path in batch.column(0).to_pylist():
+            for path, part, parts in zip(*(batch.column(i).to_pylist() for i in range(3)), strict=True):
                 pf = pq.ParquetFile(local_path(path) or path, read_dictionary=list(self.categorical))
                 present = set(pf.schema_arrow.names)
                 self._check_types(pf.schema_arrow, schema, path)
-                for rg in range(pf.num_row_groups):
+                for rg in range(part, pf.num_row_groups, parts):
                     yield pf.read_row_group(rg, columns=[c for c in schema.names if c in present])
 
     def count_tables(self, tables: Iterable[pa.Table]) -> Iterator[pa.RecordBatch]:
