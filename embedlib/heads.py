@@ -73,9 +73,9 @@ class AdaptiveHead(nn.Module):
         self.bounds = (*cutoffs, n)  # cluster i holds indices [bounds[i], bounds[i + 1])
         self.bucket = bucket
         #: head tokens: the first bounds[0] indices, one per plain cluster, one per bucket of the last
-        self.buckets = -(-(n - cutoffs[-1]) // bucket) if bucket else 0
+        self.n_buckets = -(-(n - cutoffs[-1]) // bucket) if bucket else 0
         self.plain = len(cutoffs) - (1 if bucket else 0)
-        self.head = nn.Linear(width, cutoffs[0] + self.plain + self.buckets)
+        self.head = nn.Linear(width, cutoffs[0] + self.plain + self.n_buckets)
         self.tail = nn.ModuleList(
             nn.Sequential(nn.Linear(width, max(1, width // 4 ** (i + 1)), bias=False),
                           nn.Linear(max(1, width // 4 ** (i + 1)), self.bounds[i + 1] - self.bounds[i], bias=False))
@@ -97,17 +97,21 @@ class AdaptiveHead(nn.Module):
         proj, out = cast(nn.Sequential, self.tail[cluster])
         return cast(nn.Linear, proj), cast(nn.Linear, out)
 
-    def _bucket_logits(self, hidden: torch.Tensor, bucket: torch.Tensor) -> torch.Tensor:
-        """Each row's logits over the values of its bucket of the last cluster (``[rows, bucket]``);
-        the last bucket's missing values at −inf."""
-        proj, out = self._layers(self.plain)
+    def _slabs(self) -> torch.Tensor:
+        """The last cluster's output weights padded to whole buckets and viewed ``[buckets, bucket,
+        width]`` (once per pass: a copy of the weights): each row takes its bucket's slab, whose
+        gradient is one slab added per row, not one row per value."""
+        out = self._layers(self.plain)[1]
+        padding = self.n_buckets * self.bucket - out.out_features
+        return nn.functional.pad(out.weight, (0, 0, 0, padding)).view(self.n_buckets, self.bucket, -1)
+
+    def _bucket_logits(self, hidden: torch.Tensor, bucket: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
+        """Each row's logits over the values of its bucket of the last cluster (``[rows, bucket]``),
+        ``slabs`` from :meth:`_slabs`; the last bucket's missing values at −inf."""
         size = self.bounds[-1] - self.bounds[-2]
-        # the output weights padded to whole buckets and viewed [buckets, bucket, width]: each row takes
-        # its bucket's slab (whose gradient is one slab added per row, not one row per value)
-        slabs = nn.functional.pad(out.weight, (0, 0, 0, self.buckets * self.bucket - size))
-        weights = slabs.view(self.buckets, self.bucket, -1).index_select(0, bucket)
-        logits = torch.bmm(weights, proj(hidden)[:, :, None]).squeeze(2)
-        if self.buckets * self.bucket == size:
+        proj = self._layers(self.plain)[0]
+        logits = torch.bmm(slabs.index_select(0, bucket), proj(hidden)[:, :, None]).squeeze(2)
+        if self.n_buckets * self.bucket == size:
             return logits
         missing = (bucket * self.bucket)[:, None] + torch.arange(self.bucket, device=hidden.device) >= size  # the last bucket
         return logits.masked_fill(missing, float("-inf"))
@@ -120,17 +124,18 @@ class AdaptiveHead(nn.Module):
         target = target.long()
         out = head_lp.gather(1, target.clamp(max=short - 1)[:, None]).squeeze(1)
         rows_in_tail, picked = [], []
+        slabs = self._slabs() if self.bucket else None
         for i, proj in enumerate(self.tail):
             lo, hi = self.bounds[i], self.bounds[i + 1]
             # split() of zero rows gives one empty chunk: a cluster no target falls in still runs, so
             # every parameter gets a (zero) gradient in every step, which DDP and Horovod need
             for chunk in ((target >= lo) & (target < hi)).nonzero().squeeze(1).split(self._chunk(i)):
                 at = target[chunk] - lo  # log p(v | cluster) = logit − logsumexp: no softmax array
-                if i < self.plain:
+                if slabs is None or i < self.plain:
                     logits, cluster_lp = proj(hidden[chunk]), head_lp[chunk, short + i]
                 else:
                     bucket = at // self.bucket
-                    logits, cluster_lp = self._bucket_logits(hidden[chunk], bucket), head_lp[chunk, short + i + bucket]
+                    logits, cluster_lp = self._bucket_logits(hidden[chunk], bucket, slabs), head_lp[chunk, short + i + bucket]
                     at = at % self.bucket
                 rows_in_tail.append(chunk)
                 picked.append(logits.gather(1, at[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1) + cluster_lp)
@@ -150,9 +155,8 @@ class AdaptiveHead(nn.Module):
                 continue
             cluster_lp = head_lp[:, short + i]
             for chunk in (cluster_lp > best_lp).nonzero().squeeze(1).split(self._chunk(i)):
-                logits = proj(hidden[chunk])  # the arg-max of the logits; its log p from their logsumexp
-                top, index = logits.max(dim=1)
-                value = top - torch.logsumexp(logits, dim=1) + cluster_lp[chunk]
+                index, value = _best(proj(hidden[chunk]))
+                value += cluster_lp[chunk]
                 better = value > best_lp[chunk]
                 best_lp[chunk] = torch.where(better, value, best_lp[chunk])
                 best[chunk] = torch.where(better, index + self.bounds[i], best[chunk])
@@ -163,16 +167,23 @@ class AdaptiveHead(nn.Module):
         """Updates ``best_lp`` and ``best`` in place with the buckets' values: each (row, bucket) pair
         whose bucket's own probability exceeds the row's best so far is opened."""
         pairs = (bucket_lp > best_lp[:, None]).nonzero()
+        slabs = self._slabs()
         for chunk in pairs.split(self._chunk(self.plain)):
             rows, bucket = chunk[:, 0], chunk[:, 1]
-            logits = self._bucket_logits(hidden[rows], bucket)
-            top, index = logits.max(dim=1)
-            value = top - torch.logsumexp(logits, dim=1) + bucket_lp[rows, bucket]
+            index, value = _best(self._bucket_logits(hidden[rows], bucket, slabs))
+            value += bucket_lp[rows, bucket]
             # a row may have several pairs: the best of them, then only where it beats the row's best
             row_best = best_lp.scatter_reduce(0, rows, value, "amax")
             won = (value == row_best[rows]) & (value > best_lp[rows])
             best[rows[won]] = self.bounds[-2] + bucket[won] * self.bucket + index[won]
             best_lp.copy_(row_best)
+
+
+def _best(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's arg-max and its log-probability, ``−log Σ exp(logit − max)``: one pass over the
+    logits fewer than ``max`` then ``logsumexp`` (which finds the max again)."""
+    top, index = logits.max(dim=1)
+    return index, -(logits - top[:, None]).exp_().sum(dim=1).log_()
 
 
 def head_for(width: int, n: int, cutoffs: Sequence[int], bucket: int = 0) -> nn.Module:

@@ -85,7 +85,7 @@ def _fit(table: pa.Table, cfg: Config, source: str) -> Bundle:
     log.info("vocabulary of %d categorical and %d numeric column(s) over %d rows (hash %s)",
              len(vocab.columns), len(vocab.numeric), vocab.meta["row_count"], vocab.content_hash[:12])
     shards = encode_in_memory(table, vocab, cfg)
-    result = train_on_shards(None, cfg, vocab, shards, backend, parent)
+    result = train_on_shards(None, cfg, vocab, shards, backend, parent=parent)
     return load_bundle(result.bundle_path)
 
 

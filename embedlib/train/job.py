@@ -149,7 +149,7 @@ def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     if cfg.source.format == "delta" and cfg.source.path is not None:
         version = str(delta_version(spark, cfg.source.path))
     shards = encode_to_shards(spark, df, vocab, cfg, source_version=version)
-    return train_on_shards(spark, cfg, vocab, shards, backend, parent)
+    return train_on_shards(spark, cfg, vocab, shards, backend, parent=parent)
 
 
 def warm_start_of(cfg: Config, vocab: Vocabulary) -> tuple[Config, Bundle | None]:
@@ -162,7 +162,7 @@ def warm_start_of(cfg: Config, vocab: Vocabulary) -> tuple[Config, Bundle | None
 
 
 def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, shards: ShardSet,
-                    backend: Backend, parent: Bundle | None = None) -> TrainResult:
+                    backend: Backend, *, parent: Bundle | None) -> TrainResult:
     """Size → the loop on ``backend`` → calibration, thresholds → the bundle (and its MLflow run).
     ``spark`` runs the size trials in parallel; without it (in memory) they run one after another.
     ``parent``: the warm start's bundle, with ``cfg`` from :func:`warm_start_of`."""
