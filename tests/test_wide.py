@@ -148,6 +148,7 @@ def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: 
 
 
 def test_pass_rows_bound_the_logits_of_a_wide_full_softmax() -> None:
+    from embedlib.heads import CLUSTER_LOGITS
     from embedlib.model import PASS_LOGITS, PASS_ROWS, EmbeddingAutoencoder
 
     def model(adaptive_above: int | None) -> EmbeddingAutoencoder:
@@ -157,9 +158,9 @@ def test_pass_rows_bound_the_logits_of_a_wide_full_softmax() -> None:
     assert model(None).pass_rows == PASS_LOGITS // 100_000  # 335 rows × 100,000 logits
     assert model(10_000).pass_rows == PASS_ROWS  # the adaptive head bounds its clusters itself
     head = model(10_000).cat_heads[0]
-    assert isinstance(head, AdaptiveHead) and head._chunk(0) == PASS_LOGITS // (4_096 - 256)
+    assert isinstance(head, AdaptiveHead) and head._chunk(0) == CLUSTER_LOGITS // (4_096 - 256)
     # a bucket's rows take its logits and its slab of output weights (1,024 × the projection's width 1)
-    assert head.bucket == 1_024 and head._chunk(1) == PASS_LOGITS // 1_024
+    assert head.bucket == 1_024 and head._chunk(1) == CLUSTER_LOGITS // 1_024
 
 
 @pytest.mark.parametrize("bucket", [0, 12])
