@@ -245,9 +245,10 @@ def test_arrow_and_spark_engines_give_the_same_table(spark, adult_cfg: Config, t
 
 def test_arrow_engine_splits_a_large_file_by_row_groups(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
 
     from embedlib.tables import source_files
-    from embedlib.vocab.arrow_engine import work_units
+    from embedlib.vocab.arrow_engine import units_frame, work_units
 
     slots = spark.sparkContext.defaultParallelism * 2
     assert work_units(["a", "b"], 4) == [("a", 0, 2), ("a", 1, 2), ("b", 0, 2), ("b", 1, 2)]
@@ -261,9 +262,11 @@ def test_arrow_engine_splits_a_large_file_by_row_groups(spark, tmp_path: Path) -
                            "columns.categorical=[s]", "columns.numeric=[x]", "vocab.min_count=1"])
     files = source_files(spark, cfg.source, cfg.feature_columns)
     assert files is not None and len(files) == 1
-    units = work_units(files, slots)
-    assert len(units) == slots  # one file: a part per slot, each its own task
-    assert all(spark.sparkContext.parallelize(units, slots).glom().map(len).collect())
+    units = units_frame(spark, files)  # what the engine's tasks read: one file, a part per slot, one per task
+    per_task = units.groupBy(F.spark_partition_id().alias("task")).agg(F.count("*").alias("n"), F.max("parts"))
+    assert sorted(tuple(r) for r in per_task.collect()) == [(k, 1, slots) for k in range(slots)]
+    two = units_frame(spark, files * 2).groupBy(F.spark_partition_id()).count().collect()  # the bug's shape: 2 files
+    assert len(two) == slots and {r["count"] for r in two} == {1}
     arrow = build_vocabulary(spark, read_source(spark, cfg.source), cfg, source="t", files=files)
     in_memory = build_vocabulary_in_memory(table, cfg, source="t")  # every row group counted once
     assert arrow.to_arrow().equals(in_memory.to_arrow())

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
     from embedlib.config import Config
 
-__all__ = ["ArrowEngine", "count_table"]
+__all__ = ["ArrowEngine", "count_table", "units_frame", "work_units"]
 
 _PARTIAL_SCHEMA = (
     "cid INT, value STRING, n LONG, n_x LONG, nans LONG, pos_inf LONG, neg_inf LONG, "
@@ -50,12 +50,7 @@ class ArrowEngine:
             return Counts(pa.table({"cid": pa.array([], pa.int32())}), {})
         wanted = list(dict.fromkeys(cfg.columns.categorical + cfg.columns.numeric))
         spec = _ArrowCountSpec.of(cfg, to_arrow_schema(df.select(*[f"`{c}`" for c in wanted]).schema, timezone="UTC"))
-        units = work_units(files, spark.sparkContext.defaultParallelism * 2)
-        # parallelize deals out contiguous equal slices: a repartition() of a few rows may put them
-        # all in one task (two files went to the same one of two partitions: one core counted both)
-        tasks = min(len(units), spark.sparkContext.defaultParallelism * 2)
-        paths = spark.createDataFrame(spark.sparkContext.parallelize(units, tasks), "file STRING, part INT, parts INT")
-        partials = paths.mapInArrow(spec.count_files, _PARTIAL_SCHEMA)
+        partials = units_frame(spark, files).mapInArrow(spec.count_files, _PARTIAL_SCHEMA)
         # One job: categorical partial counts merge by (cid, value); numeric moments and
         # row counts carry a per-task key in `value`, so they pass through unmerged and
         # are combined on the driver (Chan's formula needs more than a sum). The cut by
@@ -70,6 +65,17 @@ class ArrowEngine:
             (cid < 0) | (cid >= ncat) | value.isNull() | (F.col("n") >= cfg.vocab.min_count)
         ).toArrow()
         return _counts(table, cfg)
+
+
+def units_frame(spark: SparkSession, files: list[str]) -> DataFrame:
+    """The :func:`work_units` of ``files`` for 2 task slots per core, at most one unit per task while
+    they fit. ``parallelize`` deals out contiguous equal slices: a ``repartition()`` of a few rows may
+    put them all in one task (it put both files of a 2-file table in the same one of two partitions:
+    one core counted everything)."""
+    slots = spark.sparkContext.defaultParallelism * 2
+    units = work_units(files, slots)
+    return spark.createDataFrame(spark.sparkContext.parallelize(units, min(len(units), slots)),
+                                 "file STRING, part INT, parts INT")
 
 
 def work_units(files: list[str], slots: int) -> list[tuple[str, int, int]]:
