@@ -11,12 +11,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
 import pyarrow as pa
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["SCORE_RUNS_SCHEMA", "ScoreRun", "has_summary", "write_summary"]
+__all__ = ["FLAG_INF", "FLAG_MISSING", "FLAG_OOV", "SCORE_RUNS_SCHEMA", "CountLayout", "ScoreRun", "SumOfCounts",
+           "batch_counts", "has_summary", "write_summary"]
+
+#: Per-cell marks a score run counts into its summary: missing (null/NaN), out of vocabulary,
+#: ±inf read as missing (``inf_policy: null``); 0 is an ordinary value.
+FLAG_MISSING, FLAG_OOV, FLAG_INF = 1, 2, 3
 
 SCORE_RUNS_SCHEMA = pa.schema(
     [
@@ -92,3 +98,56 @@ def write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str,
     }
     frame = spark.createDataFrame(pa.Table.from_pylist([row], schema=SCORE_RUNS_SCHEMA)).coalesce(1)
     write_table(spark, frame, path, mode="append", txn=txn)
+
+
+@dataclass(frozen=True)
+class CountLayout:
+    """Where each figure of a score run's summary sits in the counts vector the workers add up
+    (:func:`batch_counts`): rows, then per column the missing cells, per categorical the
+    out-of-vocabulary ones, per column its drift bins (:func:`embedlib.drift.column_bins`), and
+    the rows with a ±inf numeric."""
+
+    categorical: int
+    bins: tuple[int, ...]  # the drift bins of each column (categoricals first)
+
+    @property
+    def columns(self) -> int:
+        return len(self.bins)
+
+    @property
+    def size(self) -> int:
+        return 1 + self.columns + self.categorical + sum(self.bins) + 1
+
+    def unpack(self, counts: np.ndarray) -> tuple[int, list[int], list[int], list[list[int]], int]:
+        """``(rows, missing per column, OOV per categorical, bins per column, ±inf rows)``."""
+        values = [int(v) for v in counts]
+        at = 1 + self.columns + self.categorical
+        bins = []
+        for width in self.bins:
+            bins.append(values[at:at + width])
+            at += width
+        return (values[0], values[1:1 + self.columns], values[1 + self.columns:1 + self.columns + self.categorical],
+                bins, values[-1])
+
+
+def batch_counts(layout: CountLayout, marks: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """A batch's counts in ``layout`` from its per-cell ``marks`` and drift ``bins`` (``[rows, columns]``)."""
+    missing = ((marks == FLAG_MISSING) | (marks == FLAG_INF)).sum(0)
+    oov = (marks[:, : layout.categorical] == FLAG_OOV).sum(0)
+    per_bin = [np.bincount(bins[:, k].astype(np.int64), minlength=width) for k, width in enumerate(layout.bins)]
+    inf_rows = int((marks == FLAG_INF).any(1).sum())
+    return np.concatenate([[marks.shape[0]], missing, oov, *per_bin, [inf_rows]]).astype(np.int64)
+
+
+class SumOfCounts:
+    """Element-wise sum of int64 count vectors: the parameter of the score job's accumulator
+    (``SparkContext.accumulator(zeros, SumOfCounts())``). Not a pyspark ``AccumulatorParam``
+    subclass, so that this module (and the in-memory scorer's imports) need no pyspark:
+    pyspark only calls these two methods."""
+
+    def zero(self, value: np.ndarray) -> np.ndarray:
+        return np.zeros_like(value)
+
+    def addInPlace(self, value1: np.ndarray, value2: np.ndarray) -> np.ndarray:  # noqa: N802 (pyspark's name)
+        value1 += value2
+        return value1
