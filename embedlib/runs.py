@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pyarrow as pa
 
+from embedlib.drift import bin_counts, n_bins
+
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
@@ -107,12 +109,13 @@ class CountLayout:
     out-of-vocabulary ones, per column its drift bins (:func:`embedlib.drift.column_bins`), and
     the rows with a ±inf numeric."""
 
-    categorical: int
-    bins: tuple[int, ...]  # the drift bins of each column (categoricals first)
+    columns: int
+    categorical: int  # the first ``categorical`` columns
 
     @property
-    def columns(self) -> int:
-        return len(self.bins)
+    def bins(self) -> tuple[int, ...]:
+        """The drift bins of each column (:func:`embedlib.drift.n_bins`)."""
+        return tuple(n_bins(k < self.categorical) for k in range(self.columns))
 
     @property
     def size(self) -> int:
@@ -134,7 +137,7 @@ def batch_counts(layout: CountLayout, marks: np.ndarray, bins: np.ndarray) -> np
     """A batch's counts in ``layout`` from its per-cell ``marks`` and drift ``bins`` (``[rows, columns]``)."""
     missing = ((marks == FLAG_MISSING) | (marks == FLAG_INF)).sum(0)
     oov = (marks[:, : layout.categorical] == FLAG_OOV).sum(0)
-    per_bin = [np.bincount(bins[:, k].astype(np.int64), minlength=width) for k, width in enumerate(layout.bins)]
+    per_bin = bin_counts(bins, layout.categorical)
     inf_rows = int((marks == FLAG_INF).any(1).sum())
     return np.concatenate([[marks.shape[0]], missing, oov, *per_bin, [inf_rows]]).astype(np.int64)
 

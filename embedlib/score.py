@@ -38,7 +38,7 @@ import pyarrow as pa
 
 from embedlib import runs
 from embedlib.bundle import Bundle, BundleError
-from embedlib.drift import column_bins, n_bins
+from embedlib.drift import column_bins
 from embedlib.indices import NULL_INDEX, OOV_INDEX
 from embedlib.inference import score_rows
 from embedlib.runs import ScoreRun, has_summary, write_summary
@@ -163,14 +163,8 @@ def build_output(
             for j, name in enumerate(spec.numeric):  # ±inf only gets here under inf_policy: null
                 marks[np.isinf(_as_float(features.column(name))), n_cat + j] = runs.FLAG_INF
         bins = column_bins(result.observed, result.standardized, result.missing)
-        counts.add(runs.batch_counts(count_layout(bundle), marks, bins))
+        counts.add(runs.batch_counts(runs.CountLayout(width, n_cat), marks, bins))
     return out
-
-
-def count_layout(bundle: Bundle) -> runs.CountLayout:
-    """The layout of the counts a score run of ``bundle`` adds up for its summary."""
-    n_cat = len(bundle.spec.categorical)
-    return runs.CountLayout(n_cat, tuple(n_bins(i < n_cat) for i in range(len(bundle.spec.columns))))
 
 
 def _is_null(values: np.ndarray) -> np.ndarray:
@@ -333,7 +327,7 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
     layout, output, bundle, source_name = cfg.layout, cfg.scores_output, scoring.bundle, scoring.source.name
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     columns = bundle.spec.columns
-    shape = count_layout(bundle)
+    shape = runs.CountLayout(len(columns), len(bundle.spec.categorical))
 
     def scored_with_counts() -> tuple[DataFrame, Any]:
         counts = spark.sparkContext.accumulator(np.zeros(shape.size, np.int64), cast(Any, runs.SumOfCounts()))
