@@ -160,11 +160,12 @@ class AdaptiveHead(nn.Module):
                 continue
             cluster_lp = head_lp[:, short + i]
             for chunk in (cluster_lp > best_lp).nonzero().squeeze(1).split(self._chunk(i)):
-                index, value = _best(proj(hidden[chunk]))
+                value, shifted = _best(proj(hidden[chunk]))
                 value += cluster_lp[chunk]
                 better = value > best_lp[chunk]
-                best_lp[chunk] = torch.where(better, value, best_lp[chunk])
-                best[chunk] = torch.where(better, index + self.bounds[i], best[chunk])
+                won = chunk[better]
+                best_lp[won] = value[better]
+                best[won] = _arg_max(shifted[better]) + self.bounds[i]
         return best, best_lp.double().exp()
 
     def _top_of_buckets(self, hidden: torch.Tensor, bucket_lp: torch.Tensor, best_lp: torch.Tensor,
@@ -175,20 +176,30 @@ class AdaptiveHead(nn.Module):
         slabs = self._slabs()
         for chunk in pairs.split(self._chunk(self.plain)):
             rows, bucket = chunk[:, 0], chunk[:, 1]
-            index, value = _best(self._bucket_logits(hidden[rows], bucket, slabs))
+            value, shifted = _best(self._bucket_logits(hidden[rows], bucket, slabs))
             value += bucket_lp[rows, bucket]
             # a row may have several pairs: the best of them, then only where it beats the row's best
             row_best = best_lp.scatter_reduce(0, rows, value, "amax")
             won = (value == row_best[rows]) & (value > best_lp[rows])
-            best[rows[won]] = self.bounds[-2] + bucket[won] * self.bucket + index[won]
+            best[rows[won]] = self.bounds[-2] + bucket[won] * self.bucket + _arg_max(shifted[won])
             best_lp.copy_(row_best)
 
 
 def _best(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each row's arg-max and its log-probability, ``−log Σ exp(logit − max)``: one pass over the
-    logits fewer than ``max`` then ``logsumexp`` (which finds the max again). Overwrites ``logits``."""
-    top, index = logits.max(dim=1)
-    return index, -logits.sub_(top[:, None]).exp_().sum(dim=1).log_()  # in place: no second array
+    """Each row's best log-probability, ``−log Σ exp(logit − max)`` — one pass over the logits
+    fewer than ``max`` then ``logsumexp`` (which finds the max again) — and the logits turned into
+    ``exp(logit − max)`` in place (no second array), for :func:`_arg_max` of the rows that need
+    their index. The max without its index (``amax``) is ~5× faster than ``max(dim=1)`` with it on
+    a 3,840-value cluster, and most rows that open a cluster do not end up taking a value from it."""
+    top = logits.amax(dim=1)
+    shifted = logits.sub_(top[:, None]).exp_()
+    return -shifted.sum(dim=1).log_(), shifted
+
+
+def _arg_max(shifted: torch.Tensor) -> torch.Tensor:
+    """Each row's arg-max from :func:`_best`'s ``exp(logit − max)`` (the max is 1 exactly; a value
+    within float32 rounding of it ties, and the first of a tie wins, as ``max`` does on logits)."""
+    return shifted.max(dim=1).indices
 
 
 def head_for(width: int, n: int, cutoffs: Sequence[int], bucket: int = 0) -> nn.Module:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedlib import runs
 from embedlib.bundle import Bundle, BundleError
@@ -115,9 +116,10 @@ def build_output(
         name = spec.columns[c]
         if c < n_cat:
             cv = bundle.vocab[name]
-            raw = features.column(name).take(pa.array(sel)).to_numpy(zero_copy_only=False)  # the rows shown only
-            observed = result.observed[sel, c]
-            shown = np.where(_is_null(raw) | (observed == NULL_INDEX), "<null>", raw.astype(str))
+            taken = features.column(name).take(pa.array(sel))  # the rows shown only
+            raw = taken.to_numpy(zero_copy_only=False)
+            null = pc.is_null(taken, nan_is_null=True).to_numpy(zero_copy_only=False)  # None or NaN
+            shown = np.where(null | (result.observed[sel, c] == NULL_INDEX), "<null>", raw.astype(str))
             values[hit] = shown
             index, prob = result.expected_of(c, sel)
             expected[hit] = cv.labels()[index]
@@ -167,14 +169,7 @@ def build_output(
     return out
 
 
-def _is_null(values: np.ndarray) -> np.ndarray:
-    """Element-wise None/NaN test for an object array."""
-    return np.array([v is None or (isinstance(v, float) and v != v) for v in values], dtype=bool)
-
-
 def _as_float(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    import pyarrow.compute as pc
-
     return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
