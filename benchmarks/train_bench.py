@@ -161,7 +161,7 @@ def bare_loop(job: Any, data: tuple[Any, Any, Any], device: Any, epochs: int) ->
             if job.spec.masked:  # the same work as the loop's: masks drawn, the hidden cells' loss
                 mask = random_mask(c.shape[0], len(job.spec.columns), job.mask_rate, gen, device)
                 logits, pred, _ = model(cc, cn, m, mask)
-                loss = masked_loss(column_nll(logits, pred, c, n, m), mask)
+                loss = masked_loss(column_nll(logits, pred, c, n, m, hidden_cells=mask), mask)
             else:
                 logits, pred, _ = model(cc, cn, m)
                 loss = column_nll(logits, pred, c, n, m).sum(1).mean()

@@ -37,6 +37,9 @@ ADAPTIVE_CUTOFFS = (256, 4_096)
 #: and a row pays for its own bucket's softmax only, so a rare value costs ~1,024 logits however many
 #: values the column has (one softmax over the whole rest cost ~n).
 BUCKET = 1_024
+#: Nats added to :meth:`AdaptiveHead._ceilings`'s bound before it rules a cluster out: the bound is exact
+#: arithmetic, the logits it bounds are float32.
+SLACK = 1e-3
 
 
 class WideOutput:
@@ -47,9 +50,13 @@ class WideOutput:
         self.head = head
         self.hidden = hidden
 
-    def nll(self, target: torch.Tensor) -> torch.Tensor:
-        """``−log p(target)`` per row, exact (normalised over every index)."""
-        return -self.head.log_prob_of(self.hidden, target)
+    def nll(self, target: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
+        """``−log p(target)`` per row, exact (normalised over every index); with ``where`` (bool per
+        row), computed for those rows only and 0 on the others."""
+        if where is None:
+            return -self.head.log_prob_of(self.hidden, target)
+        rows = where.nonzero().squeeze(1)
+        return self.hidden.new_zeros(target.shape[0]).index_put((rows,), -self.head.log_prob_of(self.hidden[rows], target[rows]))
 
     def top(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The most likely index of each row and its probability, exact."""
@@ -116,10 +123,10 @@ class AdaptiveHead(nn.Module):
         size = self.bounds[-1] - self.bounds[-2]
         proj = self._layers(self.plain)[0]
         logits = torch.bmm(slabs.index_select(0, bucket), proj(hidden)[:, :, None]).squeeze(2)
-        if self.n_buckets * self.bucket == size:
-            return logits
-        missing = (bucket * self.bucket)[:, None] + torch.arange(self.bucket, device=hidden.device) >= size  # the last bucket
-        return logits.masked_fill(missing, float("-inf"))
+        values = size - (self.n_buckets - 1) * self.bucket  # of the last bucket
+        if values < self.bucket:  # its padding, on the rows that have it only (bmm's gradient needs no output)
+            logits[bucket == self.n_buckets - 1, values:] = float("-inf")
+        return logits
 
     def log_prob_of(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """``log p(target)`` per row; each cluster's softmax runs only on the rows whose target is in
@@ -147,20 +154,41 @@ class AdaptiveHead(nn.Module):
         # one scatter of every tail row (not a copy of ``out`` per chunk); there is at least one cluster
         return out.index_put((torch.cat(rows_in_tail),), torch.cat(picked))
 
+    def _ceilings(self, cluster: int, projected: torch.Tensor) -> torch.Tensor:
+        """An upper bound of each row's best ``log p(v | cluster)`` (``[rows, 1]``; for the bucketed
+        cluster, of ``log p(v | bucket)`` per bucket, ``[rows, buckets]``), never above 0, from the
+        rows' ``projected`` hidden state ``g``. With ``u_v`` the output weights of the ``n`` values, ``ū``
+        their mean and ``R`` the largest ``‖u_v − ū‖``: ``max_v u_v·g ≤ ū·g + R‖g‖`` (Cauchy–Schwarz) and
+        ``logsumexp_v u_v·g ≥ log n + ū·g`` (Jensen), so ``log p(v | cluster) ≤ R‖g‖ − log n`` — a cluster
+        whose bound keeps it below a row's best value needs no softmax for that row."""
+        out = self._layers(cluster)[1]
+        if cluster == self.plain and self.bucket:
+            weights = self._slabs()
+            counts = (out.out_features - torch.arange(self.n_buckets, device=weights.device) * self.bucket).clamp(max=self.bucket)
+        else:
+            weights, counts = out.weight[None], torch.tensor([out.out_features], device=out.weight.device)
+        real = torch.arange(weights.shape[1], device=weights.device)[None] < counts[:, None]  # not the last bucket's padding
+        mean = weights.sum(dim=1) / counts[:, None]
+        radius = ((weights - mean[:, None]).norm(dim=2) * real).amax(dim=1)
+        bound = projected.norm(dim=1)[:, None] * radius - counts.log() + SLACK
+        return bound.clamp(max=0.0)
+
     def top(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Arg-max index and its probability per row, exact: a cluster's softmax runs only for rows
-        where the cluster's own probability exceeds the best value found so far (no value inside it
-        can beat that otherwise)."""
+        where the cluster's own probability, times the :meth:`_ceilings` bound of its best value's,
+        exceeds the best value found so far (no value inside it can beat that otherwise)."""
         head_lp = nn.functional.log_softmax(self.head(hidden), dim=1)
         short = self.bounds[0]
         best_lp, best = head_lp[:, :short].max(dim=1)
-        for i, proj in enumerate(self.tail):
+        for i in range(len(self.tail)):
             if i == self.plain:
                 self._top_of_buckets(hidden, head_lp[:, short + i:], best_lp, best)
                 continue
+            proj, out = self._layers(i)
+            projected = proj(hidden)
             cluster_lp = head_lp[:, short + i]
-            for chunk in (cluster_lp > best_lp).nonzero().squeeze(1).split(self._chunk(i)):
-                value, shifted = _best(proj(hidden[chunk]))
+            for chunk in (cluster_lp + self._ceilings(i, projected)[:, 0] > best_lp).nonzero().squeeze(1).split(self._chunk(i)):
+                value, shifted = _best(out(projected[chunk]))
                 value += cluster_lp[chunk]
                 better = value > best_lp[chunk]
                 won = chunk[better]
@@ -171,8 +199,10 @@ class AdaptiveHead(nn.Module):
     def _top_of_buckets(self, hidden: torch.Tensor, bucket_lp: torch.Tensor, best_lp: torch.Tensor,
                         best: torch.Tensor) -> None:
         """Updates ``best_lp`` and ``best`` in place with the buckets' values: each (row, bucket) pair
-        whose bucket's own probability exceeds the row's best so far is opened."""
-        pairs = (bucket_lp > best_lp[:, None]).nonzero()
+        whose bucket's own probability, times its :meth:`_ceilings` bound, exceeds the row's best so far
+        is opened."""
+        ceilings = self._ceilings(self.plain, self._layers(self.plain)[0](hidden))
+        pairs = (bucket_lp + ceilings > best_lp[:, None]).nonzero()
         slabs = self._slabs()
         for chunk in pairs.split(self._chunk(self.plain)):
             rows, bucket = chunk[:, 0], chunk[:, 1]

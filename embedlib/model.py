@@ -279,15 +279,20 @@ def column_nll(
     cat: torch.Tensor,
     num: torch.Tensor,
     missing: torch.Tensor,
+    hidden_cells: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-row, per-column negative log-likelihood in nats, shape ``[rows, columns]``.
 
     Categoricals: ``−log softmax(logits)[observed index]`` (an adaptive head: its exact
     ``−log p(observed)``); numerics:
     ``½ (x − x̂)²`` where observed, 0 where missing. ``.sum(1)`` is the row score.
+    ``hidden_cells`` (the masked kind's training mask, 1 = hidden): a wide column's NLL is computed on
+    its hidden cells only and is 0 on the others, which :func:`masked_loss` multiplies by 0 — the same
+    loss and gradients without its head's cost on the rows that do not count.
     """
     parts = [
-        lg.nll(cat[:, i]) if isinstance(lg, WideOutput) else nn.functional.cross_entropy(lg, cat[:, i].long(), reduction="none")
+        (lg.nll(cat[:, i], None if hidden_cells is None else hidden_cells[:, i] > 0) if isinstance(lg, WideOutput)
+         else nn.functional.cross_entropy(lg, cat[:, i].long(), reduction="none"))
         for i, lg in enumerate(logits)
     ]
     cols = torch.stack(parts, dim=1) if parts else num.new_zeros((num.shape[0], 0))

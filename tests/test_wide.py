@@ -11,7 +11,16 @@ import pytest
 import torch
 
 import embedlib
-from embedlib.model import AdaptiveHead, EmbeddingAutoencoder, ModelSpec, WideOutput, column_nll, top_of
+from embedlib.model import (
+    AdaptiveHead,
+    EmbeddingAutoencoder,
+    ModelSpec,
+    WideOutput,
+    column_nll,
+    masked_loss,
+    random_mask,
+    top_of,
+)
 
 
 def _full_log_probs(head: AdaptiveHead, hidden: torch.Tensor, n: int) -> torch.Tensor:
@@ -50,6 +59,68 @@ def test_adaptive_head_gives_exact_normalised_nats_and_the_exact_arg_max(bucket:
     loss.backward()
     assert all(p.grad is not None for p in head.parameters())
     assert all(p.grad is not None and float(p.grad.abs().sum()) == 0.0 for p in head.tail.parameters())  # zeros
+
+
+@pytest.mark.parametrize("bucket", [0, 32])
+@pytest.mark.parametrize("scale", [1.0, 8.0])
+def test_adaptive_head_ceilings_bound_each_clusters_best_value_and_spare_softmaxes(bucket: int, scale: float) -> None:
+    """``_ceilings`` is an upper bound of the best ``log p(v | cluster)`` (of each bucket's, with buckets)
+    for every row, below the trivial bound 0 for some rows the cluster's own probability alone would
+    open, and the arg-max that uses it stays exact."""
+    torch.manual_seed(1)
+    n, short = 300, 20
+    head = AdaptiveHead(16, n, (short, 100), bucket)
+    with torch.no_grad():
+        for p in head.parameters():  # 1: initial weights, flat clusters; 8: peaked ones
+            p.mul_(scale)
+        hidden = torch.randn(256, 16)
+        full = _full_log_probs(head, hidden, n)
+        head_lp = torch.log_softmax(head.head(hidden), dim=1)
+        best_in_head = head_lp[:, :short].amax(dim=1)
+        groups = [(0, 20, 100)] + ([(1, 100, 300)] if not bucket else
+                                   [(1 + b, 100 + b * bucket, min(n, 100 + (b + 1) * bucket)) for b in range(head.n_buckets)])
+        spared = 0
+        for token, lo, hi in groups:
+            cluster = min(token, head.plain)
+            ceilings = head._ceilings(cluster, head._layers(cluster)[0](hidden))
+            ceiling = ceilings[:, 0] if cluster < head.plain else ceilings[:, token - 1]
+            cluster_lp = head_lp[:, short + token]
+            true_best = (full[:, lo:hi] - cluster_lp[:, None]).amax(dim=1)  # log p(v | cluster or bucket)
+            assert bool((ceiling >= true_best).all()) and bool((ceiling <= 0).all())
+            spared += int(((cluster_lp > best_in_head) & (cluster_lp + ceiling <= best_in_head)).sum())
+        assert spared > 0 or scale > 1  # flat clusters: softmaxes spared; peaked ones: opened, still exact
+        best, _ = top_of(head(hidden))
+        assert torch.equal(best, full.argmax(dim=1))
+
+
+def test_masked_training_loss_computes_a_wide_column_on_its_hidden_cells_only() -> None:
+    """The masked kind's training loss with ``hidden_cells`` (a wide column's head run on its hidden
+    cells only) equals the loss over every cell's NLL, and so do the gradients."""
+    torch.manual_seed(2)
+    spec = ModelSpec.build(["a", "b"], [50, 6_000], ["x"], adaptive_above=1_000, kind="masked")
+    model = EmbeddingAutoencoder(spec)
+    assert isinstance(model.cat_heads[1], AdaptiveHead)
+    rows = 128
+    cat = torch.stack([torch.randint(0, 50, (rows,)), torch.randint(0, 6_000, (rows,))], dim=1)
+    num, missing = torch.randn(rows, 1), torch.zeros(rows, 1)
+    mask = random_mask(rows, 3, 0.5, torch.Generator().manual_seed(0))
+    assert 0 < int(mask[:, 1].sum()) < rows  # the wide column is hidden in some rows, shown in others
+
+    def loss_and_grads(hidden_cells: torch.Tensor | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        logits, pred, _ = model(cat, num, missing, mask)
+        nll = column_nll(logits, pred, cat, num, missing, hidden_cells=hidden_cells)
+        if hidden_cells is not None:
+            assert bool((nll[:, 1][mask[:, 1] == 0] == 0).all())  # not computed where shown
+        loss = masked_loss(nll, mask)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+
+    every, every_grads = loss_and_grads(None)
+    hidden, hidden_grads = loss_and_grads(mask)
+    torch.testing.assert_close(hidden, every, rtol=1e-6, atol=1e-6)
+    for a, b in zip(hidden_grads, every_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
 def test_spec_gives_wide_columns_an_adaptive_head_and_reads_old_specs() -> None:

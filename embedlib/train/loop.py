@@ -341,8 +341,10 @@ def _step_loss(net: torch.nn.Module, job: TrainJob, enc: Encoded, gen: torch.Gen
     mask = random_mask(len(enc), len(job.spec.columns), job.mask_rate, gen) if job.spec.masked else None
     cat, num, miss = cat.to(device), num.to(device), miss.to(device)
     logits, pred, _ = net(ccat.to(device), cnum.to(device), miss, None if mask is None else mask.to(device))
-    nll = column_nll(logits, pred, cat, num, miss)
-    return masked_loss(nll, mask.to(device)) if mask is not None else nll.sum(1).mean()
+    if mask is None:
+        return column_nll(logits, pred, cat, num, miss).sum(1).mean()
+    mask = mask.to(device)
+    return masked_loss(column_nll(logits, pred, cat, num, miss, hidden_cells=mask), mask)
 
 
 def _judge(job: TrainJob, state: TrainState, val_loss: float) -> None:
