@@ -154,16 +154,17 @@ class AdaptiveHead(nn.Module):
         # one scatter of every tail row (not a copy of ``out`` per chunk); there is at least one cluster
         return out.index_put((torch.cat(rows_in_tail),), torch.cat(picked))
 
-    def _ceilings(self, cluster: int, projected: torch.Tensor) -> torch.Tensor:
+    def _ceilings(self, cluster: int, projected: torch.Tensor, slabs: torch.Tensor | None = None) -> torch.Tensor:
         """An upper bound of each row's best ``log p(v | cluster)`` (``[rows, 1]``; for the bucketed
         cluster, of ``log p(v | bucket)`` per bucket, ``[rows, buckets]``), never above 0, from the
         rows' ``projected`` hidden state ``g``. With ``u_v`` the output weights of the ``n`` values, ``ū``
         their mean and ``R`` the largest ``‖u_v − ū‖``: ``max_v u_v·g ≤ ū·g + R‖g‖`` (Cauchy–Schwarz) and
         ``logsumexp_v u_v·g ≥ log n + ū·g`` (Jensen), so ``log p(v | cluster) ≤ R‖g‖ − log n`` — a cluster
-        whose bound keeps it below a row's best value needs no softmax for that row."""
+        whose bound keeps it below a row's best value needs no softmax for that row. The bucketed
+        cluster's weights are ``slabs`` from :meth:`_slabs`."""
         out = self._layers(cluster)[1]
-        if cluster == self.plain and self.bucket:
-            weights = self._slabs()
+        if slabs is not None:
+            weights = slabs
             counts = (out.out_features - torch.arange(self.n_buckets, device=weights.device) * self.bucket).clamp(max=self.bucket)
         else:
             weights, counts = out.weight[None], torch.tensor([out.out_features], device=out.weight.device)
@@ -201,9 +202,9 @@ class AdaptiveHead(nn.Module):
         """Updates ``best_lp`` and ``best`` in place with the buckets' values: each (row, bucket) pair
         whose bucket's own probability, times its :meth:`_ceilings` bound, exceeds the row's best so far
         is opened."""
-        ceilings = self._ceilings(self.plain, self._layers(self.plain)[0](hidden))
-        pairs = (bucket_lp + ceilings > best_lp[:, None]).nonzero()
         slabs = self._slabs()
+        ceilings = self._ceilings(self.plain, self._layers(self.plain)[0](hidden), slabs)
+        pairs = (bucket_lp + ceilings > best_lp[:, None]).nonzero()
         for chunk in pairs.split(self._chunk(self.plain)):
             rows, bucket = chunk[:, 0], chunk[:, 1]
             value, shifted = _best(self._bucket_logits(hidden[rows], bucket, slabs))

@@ -260,3 +260,16 @@ def test_connector_lists_files_only_when_raw_files_are_the_table(spark, tmp_path
     frame(spark).select("id", "s").write.format("delta").partitionBy("s").save(parts)
     assert engine.data_files(spark, parts, ("id", "s")) is None
     assert len(engine.data_files(spark, parts, ("id",)) or []) >= 1
+
+
+def test_a_local_session_replays_a_delta_log_in_few_tasks(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A local session embedlib starts rebuilds a table's snapshot (the connector's log replay) in
+    LOCAL_DEFAULTS' partitions, not the connector's default 50 tiny tasks."""
+    from embedlib.spark import LOCAL_DEFAULTS
+
+    path = str(tmp_path / "t")
+    with engine_set(spark, "connector"):
+        write_table(spark, frame(spark), path, txn=("run-a", 1))
+    log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+    partitions = log.unsafeVolatileSnapshot().stateDS().rdd().getNumPartitions()
+    assert partitions == int(LOCAL_DEFAULTS["spark.databricks.delta.snapshotPartitions"]) == 8

@@ -82,7 +82,8 @@ def test_adaptive_head_ceilings_bound_each_clusters_best_value_and_spare_softmax
         spared = 0
         for token, lo, hi in groups:
             cluster = min(token, head.plain)
-            ceilings = head._ceilings(cluster, head._layers(cluster)[0](hidden))
+            slabs = head._slabs() if cluster == head.plain and bucket else None
+            ceilings = head._ceilings(cluster, head._layers(cluster)[0](hidden), slabs)
             ceiling = ceilings[:, 0] if cluster < head.plain else ceilings[:, token - 1]
             cluster_lp = head_lp[:, short + token]
             true_best = (full[:, lo:hi] - cluster_lp[:, None]).amax(dim=1)  # log p(v | cluster or bucket)

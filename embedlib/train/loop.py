@@ -340,10 +340,10 @@ def _step_loss(net: torch.nn.Module, job: TrainJob, enc: Encoded, gen: torch.Gen
     ccat, cnum = corrupt(cat, num, miss, job.spec.cardinalities, job.corruption, gen)
     mask = random_mask(len(enc), len(job.spec.columns), job.mask_rate, gen) if job.spec.masked else None
     cat, num, miss = cat.to(device), num.to(device), miss.to(device)
-    logits, pred, _ = net(ccat.to(device), cnum.to(device), miss, None if mask is None else mask.to(device))
+    mask = None if mask is None else mask.to(device)
+    logits, pred, _ = net(ccat.to(device), cnum.to(device), miss, mask)
     if mask is None:
         return column_nll(logits, pred, cat, num, miss).sum(1).mean()
-    mask = mask.to(device)
     return masked_loss(column_nll(logits, pred, cat, num, miss, hidden_cells=mask), mask)
 
 
