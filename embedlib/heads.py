@@ -150,7 +150,7 @@ class AdaptiveHead(nn.Module):
                     logits, cluster_lp = self._bucket_logits(hidden[chunk], bucket, slabs), head_lp[chunk, short + i + bucket]
                     at = at % self.bucket
                 rows_in_tail.append(chunk)
-                picked.append(logits.gather(1, at[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1) + cluster_lp)
+                picked.append(_log_softmax_at(logits, at) + cluster_lp)
         # one scatter of every tail row (not a copy of ``out`` per chunk); there is at least one cluster
         return out.index_put((torch.cat(rows_in_tail),), torch.cat(picked))
 
@@ -161,10 +161,10 @@ class AdaptiveHead(nn.Module):
         their mean and ``R`` the largest ``‖u_v − ū‖``: ``max_v u_v·g ≤ ū·g + R‖g‖`` (Cauchy–Schwarz) and
         ``logsumexp_v u_v·g ≥ log n + ū·g`` (Jensen), so ``log p(v | cluster) ≤ R‖g‖ − log n`` — a cluster
         whose bound keeps it below a row's best value needs no softmax for that row. The bucketed
-        cluster's weights are ``slabs`` from :meth:`_slabs`."""
+        cluster's weights are ``slabs`` from :meth:`_slabs` (made here unless the caller has them)."""
         out = self._layers(cluster)[1]
-        if slabs is not None:
-            weights = slabs
+        if cluster == self.plain and self.bucket:
+            weights = slabs if slabs is not None else self._slabs()
             counts = (out.out_features - torch.arange(self.n_buckets, device=weights.device) * self.bucket).clamp(max=self.bucket)
         else:
             weights, counts = out.weight[None], torch.tensor([out.out_features], device=out.weight.device)
@@ -225,6 +225,16 @@ def _best(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     top = logits.amax(dim=1)
     shifted = logits.sub_(top[:, None]).exp_()
     return -shifted.sum(dim=1).log_(), shifted
+
+
+def _log_softmax_at(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
+    """Each row's ``log softmax(logits)[at]`` (no softmax array); without autograd, the logits turned
+    in place (:func:`_best`'s one pass fewer than ``logsumexp``)."""
+    picked = logits.gather(1, at[:, None]).squeeze(1)
+    if torch.is_grad_enabled():
+        return picked - torch.logsumexp(logits, dim=1)
+    top = logits.amax(dim=1)
+    return picked - top - logits.sub_(top[:, None]).exp_().sum(dim=1).log_()
 
 
 def _arg_max(shifted: torch.Tensor) -> torch.Tensor:

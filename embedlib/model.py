@@ -155,9 +155,11 @@ class ModelSpec:
 
 
 def mlp(widths: Sequence[int]) -> nn.Sequential:
+    """Linear layers, each followed by a ReLU that overwrites the layer's output (no second array: a
+    linear layer's gradient needs its input, not its output; README, Performance)."""
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
+        layers += [nn.Linear(a, b), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 
@@ -261,7 +263,8 @@ class EmbeddingAutoencoder(nn.Module):
         shown = torch.cat([*self.embed(cat), num, missing, num.new_zeros((cat.shape[0], len(self.spec.columns)))], 1)
         base = first(shown)
         for group, (inputs, flags) in zip(self.spec.mask_groups(), self.group_inputs):
-            pre = base - shown[:, inputs] @ first.weight[:, inputs].T + first.weight[:, flags].sum(1)
+            # one fused product-and-subtract (addmm), then the flags' weights in place: no temporaries
+            pre = torch.addmm(base, shown[:, inputs], first.weight[:, inputs].T, alpha=-1).add_(first.weight[:, flags].sum(1))
             hidden = self.decoder(rest(pre))
             for j in group:
                 if j < n_cat:

@@ -38,6 +38,7 @@ from typing import IO
 
 import numpy as np
 import pytest
+from deltalake import DeltaTable
 
 from embedlib.bundle import load_bundle
 from embedlib.vocab import Vocabulary
@@ -216,8 +217,6 @@ def submit(procs: Processes | None, master: str, wheel: Path, out: Path, name: s
 
 
 def delta_rows(path: Path):  # type: ignore[no-untyped-def]
-    from deltalake import DeltaTable
-
     return DeltaTable(str(path)).to_pyarrow_table()
 
 
@@ -253,8 +252,6 @@ def test_pipeline_on_standalone_cluster_matches_local_run(cluster, wheel: Path, 
     assert "Started distributed training with 2 executor processes" in cluster_out
 
     run_c, run_l = tmp_path / "cluster" / "adult-demo", tmp_path / "local" / "adult-demo"
-    from deltalake import DeltaTable
-
     engines = {str(c.get("engineInfo")) for c in DeltaTable(str(run_c / "scores")).history()}
     assert engines and all(e.startswith("Apache-Spark/") and "Delta-Lake/" in e for e in engines), engines
     assert all(str(c.get("engineInfo")).startswith("delta-rs") for c in DeltaTable(str(run_l / "scores")).history())

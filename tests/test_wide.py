@@ -83,7 +83,9 @@ def test_adaptive_head_ceilings_bound_each_clusters_best_value_and_spare_softmax
         for token, lo, hi in groups:
             cluster = min(token, head.plain)
             slabs = head._slabs() if cluster == head.plain and bucket else None
-            ceilings = head._ceilings(cluster, head._layers(cluster)[0](hidden), slabs)
+            projected = head._layers(cluster)[0](hidden)
+            ceilings = head._ceilings(cluster, projected, slabs)
+            assert torch.equal(ceilings, head._ceilings(cluster, projected))  # the slabs are only a cache
             ceiling = ceilings[:, 0] if cluster < head.plain else ceilings[:, token - 1]
             cluster_lp = head_lp[:, short + token]
             true_best = (full[:, lo:hi] - cluster_lp[:, None]).amax(dim=1)  # log p(v | cluster or bucket)
@@ -238,9 +240,9 @@ def test_pass_rows_bound_the_logits_of_a_wide_full_softmax() -> None:
 @pytest.mark.parametrize("bucket", [0, 12])
 def test_chunked_log_prob_equals_the_dense_distribution_with_its_gradients(monkeypatch: pytest.MonkeyPatch,
                                                                            bucket: int) -> None:
-    """log_prob_of in many small chunks per cluster (values and gradients) equals the distribution
-    written densely from the head's own layers: log_softmax of the head, plus each cluster's (each
-    bucket's) log_softmax behind its token."""
+    """log_prob_of in many small chunks per cluster (values and gradients, and values without autograd)
+    equals the distribution written densely from the head's own layers: log_softmax of the head, plus
+    each cluster's (each bucket's) log_softmax behind its token."""
     torch.manual_seed(1)
     n, short = 200, 16
     head = AdaptiveHead(12, n, (short, 60), bucket)  # with buckets: [60, 200) in 12 buckets, the last of 8
@@ -264,3 +266,5 @@ def test_chunked_log_prob_equals_the_dense_distribution_with_its_gradients(monke
     dense_grads = torch.autograd.grad(want.sum(), list(head.parameters()))
     for g, d in zip(grads, dense_grads, strict=True):
         np.testing.assert_allclose(g.numpy(), d.numpy(), atol=1e-5)
+    with torch.inference_mode():  # scoring's path: each softmax's normaliser computed in place
+        np.testing.assert_allclose(head.log_prob_of(hidden, target).numpy(), want.detach().numpy(), atol=1e-5)
