@@ -215,17 +215,15 @@ def report(args: argparse.Namespace, results: dict[int, dict[str, Any]]) -> None
     for k in (100_000,):
         m = results.get(k, {}).get("adaptive", {})
         if "rounds" in m and "rounds" in base:
-            pairs = list(zip(m["rounds"], base["rounds"]))  # round by round (a model that failed once has none)
-
-            def ratios(key: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]] = pairs) -> list[float]:
-                return [wide[key] / narrow[key] for wide, narrow in pairs]
-
-            t, s = statistics.median(ratios("train_rows_per_s")), statistics.median(ratios("score_rows_per_s"))
+            # round by round (a model that failed in a round has no "rounds")
+            train_x, score_x = ([wide[key] / narrow[key] for wide, narrow in zip(m["rounds"], base["rounds"])]
+                                for key in ("train_rows_per_s", "score_rows_per_s"))
+            t, s = statistics.median(train_x), statistics.median(score_x)
             ok = "met" if t >= 0.5 and s >= 0.5 else "NOT met"
             w(f"\ngoal: at {k:,} values the default's training and scoring rows/s >= 0.5x the {min(results):,}-value "
-              f"table's (median of {len(pairs)} rounds): training {t:.2f}x, scoring {s:.2f}x — {ok}\n"
-              f"  each round: training {' '.join(f'{x:.2f}x' for x in ratios('train_rows_per_s'))}, "
-              f"scoring {' '.join(f'{x:.2f}x' for x in ratios('score_rows_per_s'))}\n")
+              f"table's (median of {len(train_x)} rounds): training {t:.2f}x, scoring {s:.2f}x — {ok}\n"
+              f"  each round: training {' '.join(f'{x:.2f}x' for x in train_x)}, "
+              f"scoring {' '.join(f'{x:.2f}x' for x in score_x)}\n")
 
 
 if __name__ == "__main__":

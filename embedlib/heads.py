@@ -230,7 +230,7 @@ def _best(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _log_softmax_at(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     """Each row's ``log softmax(logits)[at]``. Under autograd, ``cross_entropy``: its forward and backward
-    took 0.6–0.7× the time of ``logit − logsumexp``'s on a 1,024- or 3,840-value cluster. Without, the
+    took 0.5–0.7× the time of ``logit − logsumexp``'s on a 1,024- or 3,840-value cluster. Without, the
     logits turned in place, no softmax array (:func:`_best`'s one pass fewer than ``logsumexp``)."""
     if torch.is_grad_enabled():
         return -nn.functional.cross_entropy(logits, at, reduction="none")
