@@ -143,7 +143,7 @@ class AdaptiveHead(nn.Module):
             # split() of zero rows gives one empty chunk: a cluster no target falls in still runs, so
             # every parameter gets a (zero) gradient in every step, which DDP and Horovod need
             for chunk in ((target >= lo) & (target < hi)).nonzero().squeeze(1).split(self._chunk(i)):
-                at = target[chunk] - lo  # log p(v | cluster) = logit − logsumexp: no softmax array
+                at = target[chunk] - lo  # log p(v | cluster): _log_softmax_at, one chunk's logits at a time
                 if slabs is None or i < self.plain:
                     logits, cluster_lp = proj(hidden[chunk]), head_lp[chunk, short + i]
                 else:

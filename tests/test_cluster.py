@@ -27,7 +27,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -48,12 +47,6 @@ from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT
 CLUSTER_CONF = ROOT / "conf" / "cluster.yaml"
 BIN = Path(sys.executable).parent
 RTOL = 1e-3
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def spark_class() -> str:
@@ -135,6 +128,16 @@ class Processes:
         return [p for p in tree if alive(p)]
 
 
+def wait_for(procs: Processes, name: str, pattern: str, timeout: float = 120) -> str:
+    """The first group of ``pattern``'s first match in process ``name``'s log, once it appears."""
+    deadline = time.monotonic() + timeout
+    while not (found := re.search(pattern, procs.log(name))):
+        procs.check_running()
+        assert time.monotonic() < deadline, f"{name} never logged {pattern!r}:\n{procs.log(name)[-3000:]}"
+        time.sleep(0.5)
+    return found.group(1)
+
+
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[tuple[str, Processes, Path]]:
     """A standalone master and two 1-core workers on 127.0.0.1: ``(master URL, processes, work dir)``."""
@@ -143,16 +146,18 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, Processes, Path]]:
     logs = tmp_path / "logs"
     logs.mkdir()
     procs = Processes(logs, env)
-    port, ui = free_port(), free_port()
-    master = f"spark://127.0.0.1:{port}"
     work = tmp_path / "workers"
     try:
+        # every daemon binds a port of the kernel's choosing (0) and the test reads the bound ones
+        # from the master's log: no port is picked first and bound later, so nothing can take it between
         procs.start("master", [spark_class(), "org.apache.spark.deploy.master.Master",
-                               "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)])
+                               "--host", "127.0.0.1", "--port", "0", "--webui-port", "0"])
+        master = wait_for(procs, "master", r"Starting Spark master at (spark://\S+)")
+        ui = int(wait_for(procs, "master", r"MasterWebUI.* started at http://[^:\s]+:(\d+)"))
         for i in (1, 2):
             procs.start(f"worker{i}", [
                 spark_class(), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",
-                "--port", str(free_port()), "--webui-port", str(free_port()), "--cores", "1",
+                "--port", "0", "--webui-port", "0", "--cores", "1",
                 "--memory", "1g", "--work-dir", str(work / f"w{i}"), master,
             ])
         deadline = time.monotonic() + 180
@@ -163,7 +168,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, Processes, Path]]:
                     state = json.load(resp)
                 if sum(w["state"] == "ALIVE" for w in state.get("workers", [])) == 2:
                     break
-            except OSError:
+            except (OSError, ValueError):  # not up yet, or a page that is not the JSON yet
                 pass
             assert time.monotonic() < deadline, "workers did not register:\n" + procs.log("master")[-3000:]
             time.sleep(1)

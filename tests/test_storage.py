@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
+import re
 import subprocess
 import sys
 import threading
@@ -53,31 +53,23 @@ class S3Server:
         return {k: s3.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     import boto3
 
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("moto") / "server.log").open("wb")
+    path = tmp_path_factory.mktemp("moto") / "server.log"
+    log = path.open("wb")
     # the first 3 requests (the IAM set-up below) are unsigned; every later one must be signed
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+    # port 0: the server binds one of the kernel's choosing and logs it (no port picked first, bound later)
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.time() < deadline, "moto server did not start"
-                time.sleep(0.2)
+        while not (bound := re.search(r"Running on http://127\.0\.0\.1:(\d+)", path.read_text(errors="replace"))):
+            assert proc.poll() is None and time.time() < deadline, "moto server did not start:\n" + path.read_text()
+            time.sleep(0.2)
+        port = int(bound.group(1))
         endpoint = f"http://127.0.0.1:{port}"
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="setup", aws_secret_access_key="setup")
