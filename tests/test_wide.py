@@ -140,6 +140,42 @@ def test_spec_gives_wide_columns_an_adaptive_head_and_reads_old_specs() -> None:
     assert ModelSpec.build(["b"], [30_000], [], adaptive_above=None).cutoffs == ((),)
 
 
+def test_warm_start_from_a_bundle_written_before_buckets() -> None:
+    """A parent whose last clusters are plain softmaxes ([4,096, 65,536) and [65,536, 70,000)) warm-starts
+    today's bucketed head: its embeddings, head rows and first clusters carry over where they still mean
+    the same values, and the model it starts from is normalised over all 70,000 values."""
+    from types import SimpleNamespace
+
+    from embedlib.train.warm import warm_weights
+
+    spec = ModelSpec.build(["a", "b"], [50, 70_000], ["x"], adaptive_above=10_000)
+    assert spec.cutoffs_of(1) == (256, 4_096) and spec.bucket_of(1) == 1_024
+    legacy = {k: v for k, v in spec.to_dict().items() if k != "buckets"} | {"cutoffs": [[], [256, 4_096, 65_536]]}
+    torch.manual_seed(0)
+    parent_model = EmbeddingAutoencoder(ModelSpec.from_dict(legacy))
+    parent = SimpleNamespace(model=parent_model, bundle_id="legacy")  # what warm_weights reads of a bundle
+    weights = warm_weights(parent, spec, seed=1)  # type: ignore[arg-type]
+    model = EmbeddingAutoencoder(spec)
+    model.load_state_dict(weights)  # strict: every tensor of today's shape is there
+    old, new = parent_model.state_dict(), model.state_dict()
+    for name in ("embeddings.0.weight", "embeddings.1.weight", "cat_heads.1.tail.0.1.weight", "cat_heads.1.tail.1.0.weight"):
+        torch.testing.assert_close(new[name], old[name], rtol=0, atol=0)
+    # the head: its 256 values and the first cluster's token; the last cluster's first 61,440 values
+    torch.testing.assert_close(new["cat_heads.1.head.weight"][:257], old["cat_heads.1.head.weight"][:257], rtol=0, atol=0)
+    torch.testing.assert_close(new["cat_heads.1.tail.1.1.weight"][:61_440], old["cat_heads.1.tail.1.1.weight"], rtol=0, atol=0)
+    torch.manual_seed(1)  # the rest keeps the fresh initialisation of the run's seed
+    fresh = EmbeddingAutoencoder(spec).state_dict()
+    torch.testing.assert_close(new["cat_heads.1.tail.1.1.weight"][61_440:], fresh["cat_heads.1.tail.1.1.weight"][61_440:],
+                               rtol=0, atol=0)
+    assert not torch.equal(old["embeddings.1.weight"], fresh["embeddings.1.weight"])  # so the copies above are the parent's
+    head = model.cat_heads[1]
+    assert isinstance(head, AdaptiveHead) and head.n_buckets == 65
+    with torch.no_grad():
+        hidden = torch.randn(1, head.head.in_features).expand(70_000, -1)
+        total = torch.logsumexp(head.log_prob_of(hidden, torch.arange(70_000)).double(), dim=0)
+    assert abs(total.item()) < 1e-4
+
+
 @pytest.fixture(scope="module")
 def wide_frame() -> pd.DataFrame:
     """40,000 rows: a `user` column of 2,500 values — 2,000 regular users (~20 rows each) and 500 seen
