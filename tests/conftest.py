@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +154,19 @@ def cli(command: str, args: list[str], faults: str | None = None,
         env[FAULTS] = faults
     cmd = [sys.executable, "-m", "embedlib.cli", command, *args, "--set", f"spark.master={master}"]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+
+
+def logged_address(log: Path, pattern: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> str:
+    """The first group of ``pattern``'s first match in ``log``, the output of server ``proc``, once it
+    appears: how a test learns what a server started on port 0 bound (the kernel's choice, so nothing
+    can take the port between picking and binding it). Fails with the log's tail if ``proc`` exits or
+    ``timeout`` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while not (found := re.search(pattern, log.read_text(errors="replace"))):
+        assert proc.poll() is None and time.monotonic() < deadline, \
+            f"{log.name}: the server never logged {pattern!r}:\n{log.read_text(errors='replace')[-3000:]}"
+        time.sleep(0.2)
+    return found.group(1)
 
 
 def adult_args(out: Path, *extra: str) -> list[str]:

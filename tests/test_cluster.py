@@ -42,7 +42,7 @@ from deltalake import DeltaTable
 from embedlib.bundle import load_bundle
 from embedlib.vocab import Vocabulary
 
-from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT
+from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT, logged_address
 
 CLUSTER_CONF = ROOT / "conf" / "cluster.yaml"
 BIN = Path(sys.executable).parent
@@ -128,16 +128,6 @@ class Processes:
         return [p for p in tree if alive(p)]
 
 
-def wait_for(procs: Processes, name: str, pattern: str, timeout: float = 120) -> str:
-    """The first group of ``pattern``'s first match in process ``name``'s log, once it appears."""
-    deadline = time.monotonic() + timeout
-    while not (found := re.search(pattern, procs.log(name))):
-        procs.check_running()
-        assert time.monotonic() < deadline, f"{name} never logged {pattern!r}:\n{procs.log(name)[-3000:]}"
-        time.sleep(0.5)
-    return found.group(1)
-
-
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[tuple[str, Processes, Path]]:
     """A standalone master and two 1-core workers on 127.0.0.1: ``(master URL, processes, work dir)``."""
@@ -150,10 +140,10 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, Processes, Path]]:
     try:
         # every daemon binds a port of the kernel's choosing (0) and the test reads the bound ones
         # from the master's log: no port is picked first and bound later, so nothing can take it between
-        procs.start("master", [spark_class(), "org.apache.spark.deploy.master.Master",
-                               "--host", "127.0.0.1", "--port", "0", "--webui-port", "0"])
-        master = wait_for(procs, "master", r"Starting Spark master at (spark://\S+)")
-        ui = int(wait_for(procs, "master", r"MasterWebUI.* started at http://[^:\s]+:(\d+)"))
+        started = procs.start("master", [spark_class(), "org.apache.spark.deploy.master.Master",
+                                         "--host", "127.0.0.1", "--port", "0", "--webui-port", "0"])
+        master = logged_address(logs / "master.log", r"Starting Spark master at (spark://\S+)", started)
+        ui = int(logged_address(logs / "master.log", r"MasterWebUI.* started at http://[^:\s]+:(\d+)", started))
         for i in (1, 2):
             procs.start(f"worker{i}", [
                 spark_class(), "org.apache.spark.deploy.worker.Worker", "--host", "127.0.0.1",

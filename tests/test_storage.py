@@ -12,17 +12,24 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 
-from tests.conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT, TRAIN_SETS, adult_pandas
+from tests.conftest import (
+    ADULT_CONF,
+    ADULT_DATA,
+    ADULT_TEST,
+    BASE_CONF,
+    ROOT,
+    TRAIN_SETS,
+    adult_pandas,
+    logged_address,
+)
 
 BUCKET = "embedlib-test"
 pytestmark = pytest.mark.timeout(900)
@@ -65,11 +72,7 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", "0"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 60
-        while not (bound := re.search(r"Running on http://127\.0\.0\.1:(\d+)", path.read_text(errors="replace"))):
-            assert proc.poll() is None and time.time() < deadline, "moto server did not start:\n" + path.read_text()
-            time.sleep(0.2)
-        port = int(bound.group(1))
+        port = int(logged_address(path, r"Running on http://127\.0\.0\.1:(\d+)", proc, timeout=60))
         endpoint = f"http://127.0.0.1:{port}"
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="setup", aws_secret_access_key="setup")
