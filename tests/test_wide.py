@@ -3,7 +3,9 @@ backend (each parameter takes part in every step), and a bundle with one scores 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -45,12 +47,18 @@ def test_adaptive_head_gives_exact_normalised_nats_and_the_exact_arg_max(bucket:
         full = _full_log_probs(head, hidden, n)
         np.testing.assert_allclose(torch.logsumexp(full.double(), dim=1).numpy(), 0.0, atol=1e-5)  # normalised
         target = torch.randint(0, n, (64,))
-        nll = column_nll([head(hidden)], hidden.new_zeros((64, 0)), target[:, None], hidden.new_zeros((64, 0)),
+        out = head(hidden)
+        nll = column_nll([out], hidden.new_zeros((64, 0)), target[:, None], hidden.new_zeros((64, 0)),
                          hidden.new_zeros((64, 0)))
         np.testing.assert_allclose(nll[:, 0].numpy(), -full.gather(1, target[:, None]).squeeze(1).numpy(), atol=1e-5)
-        best, prob = top_of(head(hidden))
+        assert isinstance(out, WideOutput) and out.head_top is not None  # kept by the NLL for the arg-max
+        best, prob = top_of(head(hidden))  # the head run again
         assert torch.equal(best, full.argmax(dim=1))
         np.testing.assert_allclose(prob.numpy(), full.max(dim=1).values.exp().double().numpy(), rtol=1e-5)
+        some = torch.arange(0, 64, 3)
+        kept_best, kept_prob = top_of(out.rows(some))  # from what the NLL kept, for some rows
+        assert torch.equal(kept_best, best[some])
+        np.testing.assert_allclose(kept_prob.numpy(), prob[some].numpy(), rtol=1e-6)
         assert (best >= 20).any() and (best < 20).any()  # both the head and the clusters held arg-maxes
         assert (best >= 100).any()  # … and the last cluster (its buckets)
 
@@ -143,7 +151,8 @@ def test_spec_gives_wide_columns_an_adaptive_head_and_reads_old_specs() -> None:
 def test_warm_start_from_a_bundle_written_before_buckets() -> None:
     """A parent whose last clusters are plain softmaxes ([4,096, 65,536) and [65,536, 70,000)) warm-starts
     today's bucketed head: its embeddings, head rows and first clusters carry over where they still mean
-    the same values, and the model it starts from is normalised over all 70,000 values."""
+    the same values, each bucket's token is its old cluster's with the bucket's share, and the model it starts
+    from is normalised over all 70,000 values and gives each old cluster's values the parent's probability."""
     from types import SimpleNamespace
 
     from embedlib.train.warm import warm_weights
@@ -162,6 +171,10 @@ def test_warm_start_from_a_bundle_written_before_buckets() -> None:
         torch.testing.assert_close(new[name], old[name], rtol=0, atol=0)
     # the head: its 256 values and the first cluster's token; the last cluster's first 61,440 values
     torch.testing.assert_close(new["cat_heads.1.head.weight"][:257], old["cat_heads.1.head.weight"][:257], rtol=0, atol=0)
+    # each bucket's token: the token of the old cluster that held its values, its share of them in the bias
+    for b, (cluster, held, size) in enumerate([(257, 1_024, 61_440)] * 60 + [(258, 1_024, 4_464)] * 4 + [(258, 368, 4_464)]):
+        torch.testing.assert_close(new["cat_heads.1.head.weight"][257 + b], old["cat_heads.1.head.weight"][cluster], rtol=0, atol=0)
+        torch.testing.assert_close(new["cat_heads.1.head.bias"][257 + b], old["cat_heads.1.head.bias"][cluster] + math.log(held / size))
     torch.testing.assert_close(new["cat_heads.1.tail.1.1.weight"][:61_440], old["cat_heads.1.tail.1.1.weight"], rtol=0, atol=0)
     torch.manual_seed(1)  # the rest keeps the fresh initialisation of the run's seed
     fresh = EmbeddingAutoencoder(spec).state_dict()
@@ -172,8 +185,16 @@ def test_warm_start_from_a_bundle_written_before_buckets() -> None:
     assert isinstance(head, AdaptiveHead) and head.n_buckets == 65
     with torch.no_grad():
         hidden = torch.randn(1, head.head.in_features).expand(70_000, -1)
-        total = torch.logsumexp(head.log_prob_of(hidden, torch.arange(70_000)).double(), dim=0)
-    assert abs(total.item()) < 1e-4
+        log_p = head.log_prob_of(hidden, torch.arange(70_000)).double()
+        parent_head = cast(AdaptiveHead, parent_model.cat_heads[1])
+        parent_log_p = parent_head.log_prob_of(hidden[:4_096], torch.arange(4_096)).double()
+        parent_clusters = torch.log_softmax(parent_head.head(hidden[0]).double(), dim=0)[257:]  # [4,096, 65,536), [65,536, n)
+    assert abs(torch.logsumexp(log_p, dim=0).item()) < 1e-4
+    # it starts where the parent ended, cluster by cluster: the same probability of the head's values and of each
+    # old cluster's values together (their spread inside a cluster is the buckets' softmaxes now)
+    torch.testing.assert_close(log_p[:4_096], parent_log_p, rtol=0, atol=1e-5)
+    for (lo, hi), parent_cluster in zip(((4_096, 65_536), (65_536, 70_000)), parent_clusters, strict=True):
+        torch.testing.assert_close(torch.logsumexp(log_p[lo:hi], 0), parent_cluster, rtol=0, atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import torch
 
 from embedlib.layout import join, read_text
-from embedlib.model import EmbeddingAutoencoder, ModelSpec
+from embedlib.model import AdaptiveHead, EmbeddingAutoencoder, ModelSpec
 from embedlib.train.errors import TrainError
 from embedlib.train.sizing import SIZES
 
@@ -93,6 +94,30 @@ def warm_weights(parent: Bundle, spec: ModelSpec, seed: int) -> dict[str, torch.
             grown += 1
         else:
             kept.append(name)
+    for i, head in enumerate(parent.model.cat_heads):
+        if isinstance(head, AdaptiveHead) and not head.bucket and spec.bucket_of(i):
+            _bucket_tokens(head, spec.cutoffs_of(i), spec.bucket_of(i), fresh, f"cat_heads.{i}.head")
     log.info("warm start from bundle %s: %d tensor(s) copied, %d grown by new rows, %d new%s", parent.bundle_id,
              copied, grown, len(kept), f" ({', '.join(kept)})" if kept else "")
     return fresh
+
+
+def _bucket_tokens(old: AdaptiveHead, cutoffs: tuple[int, ...], bucket: int, weights: dict[str, torch.Tensor],
+                   name: str) -> None:
+    """The bucket tokens of a head with ``cutoffs`` and ``bucket`` (``weights[name + '.weight' | '.bias']``,
+    where the parent's rows were copied by position) from a parent ``old`` written before buckets, whose
+    clusters past the first are each one softmax: each bucket takes the token of the parent's cluster that
+    held its first value, the bias lowered by ``log(values of the bucket the cluster held ÷ the cluster's
+    values)`` — the cluster's probability shared out evenly over its buckets. A bucket of values the
+    parent never had keeps its fresh initialisation."""
+    weight, bias = weights[f"{name}.weight"], weights[f"{name}.bias"]
+    bounds, first = old.bounds, cutoffs[0] + len(cutoffs) - 1  # the parent's clusters; the first bucket's token
+    with torch.no_grad():
+        for b in range(weight.shape[0] - first):
+            lo = cutoffs[-1] + b * bucket
+            j = next((j for j in range(len(bounds) - 1) if bounds[j] <= lo < bounds[j + 1]), None)
+            if j is None:  # values past the parent's last
+                continue
+            held = min(lo + bucket, bounds[j + 1]) - lo
+            weight[first + b] = old.head.weight[bounds[0] + j]
+            bias[first + b] = old.head.bias[bounds[0] + j] + math.log(held / (bounds[j + 1] - bounds[j]))
