@@ -44,23 +44,42 @@ SLACK = 1e-3
 
 class WideOutput:
     """An adaptive head's output for a batch: the decoder's hidden state and the head, whose
-    log-probabilities are computed for the indices asked (never for the whole vocabulary at once)."""
+    log-probabilities are computed for the indices asked (never for the whole vocabulary at once).
+    ``head_top`` (optional, :meth:`AdaptiveHead.head_top`): what :meth:`top` needs of the head's
+    log-softmax, kept from :meth:`nll` so that the arg-max of some rows later does not run the head again."""
 
-    def __init__(self, head: AdaptiveHead, hidden: torch.Tensor) -> None:
+    def __init__(self, head: AdaptiveHead, hidden: torch.Tensor, head_top: torch.Tensor | None = None) -> None:
         self.head = head
         self.hidden = hidden
+        self.head_top = head_top
 
     def nll(self, target: torch.Tensor, where: torch.Tensor | None = None) -> torch.Tensor:
         """``−log p(target)`` per row, exact (normalised over every index); with ``where`` (bool per
-        row), computed for those rows only and 0 on the others."""
+        row), computed for those rows only and 0 on the others. Outside autograd, for every row, it keeps
+        :attr:`head_top` on the way."""
         if where is None:
-            return -self.head.log_prob_of(self.hidden, target)
+            if torch.is_grad_enabled():
+                return -self.head.log_prob_of(self.hidden, target)
+            logits = self.head.head(self.hidden)
+            head_lp = nn.functional.log_softmax(logits, dim=1)
+            self.head_top = self.head.head_top(self.hidden, logits, head_lp)
+            return -self.head.log_prob_of(self.hidden, target, head_lp)
         rows = where.nonzero().squeeze(1)
         return self.hidden.new_zeros(target.shape[0]).index_put((rows,), -self.head.log_prob_of(self.hidden[rows], target[rows]))
 
+    def kept_top(self) -> torch.Tensor:
+        """:attr:`head_top`, computed here where :meth:`nll` did not keep it."""
+        if self.head_top is None:
+            self.head_top = self.head.head_top(self.hidden)
+        return self.head_top
+
+    def rows(self, rows: torch.Tensor) -> WideOutput:
+        """The output of ``rows`` only."""
+        return WideOutput(self.head, self.hidden[rows], None if self.head_top is None else self.head_top[rows])
+
     def top(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The most likely index of each row and its probability, exact."""
-        return self.head.top(self.hidden)
+        return self.head.top(self.hidden, self.head_top)
 
 
 #: What a categorical head gives for a batch: logits (a full softmax) or a :class:`WideOutput`.
@@ -129,10 +148,12 @@ class AdaptiveHead(nn.Module):
             logits[bucket == self.n_buckets - 1, values:] = float("-inf")
         return logits
 
-    def log_prob_of(self, hidden: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def log_prob_of(self, hidden: torch.Tensor, target: torch.Tensor, head_lp: torch.Tensor | None = None) -> torch.Tensor:
         """``log p(target)`` per row; each cluster's softmax runs only on the rows whose target is in
-        it, at most :data:`CLUSTER_LOGITS` logits at a time."""
-        head_lp = nn.functional.log_softmax(self.head(hidden), dim=1)
+        it, at most :data:`CLUSTER_LOGITS` logits at a time. ``head_lp``: the head's log-softmax of
+        ``hidden``, where the caller has it."""
+        if head_lp is None:
+            head_lp = nn.functional.log_softmax(self.head(hidden), dim=1)
         short = self.bounds[0]
         target = target.long()
         out = head_lp.gather(1, target.clamp(max=short - 1)[:, None]).squeeze(1)
@@ -175,20 +196,39 @@ class AdaptiveHead(nn.Module):
         bound = projected.norm(dim=1)[:, None] * radius - counts.log() + SLACK
         return bound.clamp(max=0.0)
 
-    def top(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Arg-max index and its probability per row, exact: a cluster's softmax runs only for rows
-        where the cluster's own probability, times the :meth:`_ceilings` bound of its best value's,
-        exceeds the best value found so far (no value inside it can beat that otherwise)."""
-        head_lp = nn.functional.log_softmax(self.head(hidden), dim=1)
+    def head_top(self, hidden: torch.Tensor, logits: torch.Tensor | None = None,
+                 head_lp: torch.Tensor | None = None) -> torch.Tensor:
+        """What :meth:`top` needs of the head, per row of ``hidden`` (from the head's ``logits`` and
+        their log-softmax ``head_lp`` where the caller has them), ``[rows, 3 + plain clusters]``: the best
+        log-probability among the head's values, its index (a float: below 2²⁴, exact), the head's
+        log-normaliser (the buckets' log-probabilities are their logits less it, computed for the rows
+        that need them) and each plain cluster's log-probability — a few numbers a row, where the head's
+        log-softmax is hundreds."""
+        logits = self.head(hidden) if logits is None else logits
+        head_lp = nn.functional.log_softmax(logits, dim=1) if head_lp is None else head_lp
         short = self.bounds[0]
         best_lp, best = head_lp[:, :short].max(dim=1)
+        normaliser = logits.gather(1, best[:, None]).squeeze(1) - best_lp  # the largest logit: the least cancellation
+        return torch.cat([best_lp[:, None], best[:, None].to(best_lp.dtype), normaliser[:, None],
+                          head_lp[:, short:short + self.plain]], dim=1)
+
+    def top(self, hidden: torch.Tensor, head_top: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Arg-max index and its probability per row, exact: a cluster's softmax runs only for rows
+        where the cluster's own probability, times the :meth:`_ceilings` bound of its best value's,
+        exceeds the best value found so far (no value inside it can beat that otherwise). ``head_top``
+        (:meth:`head_top` of these rows), where the caller kept it: the head does not run again."""
+        short = self.bounds[0]
+        head_top = self.head_top(hidden) if head_top is None else head_top
+        best_lp, best = head_top[:, 0].clone(), head_top[:, 1].long()
         for i in range(len(self.tail)):
-            if i == self.plain:
-                self._top_of_buckets(hidden, head_lp[:, short + i:], best_lp, best)
+            if i == self.plain:  # the buckets' head tokens, for these rows only
+                first = short + self.plain
+                bucket_lp = nn.functional.linear(hidden, self.head.weight[first:], self.head.bias[first:])
+                self._top_of_buckets(hidden, bucket_lp - head_top[:, 2:3], best_lp, best)
                 continue
             proj, out = self._layers(i)
             projected = proj(hidden)
-            cluster_lp = head_lp[:, short + i]
+            cluster_lp = head_top[:, 3 + i]
             for chunk in (cluster_lp + self._ceilings(i, projected)[:, 0] > best_lp).nonzero().squeeze(1).split(self._chunk(i)):
                 value, shifted = _best(out(projected[chunk]))
                 value += cluster_lp[chunk]

@@ -56,7 +56,7 @@ class ScoreResult:
         if out is None:
             return self.expected[rows, column], self.expected_prob[rows, column]
         with torch.inference_mode():
-            index, prob = top_of(WideOutput(out.head, out.hidden[torch.from_numpy(np.asarray(rows, dtype=np.int64))]))
+            index, prob = top_of(out.rows(torch.from_numpy(np.asarray(rows, dtype=np.int64))))
         return index.numpy().astype(np.int64), prob.numpy().astype(np.float64)
 
     @property
@@ -86,9 +86,9 @@ def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
     rows = len(enc)
     step = bundle.model.pass_rows
     parts = [_pass(bundle, enc, slice(start, start + step), with_code) for start in range(0, max(rows, 1), step)]
-    contrib, pred, expected, expected_prob, code, hidden = (torch.cat(tensors) for tensors in zip(*parts))
+    contrib, pred, expected, expected_prob, code, *kept = (torch.cat(tensors) for tensors in zip(*parts))
     wide_columns = [i for i, head in enumerate(bundle.model.cat_heads) if isinstance(head, AdaptiveHead)]
-    wide = {i: WideOutput(cast(AdaptiveHead, bundle.model.cat_heads[i]), hidden[:, k])
+    wide = {i: WideOutput(cast(AdaptiveHead, bundle.model.cat_heads[i]), kept[k], kept[len(wide_columns) + k])
             for k, i in enumerate(wide_columns)}
     stats = [bundle.vocab.numeric[c] for c in bundle.spec.numeric]
     pred_np = pred.double().numpy()
@@ -116,8 +116,9 @@ def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
 
 def _pass(bundle: Bundle, enc: Encoded, rows: slice, with_code: bool) -> tuple[torch.Tensor, ...]:
     """One pass over ``rows`` of ``enc``: contributions, numeric predictions, each categorical's
-    arg-max and its probability (−1, NaN for a wide column), the code, and the wide columns'
-    hidden states ``[rows, wide columns, width]``."""
+    arg-max and its probability (−1, NaN for a wide column), the code, then each wide column's hidden
+    state and then each one's :attr:`~embedlib.heads.WideOutput.head_top` (its arg-max, for the rows
+    that need it, later)."""
     model = bundle.model
     with torch.inference_mode():
         cat = torch.from_numpy(enc.cat[rows])
@@ -131,9 +132,8 @@ def _pass(bundle: Bundle, enc: Encoded, rows: slice, with_code: bool) -> tuple[t
         tops = [unknown if isinstance(out, WideOutput) else top_of(out) for out in outputs]
         expected = torch.stack([t[0] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.long)
         prob = torch.stack([t[1] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.float64)
-        wide = [out.hidden for out in outputs if isinstance(out, WideOutput)]
-        hidden = torch.stack(wide, dim=1) if wide else num.new_zeros((n, 0, 1))
-    return contrib, pred, expected, prob, code, hidden
+        wide = [out for out in outputs if isinstance(out, WideOutput)]
+    return contrib, pred, expected, prob, code, *(out.hidden for out in wide), *(out.kept_top() for out in wide)
 
 
 def _unstandardize(z: np.ndarray, mean: float, scale: float, log1p: bool) -> np.ndarray:
