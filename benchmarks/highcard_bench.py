@@ -12,8 +12,8 @@ full softmax (``model.adaptive_above: null``), each in its own process (so that 
 own), with ``model.size: small`` and the masked kind:
 
 * the rows are encoded into shards in memory (not timed), and the training loop runs as many steps
-  as take about ``--train-seconds`` (sized by a 10-step probe; no validation): training rows/s =
-  steps × batch / seconds;
+  as take about ``--train-seconds`` (sized by a 10-step probe after a 2-step warm-up, which takes the
+  process's one-off costs; no validation): training rows/s = steps × batch / seconds;
 * the model is saved as a bundle (its size on disk) and ``build_output`` — what the score job runs on
   each Arrow batch — scores batches of 10,000 raw rows for ``--score-seconds`` in one thread:
   scoring rows/s (1 core);
@@ -106,6 +106,7 @@ def measure(out: str, data: str, adaptive: bool, train_seconds: float, score_sec
         metrics = train_loop(SingleProcess(), job)
         return job, metrics, time.perf_counter() - started
 
+    steps(2)  # the process's one-off costs (~1.2 s: thread pools, first allocations), which a probe must not time
     _, _, probe = steps(10)  # the speed, to size the measured run to about --train-seconds
     job, metrics, seconds = steps(max(20, int(train_seconds / max(probe / 10, 1e-3))))
     model = best_model(job)
