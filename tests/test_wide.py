@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import embedlib
+from embedlib.heads import SLACK, _could_win
 from embedlib.model import (
     AdaptiveHead,
     EmbeddingAutoencoder,
@@ -47,11 +48,18 @@ def test_adaptive_head_gives_exact_normalised_nats_and_the_exact_arg_max(bucket:
         full = _full_log_probs(head, hidden, n)
         np.testing.assert_allclose(torch.logsumexp(full.double(), dim=1).numpy(), 0.0, atol=1e-5)  # normalised
         target = torch.randint(0, n, (64,))
+        runs = []  # the head's linear layer, each time it runs
+        hook = head.head.register_forward_hook(lambda *_: runs.append(1))
         out = head(hidden)
         nll = column_nll([out], hidden.new_zeros((64, 0)), target[:, None], hidden.new_zeros((64, 0)),
                          hidden.new_zeros((64, 0)))
         np.testing.assert_allclose(nll[:, 0].numpy(), -full.gather(1, target[:, None]).squeeze(1).numpy(), atol=1e-5)
-        assert isinstance(out, WideOutput) and out.head_top is not None  # kept by the NLL for the arg-max
+        assert isinstance(out, WideOutput)
+        kept = out.kept_top()
+        assert len(runs) == 1  # from the NLL's log-softmax of the head, not a second run
+        hook.remove()
+        logits = head.head(hidden)
+        torch.testing.assert_close(kept, head.head_top(hidden, logits, torch.log_softmax(logits, dim=1)), rtol=0, atol=0)
         best, prob = top_of(head(hidden))  # the head run again
         assert torch.equal(best, full.argmax(dim=1))
         np.testing.assert_allclose(prob.numpy(), full.max(dim=1).values.exp().double().numpy(), rtol=1e-5)
@@ -102,6 +110,15 @@ def test_adaptive_head_ceilings_bound_each_clusters_best_value_and_spare_softmax
         assert spared > 0 or scale > 1  # flat clusters: softmaxes spared; peaked ones: opened, still exact
         best, _ = top_of(head(hidden))
         assert torch.equal(best, full.argmax(dim=1))
+        # the bound from the cluster's exact max (_could_win) holds for every row: asked for the rows whose
+        # best log p(v | cluster) may reach the true one, it keeps them all; asked for more than 0, none
+        projected = head._layers(0)[0](hidden)
+        logits, rows = head._layers(0)[1](projected), torch.arange(len(hidden))
+        true_best = torch.log_softmax(logits, dim=1).amax(dim=1)
+        total = projected @ head._layers(0)[1].weight.sum(dim=0)
+        kept, kept_logits, top = _could_win(logits.clone(), total, 1e-6 - true_best, rows)
+        assert torch.equal(kept, rows) and torch.equal(top, logits.amax(dim=1))
+        assert len(_could_win(logits.clone(), total, torch.full_like(total, -2 * SLACK), rows)[0]) == 0
 
 
 def test_masked_training_loss_computes_a_wide_column_on_its_hidden_cells_only() -> None:
