@@ -119,10 +119,11 @@ class AdaptiveHead(nn.Module):
 
     def _chunk(self, cluster: int) -> int:
         """Rows of cluster ``cluster``'s softmax at a time (:data:`CLUSTER_LOGITS`); for the bucketed
-        cluster, rows of a bucket's softmax and its slab of output weights (``bucket`` × the
-        projection's width each)."""
-        if cluster == self.plain:
-            return max(1, CLUSTER_LOGITS // (self.bucket * self._layers(cluster)[1].in_features))
+        cluster, rows of a bucket's softmax, and under autograd of its slab of output weights too
+        (``bucket`` × the projection's width each: see :meth:`_bucket_logits`)."""
+        if cluster == self.plain:  # under autograd each row gathers its slab; outside, the slabs are read in place
+            width = self._layers(cluster)[1].in_features if torch.is_grad_enabled() else 1
+            return max(1, CLUSTER_LOGITS // (self.bucket * width))
         return max(1, CLUSTER_LOGITS // (self.bounds[cluster + 1] - self.bounds[cluster]))
 
     def _layers(self, cluster: int) -> tuple[nn.Linear, nn.Linear]:
@@ -141,10 +142,24 @@ class AdaptiveHead(nn.Module):
 
     def _bucket_logits(self, hidden: torch.Tensor, bucket: torch.Tensor, slabs: torch.Tensor) -> torch.Tensor:
         """Each row's logits over the values of its bucket of the last cluster (``[rows, bucket]``),
-        ``slabs`` from :meth:`_slabs`; the last bucket's missing values at −inf."""
+        ``slabs`` from :meth:`_slabs`; the last bucket's missing values at −inf. Under autograd each row
+        gathers its bucket's slab (one slab of gradient added per row). Outside, each run of consecutive
+        rows of one bucket is one product with its slab, read in place: callers sort the rows by bucket
+        (:func:`_by_bucket`), so a slab is read once per chunk, not copied once per row — 2.5× faster
+        on the 100,000-value bench model's 2,688 bucket rows of a 10,000-row batch (one thread, 12.6 →
+        5.1 ms). Under autograd, the same loop over a training batch's buckets (1–3 rows each) took
+        5× the gather's time."""
         size = self.bounds[-1] - self.bounds[-2]
-        proj = self._layers(self.plain)[0]
-        logits = torch.bmm(slabs.index_select(0, bucket), proj(hidden)[:, :, None]).squeeze(2)
+        projected = self._layers(self.plain)[0](hidden)
+        if torch.is_grad_enabled():
+            logits = torch.bmm(slabs.index_select(0, bucket), projected[:, :, None]).squeeze(2)
+        else:
+            logits = projected.new_empty(bucket.shape[0], self.bucket)
+            runs, counts = torch.unique_consecutive(bucket, return_counts=True)
+            start = 0
+            for run, count in zip(runs.tolist(), counts.tolist(), strict=True):
+                torch.mm(projected[start:start + count], slabs[run].T, out=logits[start:start + count])
+                start += count
         values = size - (self.n_buckets - 1) * self.bucket  # of the last bucket
         if values < self.bucket:  # its padding, on the rows that have it only (bmm's gradient needs no output)
             logits[bucket == self.n_buckets - 1, values:] = float("-inf")
@@ -165,7 +180,10 @@ class AdaptiveHead(nn.Module):
             lo, hi = self.bounds[i], self.bounds[i + 1]
             # split() of zero rows gives one empty chunk: a cluster no target falls in still runs, so
             # every parameter gets a (zero) gradient in every step, which DDP and Horovod need
-            for chunk in ((target >= lo) & (target < hi)).nonzero().squeeze(1).split(self._chunk(i)):
+            rows = ((target >= lo) & (target < hi)).nonzero().squeeze(1)
+            if i == self.plain and self.bucket and not torch.is_grad_enabled():  # the gather needs no order
+                rows = rows[_by_bucket((target[rows] - lo) // self.bucket)]
+            for chunk in rows.split(self._chunk(i)):
                 at = target[chunk] - lo  # log p(v | cluster): _log_softmax_at, one chunk's logits at a time
                 if slabs is None or i < self.plain:
                     logits, cluster_lp = proj(hidden[chunk]), head_lp[chunk, short + i]
@@ -251,6 +269,7 @@ class AdaptiveHead(nn.Module):
         slabs = self._slabs()
         ceilings = self._ceilings(self.plain, self._layers(self.plain)[0](hidden), slabs)
         pairs = (bucket_lp + ceilings > best_lp[:, None]).nonzero()
+        pairs = pairs[_by_bucket(pairs[:, 1])]
         for chunk in pairs.split(self._chunk(self.plain)):
             rows, bucket = chunk[:, 0], chunk[:, 1]
             value, shifted = _best(self._bucket_logits(hidden[rows], bucket, slabs))
@@ -297,6 +316,12 @@ def _log_softmax_at(logits: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
     picked = logits.gather(1, at[:, None]).squeeze(1)
     top = logits.amax(dim=1)
     return picked - top - logits.sub_(top[:, None]).exp_().sum(dim=1).log_()
+
+
+def _by_bucket(bucket: torch.Tensor) -> torch.Tensor:
+    """The order that sorts rows by ``bucket`` (stable): :meth:`AdaptiveHead._bucket_logits` reads each
+    bucket's slab once per run of its rows."""
+    return torch.argsort(bucket, stable=True)
 
 
 def _arg_max(shifted: torch.Tensor) -> torch.Tensor:
