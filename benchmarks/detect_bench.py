@@ -73,6 +73,8 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "large, 45000 steps": (["model.size=large", "train.max_steps=45000"], None),
     # adaptive softmax heads on every column above 257 values (the default keeps them above 1,000)
     "medium, adaptive heads": (["model.size=medium", "model.adaptive_above=257"], None),
+    # … and their embedding tables updated lazily (train.lazy_above; off by default)
+    "medium, adaptive heads, lazy": (["model.size=medium", "model.adaptive_above=257", "train.lazy_above=257"], None),
     "first version": (["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8",
                        "train.max_steps=0", "train.epochs=20", "train.learning_rate=0.001",
                        "train.lr_schedule=constant", "train.patience=3"], "nats"),

@@ -275,7 +275,9 @@ def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: 
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """Two DDP processes (TorchDistributor, gloo) train a model with an adaptive head: DDP reduces every
     parameter's gradient in every step, so each cluster must take part even when no row of a batch
-    falls in it (it runs on zero rows). The head has a plain cluster and a bucketed one (small_buckets)."""
+    falls in it (it runs on zero rows). The head has a plain cluster and a bucketed one (small_buckets), and
+    the `user` table (2,502 rows, above ``train.lazy_above``) takes sparse gradients, which DDP reduces
+    over gloo as indices and values, and the lazy Adam."""
     from embedlib.bundle import load_bundle
     from embedlib.config import load_config
     from embedlib.train import run_train_job
@@ -286,11 +288,12 @@ def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: 
     cfg = load_config([], [f"output_dir={tmp_path}", f"source.path={tmp_path / 'wide.parquet'}", "source.format=parquet",
                            "columns.categorical=[user, group]", "columns.numeric=[x]", "vocab.min_count=1",
                            "model.adaptive_above=1000", "model.size=small", "train.max_steps=200",
-                           "train.backend=torch_distributor", "train.num_workers=2", "train.local_mode=true",
+                           "train.lazy_above=1000", "train.backend=torch_distributor", "train.num_workers=2", "train.local_mode=true",
                            "train.use_gpu=false"])
     run_vocab_job(spark, cfg)
     result = run_train_job(spark, cfg)
     assert result.metrics["world_size"] == 2 and result.metrics["steps"] == 200
+    assert result.metrics["lazy_tables"] == ["user"]
     assert load_bundle(result.bundle_path).spec.buckets == (256, 0)
     assert np.isfinite(result.metrics["validation_loss"])
 

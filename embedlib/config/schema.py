@@ -194,6 +194,11 @@ class TrainConfig:
     ``warm_start``: a bundle (or a run folder holding one) whose weights the model
     starts from, with its shape (:mod:`embedlib.train.warm`); the run's vocabulary
     must extend the bundle's (``embedlib vocab --update``).
+
+    ``lazy_above``: an embedding table of more rows than this trains with sparse
+    gradients and a lazy Adam update of the batch's rows only
+    (:mod:`embedlib.train.lazy`: faster steps, less learnt per step); null (the
+    default): every table dense. CPU training only.
     """
 
     backend: Backend = "auto"
@@ -214,6 +219,7 @@ class TrainConfig:
     shuffle_buffer: int = 100_000
     num_shards: int | None = None
     warm_start: str | None = None
+    lazy_above: int | None = None
 
 
 @dataclass(frozen=True)

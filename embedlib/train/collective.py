@@ -106,7 +106,11 @@ class HorovodCollective:
         return model
 
     def optimizer(self, opt: torch.optim.Optimizer, model: nn.Module) -> torch.optim.Optimizer:
-        return self.hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())  # type: ignore[no-any-return]
+        wrapped = self.hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+        # the wrapper is a new optimizer over opt's parameter groups: it takes opt's state too (a resumed
+        # run's moments, and those broadcast_optimizer_state set), or Adam would start again from zero
+        wrapped.load_state_dict(opt.state_dict())
+        return wrapped  # type: ignore[no-any-return]
 
     def broadcast_initial(self, model: nn.Module, opt: torch.optim.Optimizer) -> None:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)

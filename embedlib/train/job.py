@@ -228,6 +228,7 @@ def make_job(cfg: Config, vocab: Vocabulary, shards: ShardSet, backend: Backend,
         lr_schedule=t.lr_schedule,
         min_improvement=t.min_improvement,
         mask_rate=cfg.model.mask_rate,
+        lazy_above=t.lazy_above,
         init=warm_weights(parent, spec, t.seed) if parent is not None else None,
     )
 

@@ -51,6 +51,7 @@ from embedlib.model import (
 from embedlib.train.checkpoint import CheckpointStore, TrainState
 from embedlib.train.collective import Collective, allreduce_min
 from embedlib.train.errors import TrainError
+from embedlib.train.lazy import LazyAdam, lazy_tables
 
 __all__ = ["TrainJob", "evaluate", "file_rows", "step_budget", "tensors", "train_loop"]
 
@@ -81,6 +82,7 @@ class TrainJob:
     max_seconds: float | None = None  # stop (not converged) once an epoch ends past this many seconds
     progress: bool = True  # a progress bar on stderr when training alone (not in Spark tasks)
     init: Mapping[str, torch.Tensor] | None = None  # starting weights (train.warm_start); None: fresh
+    lazy_above: int | None = None  # train.lazy_above: wider embedding tables update lazily (CPU); None: all dense
 
 
 #: An epoch is at least this many steps (several passes over a small table) …
@@ -182,7 +184,12 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     if job.init is not None:
         model.load_state_dict(job.init)
     model = model.to(device)
-    opt: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=job.learning_rate, fused=True)
+    # DDP over nccl reduces no sparse gradient, and a GPU writes a whole table in a fraction of a step
+    lazy_tables(model, job.lazy_above if device.type == "cpu" else None)
+    lazy = [column for column, table in zip(job.spec.categorical, model.embeddings, strict=True) if table.sparse]
+    if lazy and coll.rank == 0:
+        log.info("sparse gradients and lazy Adam updates for %s (more than %d rows)", ", ".join(lazy), job.lazy_above)
+    opt: torch.optim.Optimizer = LazyAdam(model.parameters(), lr=job.learning_rate)
     state = TrainState()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     restored = job.store.load(model, opt)
@@ -295,6 +302,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         "lr_decays": state.decays,
         "stopped": state.stopped,
         "converged": converged,
+        "lazy_tables": lazy,
     }
 
 
