@@ -72,8 +72,8 @@ def generate(spark: Any, rows: int, cardinality: int, path: str) -> None:
 
 #: the models: the default (an adaptive head above 1,000 values), the same with ``train.lazy_above`` (sparse
 #: gradients and a lazy Adam for the tables above :data:`LAZY` rows), and a full softmax for every column
-HEADS = {"adaptive": [], "lazy": ["train.lazy_above=10000"], "full": ["model.adaptive_above=null"]}
 LAZY = 10_000
+HEADS = {"adaptive": [], "lazy": [f"train.lazy_above={LAZY}"], "full": ["model.adaptive_above=null"]}
 
 
 def config(out: str, data: str, head: str = "adaptive") -> Any:

@@ -189,6 +189,9 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     lazy = [column for column, table in zip(job.spec.categorical, model.embeddings, strict=True) if table.sparse]
     if lazy and coll.rank == 0:
         log.info("sparse gradients and lazy Adam updates for %s (more than %d rows)", ", ".join(lazy), job.lazy_above)
+    if job.lazy_above is not None and device.type != "cpu" and coll.rank == 0:
+        log.warning("train.lazy_above is set but training runs on %s: every embedding table trains dense "
+                    "(DDP over nccl reduces no sparse gradient)", device.type)
     opt: torch.optim.Optimizer = LazyAdam(model.parameters(), lr=job.learning_rate)
     state = TrainState()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
