@@ -73,7 +73,8 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     "large, 45000 steps": (["model.size=large", "train.max_steps=45000"], None),
     # adaptive softmax heads on every column above 257 values (the default keeps them above 1,000)
     "medium, adaptive heads": (["model.size=medium", "model.adaptive_above=257"], None),
-    # … and their embedding tables updated lazily (train.lazy_above; off by default)
+    # … and their embedding tables above 257 rows on sparse gradients and the deferred Adam (train.lazy_above; the
+    # default keeps it above 50,000 rows): the same steps, taken when a row is read
     "medium, adaptive heads, lazy": (["model.size=medium", "model.adaptive_above=257", "train.lazy_above=257"], None),
     "first version": (["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8",
                        "train.max_steps=0", "train.epochs=20", "train.learning_rate=0.001",

@@ -195,10 +195,11 @@ class TrainConfig:
     starts from, with its shape (:mod:`embedlib.train.warm`); the run's vocabulary
     must extend the bundle's (``embedlib vocab --update``).
 
-    ``lazy_above``: an embedding table of more rows than this trains with sparse
-    gradients and a lazy Adam update of the batch's rows only
-    (:mod:`embedlib.train.lazy`: faster steps, less learnt per step); null (the
-    default): every table dense. CPU training only.
+    ``lazy_above``: an embedding table of more rows than this (default 50,000)
+    trains with sparse gradients, its rows written only when a batch reads them
+    and still taking the dense Adam's steps (:mod:`embedlib.train.lazy`: the
+    same model, faster steps for a wide table); null: every table dense. CPU
+    training only.
     """
 
     backend: Backend = "auto"
@@ -219,7 +220,7 @@ class TrainConfig:
     shuffle_buffer: int = 100_000
     num_shards: int | None = None
     warm_start: str | None = None
-    lazy_above: int | None = None
+    lazy_above: int | None = 50_000
 
 
 @dataclass(frozen=True)

@@ -33,10 +33,11 @@ import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
+from torch import nn
 
 from embedlib.encode import Encoded, Encoder, ShardSet, read_shards
 from embedlib.faults import InjectedFault, fault, kill_self
@@ -82,7 +83,7 @@ class TrainJob:
     max_seconds: float | None = None  # stop (not converged) once an epoch ends past this many seconds
     progress: bool = True  # a progress bar on stderr when training alone (not in Spark tasks)
     init: Mapping[str, torch.Tensor] | None = None  # starting weights (train.warm_start); None: fresh
-    lazy_above: int | None = None  # train.lazy_above: wider embedding tables update lazily (CPU); None: all dense
+    lazy_above: int | None = None  # train.lazy_above: wider embedding tables take sparse gradients (CPU); None: all dense
 
 
 #: An epoch is at least this many steps (several passes over a small table) …
@@ -188,11 +189,14 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     lazy_tables(model, job.lazy_above if device.type == "cpu" else None)
     lazy = [column for column, table in zip(job.spec.categorical, model.embeddings, strict=True) if table.sparse]
     if lazy and coll.rank == 0:
-        log.info("sparse gradients and lazy Adam updates for %s (more than %d rows)", ", ".join(lazy), job.lazy_above)
-    if job.lazy_above is not None and device.type != "cpu" and coll.rank == 0:
-        log.warning("train.lazy_above is set but training runs on %s: every embedding table trains dense "
-                    "(DDP over nccl reduces no sparse gradient)", device.type)
-    opt: torch.optim.Optimizer = LazyAdam(model.parameters(), lr=job.learning_rate)
+        log.info("sparse gradients and deferred Adam updates for %s (more than %d rows)", ", ".join(lazy), job.lazy_above)
+    wide = [c for c, t in zip(job.spec.categorical, model.embeddings, strict=True)
+            if device.type != "cpu" and job.lazy_above is not None and cast(nn.Embedding, t).num_embeddings > job.lazy_above]
+    if wide and coll.rank == 0:
+        log.info("%s trains dense on %s, above train.lazy_above (DDP over nccl reduces no sparse gradient)",
+                 ", ".join(wide), device.type)
+    base = LazyAdam(model.parameters(), lr=job.learning_rate)
+    opt: torch.optim.Optimizer = base
     state = TrainState()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     restored = job.store.load(model, opt)
@@ -203,6 +207,9 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     coll.broadcast_initial(model, opt)
     net = coll.wrap(model)
     opt = coll.optimizer(opt, model)
+    # the LazyAdam that steps: Horovod's wrapper subclasses it (with its own state); other wrappers step ours
+    stepping = opt if isinstance(opt, LazyAdam) else base
+    hooks = stepping.keep_current(model)
 
     # train.batch_size is the global batch: each of the world's ranks takes its share
     batch_size = max(1, job.batch_size // coll.world_size)
@@ -254,6 +261,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        stepping.flush()  # the wide tables' rows the epoch's last steps did not read: the weights are the dense Adam's
         total = coll.allreduce_sum(total)
         sums, rows = evaluate(model, valid_files, job.encoder, device)
         reduced = coll.allreduce_sum(torch.cat([sums, torch.tensor([float(rows)], dtype=torch.float64)]))
@@ -285,6 +293,8 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         coll.barrier()
         if fault_after and epoch + 1 == fault_after:
             raise InjectedFault(f"injected fault after epoch {epoch + 1} (train.after_epoch)")
+    for hook in hooks:
+        hook.remove()
     converged = state.stopped == "plateau"
     if coll.rank == 0 and not converged and state.stopped != "time":
         log.warning(
