@@ -10,7 +10,9 @@ site                       what happens
 =========================  =====================================================
 ``train.after_epoch=N``    training raises after checkpointing epoch N (1-based)
 ``train.kill_rank=R:E``    the training worker of rank R kills itself (SIGKILL)
-                           halfway through epoch E (1-based)
+                           halfway through epoch E (1-based) of a run that
+                           started fresh (not one resumed from a checkpoint,
+                           such as a restart: ``train.max_restarts``)
 ``score.fail_attempts=N``  the first N attempts of the scoring task of
                            partition 0 raise (Spark retries up to
                            ``spark.task.maxFailures``)

@@ -236,7 +236,8 @@ def _conflicts_through_delta_rs(spark, tmp_path: Path, monkeypatch, caplog) -> N
 @pytest.mark.timeout(900)
 def test_killed_training_worker_fails_fast_and_rerun_resumes(spark, adult_trained, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = adult_trained
-    run = train_cfg(tmp_path, "train.backend=torch_distributor", "train.num_workers=2", "train.epochs=3")
+    run = train_cfg(tmp_path, "train.backend=torch_distributor", "train.num_workers=2", "train.epochs=3",
+                    "train.max_restarts=0")
     copy_vocab(cfg, run)
     monkeypatch.setenv(FAULTS, "train.kill_rank=1:2")  # rank 1 is SIGKILLed halfway through epoch 2
     with pytest.raises(TrainFailure) as failure:
@@ -253,6 +254,54 @@ def test_killed_training_worker_fails_fast_and_rerun_resumes(spark, adult_traine
     # epoch 1 came from the checkpoint, not from training it again (its timing would differ)
     assert resumed.metrics["history"][0] == saved[0]
     assert Path(resumed.bundle_path, "bundle.json").exists()
+    assert resumed.metrics["restarts"] == 0
+
+
+def test_a_killed_training_worker_is_launched_again_and_resumes(spark, adult_trained, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                monkeypatch, caplog) -> None:
+    """By default (``train.max_restarts: 1``) a run whose worker died is launched again at once: it resumes
+    from the last checkpoint and finishes, saying which rank died and that it restarted."""
+    cfg, _ = adult_trained
+    run = train_cfg(tmp_path, "train.backend=torch_distributor", "train.num_workers=2", "train.epochs=3")
+    copy_vocab(cfg, run)
+    monkeypatch.setenv(FAULTS, "train.kill_rank=1:2")  # a fresh run's rank 1 is SIGKILLed halfway through epoch 2
+    with caplog.at_level(logging.WARNING, logger="embedlib.train.backends"):
+        result = run_train_job(spark, run)
+    (warning,) = [r.getMessage() for r in caplog.records if "launching the 2 workers again" in r.getMessage()]
+    assert "rank 1 (pid" in warning and "died without reporting an error" in warning
+    assert "the last checkpoint is epoch 1" in warning and "(restart 1 of 1)" in warning
+    assert result.metrics["restarts"] == 1
+    # epochs 2 and 3 ran once, after the restart: one record each, epoch 1 the checkpoint's
+    assert [h["epoch"] for h in result.metrics["history"]] == [1, 2, 3]
+    saved = json.loads(Path(run.layout.checkpoints, "epoch-0001.json").read_text())["state"]["history"]
+    assert result.metrics["history"][0] == saved[0]
+    assert Path(result.bundle_path, "bundle.json").exists()
+
+
+def test_a_worker_crashing_in_native_code_leaves_its_stack(tmp_path: Path) -> None:
+    """A rank that dies of a signal in native code (gloo's std::terminate is an abort) cannot report an
+    error; it writes every thread's Python stack to its stderr, which the launcher prints in the driver's
+    log, and its report stays ``running`` (read as "died")."""
+    import subprocess
+    import sys
+
+    from embedlib.train.checkpoint import CheckpointStore
+
+    store = CheckpointStore(folder=str(tmp_path / "checkpoints"), reports=str(tmp_path / "reports"), fingerprint="f")
+    script = (
+        "import os, sys\n"
+        "from embedlib.train.backends import _reporting\n"
+        "from embedlib.train.checkpoint import CheckpointStore\n"
+        "class Job:\n"
+        f"    store = CheckpointStore(folder={store.folder!r}, reports={store.reports!r}, fingerprint='f')\n"
+        "def abort_in_native_code():\n"
+        "    os.abort()\n"
+        "_reporting(Job, 1, abort_in_native_code)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGABRT
+    assert "Fatal Python error: Aborted" in proc.stderr and "abort_in_native_code" in proc.stderr, proc.stderr
+    assert store.read_report(1)["state"] == "running"
 
 
 def test_connector_conflicts_are_retried_or_recognised_as_done() -> None:

@@ -200,6 +200,11 @@ class TrainConfig:
     and still taking the dense Adam's steps (:mod:`embedlib.train.lazy`: the
     same model, faster steps for a wide table); null: every table dense. CPU
     training only.
+
+    ``max_restarts``: how many times a distributed run (``torch_distributor``,
+    ``horovod``) is launched again after a worker died without reporting an error
+    (killed, out of memory, its executor lost, a crash in native code); every
+    launch resumes from the last checkpoint. A worker's Python error is not retried.
     """
 
     backend: Backend = "auto"
@@ -221,6 +226,7 @@ class TrainConfig:
     num_shards: int | None = None
     warm_start: str | None = None
     lazy_above: int | None = 50_000
+    max_restarts: int = 1
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,8 @@ def _validate_training(cfg: Config, err: Any) -> None:
         raise err("train.max_rows", f"must be at least 1, got {t.max_rows}")
     if t.sample_fraction is not None and not 0.0 < t.sample_fraction <= 1.0:
         raise err("train.sample_fraction", f"must be in (0, 1], got {t.sample_fraction}")
+    if t.max_restarts < 0:
+        raise err("train.max_restarts", f"must be 0 (no restart) or more, got {t.max_restarts}")
     if t.lazy_above is not None and t.lazy_above < 1:
         raise err("train.lazy_above", f"must be at least 1 (embedding rows) or null (every table dense), got {t.lazy_above}")
     if t.num_shards is not None and t.num_shards < 1:

@@ -22,6 +22,7 @@ reports say which rank died and the error says which checkpoint a rerun resumes 
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import socket
@@ -93,7 +94,7 @@ def resolve_backend(spark: SparkSession | None, t: TrainConfig) -> Backend:
         _check_slots(spark, t, on_driver)
         return TorchDistributorBackend(workers=t.num_workers, on_driver=on_driver,
                                        use_gpu=_resolve_gpu(spark, t, on_driver),
-                                       threads=_threads_per_worker(spark, t, on_driver))
+                                       threads=_threads_per_worker(spark, t, on_driver), restarts=t.max_restarts)
     if name == "horovod":
         try:
             import horovod.spark  # noqa: F401
@@ -106,7 +107,7 @@ def resolve_backend(spark: SparkSession | None, t: TrainConfig) -> Backend:
             ) from exc
         _check_slots(spark, t, on_driver=False)
         return HorovodBackend(workers=t.num_workers, use_gpu=_resolve_gpu(spark, t, False),
-                              threads=_threads_per_worker(spark, t, False))
+                              threads=_threads_per_worker(spark, t, False), restarts=t.max_restarts)
     raise TrainError(f"unknown train.backend {name!r}; use local, torch_distributor or horovod")
 
 
@@ -126,19 +127,21 @@ class LocalBackend:
         before = torch.get_num_threads()
         torch.set_num_threads(max(1, min(before, (os.cpu_count() or 1) - 1)))
         try:
-            return fn(SingleProcess(_device(job.use_gpu)), job)
+            return {**fn(SingleProcess(_device(job.use_gpu)), job), "restarts": 0}  # in this process: none
         finally:
             torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
 class TorchDistributorBackend:
-    """``TorchDistributor``: one torchrun process per worker, DDP between them."""
+    """``TorchDistributor``: one torchrun process per worker, DDP between them; launched again up to
+    ``restarts`` times after a worker died (``train.max_restarts``)."""
 
     workers: int
     on_driver: bool
     use_gpu: bool
     threads: int
+    restarts: int = 0
     name: str = "torch_distributor"
 
     def run(self, fn: TrainFn, job: TrainJob) -> dict[str, Any]:
@@ -146,16 +149,18 @@ class TorchDistributorBackend:
 
         job = replace(job, use_gpu=self.use_gpu, threads=self.threads)
         distributor = TorchDistributor(num_processes=self.workers, local_mode=self.on_driver, use_gpu=self.use_gpu)
-        return _launched(self, job, lambda: distributor.run(ddp_worker, fn, job))
+        return _launched(self, job, lambda: distributor.run(ddp_worker, fn, job), self.restarts)
 
 
 @dataclass(frozen=True)
 class HorovodBackend:
-    """``horovod.spark.run``: one rank per Spark task."""
+    """``horovod.spark.run``: one rank per Spark task; launched again up to ``restarts`` times after a
+    worker died (``train.max_restarts``)."""
 
     workers: int
     use_gpu: bool
     threads: int
+    restarts: int = 0
     name: str = "horovod"
     on_driver: bool = False
 
@@ -168,19 +173,29 @@ class HorovodBackend:
             results = horovod.spark.run(horovod_worker, args=(fn, job), num_proc=self.workers)
             return results[0] if results else None
 
-        return _launched(self, job, launch)
+        return _launched(self, job, launch, self.restarts)
 
 
-def _launched(backend: Backend, job: TrainJob, launch: Callable[[], Any]) -> dict[str, Any]:
-    """Run a distributed launch; a failure becomes a :class:`TrainFailure` built from the reports."""
-    job.store.clear_reports()
-    try:
-        result = launch()
-    except Exception as exc:
-        raise _failure(job, backend, exc) from exc
-    if result is None:
-        raise TrainFailure(f"{backend.name} returned no result from rank 0")
-    return dict(result)
+def _launched(backend: Backend, job: TrainJob, launch: Callable[[], Any], restarts: int) -> dict[str, Any]:
+    """Run a distributed launch, and again (every launch resumes from the last checkpoint) after a
+    worker died, up to ``restarts`` times; a failure becomes a :class:`TrainFailure` built from the
+    reports. The metrics count the restarts."""
+    attempt = 0
+    while True:
+        job.store.clear_reports()
+        try:
+            result = launch()
+        except Exception as exc:
+            failure = _failure(job, backend, exc, attempt)
+            if not failure.lost or attempt >= restarts:
+                raise failure from exc
+            attempt += 1
+            log.warning("%s — launching the %d workers again (restart %d of %d)", failure, backend.workers,
+                        attempt, restarts)
+            continue
+        if result is None:
+            raise TrainFailure(f"{backend.name} returned no result from rank 0")
+        return {**result, "restarts": attempt}
 
 
 # ------------------------------------------------------------------ worker side
@@ -241,8 +256,12 @@ def _reporting(job: TrainJob, rank: int, run: Callable[[], dict[str, Any]]) -> d
     """Run a worker, leaving ``running`` / ``failed`` / ``done`` in its report file.
 
     A worker that is killed leaves ``running``: the driver reads the reports of a
-    failed run to say which rank died and which only lost their peers.
+    failed run to say which rank died and which only lost their peers. One that crashes
+    in native code (a signal: segfault, abort) writes every thread's Python stack to its
+    stderr, which the launcher prints in the driver's log.
     """
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
 
     def report(state: str, **extra: Any) -> None:
         job.store.write_report(rank, {"rank": rank, "state": state, "host": socket.gethostname(),
@@ -258,15 +277,17 @@ def _reporting(job: TrainJob, rank: int, run: Callable[[], dict[str, Any]]) -> d
     return out
 
 
-def _failure(job: TrainJob, backend: Backend, exc: BaseException) -> TrainFailure:
-    """What the worker reports say about a failed distributed run, and how to resume."""
-    died, failed = [], []
+def _failure(job: TrainJob, backend: Backend, exc: BaseException, restarts: int) -> TrainFailure:
+    """What the worker reports say about a failed distributed run (after ``restarts`` restarts), and how
+    to resume; ``lost`` when a worker died mid-run."""
+    died, failed, lost = [], [], False
     for rank in range(backend.workers):
         doc = job.store.read_report(rank)
         where = f"rank {rank}" + (f" (pid {doc['pid']} on {doc['host']})" if "pid" in doc else "")
         if doc["state"] == "running":
+            lost = True
             died.append(f"{where} died without reporting an error (killed, out of memory, or its "
-                        "executor was lost)")
+                        "executor was lost; a crash leaves its stack in the worker's log)")
         elif doc["state"] == "missing":
             died.append(f"{where} never started")
         elif doc["state"] == "failed":
@@ -278,7 +299,9 @@ def _failure(job: TrainJob, backend: Backend, exc: BaseException) -> TrainFailur
     else:
         resume = "no epoch was checkpointed yet; a rerun starts from the beginning"
     what = "; ".join(died + failed) or f"{type(exc).__name__}: {first_line(exc)}"
-    return TrainFailure(f"training on {backend.name} with {backend.workers} workers failed: {what}. {resume}")
+    after = f" after {restarts} restart{'s' if restarts > 1 else ''}" if restarts else ""
+    return TrainFailure(f"training on {backend.name} with {backend.workers} workers failed{after}: {what}. {resume}",
+                        lost=lost)
 
 
 # ------------------------------------------------------------------ driver side

@@ -14,4 +14,9 @@ class TrainError(ValueError):
 
 class TrainFailure(RuntimeError):
     """A training worker died or failed; the message names the ranks, what each
-    reported, and the checkpoint a rerun resumes from."""
+    reported, and the checkpoint a rerun resumes from. ``lost``: a worker died
+    mid-run (no error of its own), which a launch again may get past."""
+
+    def __init__(self, message: str, *, lost: bool = False) -> None:
+        super().__init__(message)
+        self.lost = lost

@@ -223,7 +223,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     max_epochs = job.epochs if job.epochs is not None else math.inf
     fault_after = int(fault("train.after_epoch") or 0)
     kill_rank, _, kill_epoch = (fault("train.kill_rank") or "-1:0").partition(":")
-    kill_step = epoch_steps // 2 if int(kill_rank) == coll.rank else -1
+    kill_step = epoch_steps // 2 if int(kill_rank) == coll.rank and restored is None else -1  # a fresh run's
     show_bar = coll.world_size == 1 and job.progress
     clock = time.perf_counter()
 
