@@ -4,6 +4,7 @@ backend (each parameter takes part in every step), and a bundle with one scores 
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import cast
 
@@ -293,6 +294,10 @@ def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: 
     run_vocab_job(spark, cfg)
     result = run_train_job(spark, cfg)
     assert result.metrics["world_size"] == 2 and result.metrics["steps"] == 200
+    if result.metrics["restarts"]:  # a worker died and train.max_restarts launched the run again: said in the summary
+        warnings.warn(f"test_wide_column_trains_with_ddp: a worker died and the run restarted "
+                      f"{result.metrics['restarts']} time(s); a crash's stack is in the test's captured output",
+                      stacklevel=1)
     assert result.metrics["lazy_tables"] == ["user"]
     assert load_bundle(result.bundle_path).spec.buckets == (256, 0)
     assert np.isfinite(result.metrics["validation_loss"])
