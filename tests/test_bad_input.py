@@ -48,6 +48,7 @@ def conf(*sets: str):  # type: ignore[no-untyped-def]
         ("train.max_rows=0", "train.max_rows"),
         ("train.num_shards=-2", "train.num_shards"),
         ("train.lazy_above=0", "train.lazy_above"),
+        ("train.max_restarts=-1", "train.max_restarts"),
         ("train.sample_fraction=1.5", "train.sample_fraction"),
         ("train.validation_fraction=0", "train.validation_fraction"),
         ("train.learning_rate=-0.1", "train.learning_rate"),

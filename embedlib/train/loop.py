@@ -190,8 +190,9 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     lazy = [column for column, table in zip(job.spec.categorical, model.embeddings, strict=True) if table.sparse]
     if lazy and coll.rank == 0:
         log.info("sparse gradients and deferred Adam updates for %s (more than %d rows)", ", ".join(lazy), job.lazy_above)
+    above = job.lazy_above if device.type != "cpu" else None  # the tables a GPU run trains dense all the same
     wide = [c for c, t in zip(job.spec.categorical, model.embeddings, strict=True)
-            if device.type != "cpu" and job.lazy_above is not None and cast(nn.Embedding, t).num_embeddings > job.lazy_above]
+            if above is not None and cast(nn.Embedding, t).num_embeddings > above]
     if wide and coll.rank == 0:
         log.info("%s trains dense on %s, above train.lazy_above (DDP over nccl reduces no sparse gradient)",
                  ", ".join(wide), device.type)
