@@ -89,6 +89,13 @@ def vocab_bytes(vocab: Vocabulary) -> bytes:
     return buf.getvalue()
 
 
+def vocab_of(data: bytes) -> Vocabulary:
+    """The vocabulary that :func:`vocab_bytes` wrote."""
+    table = pq.read_table(io.BytesIO(data))
+    meta = json.loads((table.schema.metadata or {}).get(_VOCAB_META_KEY, b"{}"))
+    return Vocabulary.from_arrow(table.replace_schema_metadata(None), meta)
+
+
 def save_bundle(
     path: str,
     *,
@@ -316,9 +323,7 @@ def bundle_from_files(files: Mapping[str, bytes], path: str) -> Bundle:
             f"bundle {path}: {MANIFEST} was edited (its content hashes to {recomputed}, "
             f"it claims bundle id {manifest.get('bundle_id')})"
         )
-    table = pq.read_table(io.BytesIO(files[VOCAB]))
-    vocab_meta = json.loads((table.schema.metadata or {}).get(_VOCAB_META_KEY, b"{}"))
-    vocab = Vocabulary.from_arrow(table.replace_schema_metadata(None), vocab_meta)
+    vocab = vocab_of(files[VOCAB])
     if vocab.content_hash != manifest["vocab_hash"]:
         raise BundleError(
             f"bundle {path}: {VOCAB} has content hash {vocab.content_hash}, {MANIFEST} expects "
