@@ -80,6 +80,23 @@ for m, o in ((model, wrapped), (twin, twin_opt)):
     o.step()
 for a, b in zip(model.parameters(), twin.parameters()):
     torch.testing.assert_close(a, b, rtol=0, atol=0)
+# a fresh run: broadcast_initial must leave Adam at step 0 (Horovod initialises an empty state with a step)
+coll = HorovodCollective(hvd, torch.device("cpu"))
+torch.manual_seed(1)
+model = nn.Sequential(nn.Embedding(50, 3), nn.Linear(3, 1))
+lazy_tables(model, 10)
+twin = copy.deepcopy(model)
+opt = LazyAdam(model.parameters(), lr=0.1)
+coll.broadcast_initial(model, opt)
+wrapped = coll.optimizer(opt, model)
+twin_opt = LazyAdam(twin.parameters(), lr=0.1)
+for batch in ([1, 2, 1], [2, 5], [7, 1]):
+    for m, o in ((model, wrapped), (twin, twin_opt)):
+        o.zero_grad()
+        m(torch.tensor(batch)).sum().backward()
+        o.step()
+for a, b in zip(model.parameters(), twin.parameters()):
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
 print("same steps, world", hvd.size())
 """
 
@@ -90,7 +107,9 @@ def test_horovods_optimizer_keeps_the_adam_state_it_wraps(tmp_path: Path) -> Non
     empty state: without ``HorovodCollective.optimizer`` handing the state over, a resumed run's Adam (and
     the state ``broadcast_optimizer_state`` set) started again from zero moments. One process (Horovod
     averages over a world of 1): the wrapped optimizer's next step equals an unwrapped twin's with the same
-    state, to the bit, for the dense layer and the sparse table's rows."""
+    state, to the bit, for the dense layer and the sparse table's rows. And a fresh run's first steps, after
+    ``broadcast_initial``, equal a fresh twin's: Horovod's ``broadcast_optimizer_state`` initialises an empty
+    state by a step of zero gradients, which counted as Adam's first step."""
     script = tmp_path / "state.py"
     script.write_text(HOROVOD_STATE, encoding="utf-8")
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, check=False)

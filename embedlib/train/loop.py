@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedlib.config.schema import TrainConfig
 from embedlib.encode import Encoded, Encoder, ShardSet, read_shards
 from embedlib.faults import InjectedFault, fault, kill_self
 from embedlib.model import (
@@ -83,7 +84,7 @@ class TrainJob:
     max_seconds: float | None = None  # stop (not converged) once an epoch ends past this many seconds
     progress: bool = True  # a progress bar on stderr when training alone (not in Spark tasks)
     init: Mapping[str, torch.Tensor] | None = None  # starting weights (train.warm_start); None: fresh
-    lazy_above: int | None = None  # train.lazy_above: wider embedding tables take sparse gradients (CPU); None: all dense
+    lazy_above: int | None = TrainConfig.lazy_above  # wider embedding tables: sparse gradients (CPU); None: all dense
 
 
 #: An epoch is at least this many steps (several passes over a small table) …
