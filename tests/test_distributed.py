@@ -73,7 +73,9 @@ opt.step()  # moments of rows 1 and 2 and of the linear layer (as a resumed chec
 twin = copy.deepcopy(model)
 twin_opt = LazyAdam(twin.parameters(), lr=0.1)
 twin_opt.load_state_dict(copy.deepcopy(opt.state_dict()))
-wrapped = HorovodCollective(hvd, torch.device("cpu")).optimizer(opt, model)
+resumed = HorovodCollective(hvd, torch.device("cpu"))
+resumed.broadcast_initial(model, opt)  # a resumed run's state is broadcast, and stays what it was
+wrapped = resumed.optimizer(opt, model)
 for m, o in ((model, wrapped), (twin, twin_opt)):
     o.zero_grad()
     m(torch.tensor([2, 5])).sum().backward()
