@@ -36,6 +36,9 @@ def train_report(result: TrainResult) -> list[str]:
     lines += [f"{h['epoch']:>5}  {h['train_loss']:<8.4f} {h['validation_loss']:.4f}" for h in m["history"]]
     if m.get("parent_bundle_id"):
         lines.append(f"warm-started from bundle {m['parent_bundle_id']}")
+    if m.get("restarts"):
+        lines.append(f"a worker died and the workers were launched again {m['restarts']} time(s), resuming from the "
+                     "last checkpoint (train.max_restarts); the warnings above name the rank")
     if result.tracking_run_id:
         lines.append(f"MLflow run {result.tracking_run_id}")
     return lines

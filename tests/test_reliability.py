@@ -22,6 +22,7 @@ import pytest
 from deltalake import DeltaTable
 
 from embedlib.faults import ENV as FAULTS
+from embedlib.reports import train_report
 from embedlib.score import run_score_job
 from embedlib.tables import write_table
 from embedlib.train import TrainFailure, run_train_job
@@ -271,6 +272,7 @@ def test_a_killed_training_worker_is_launched_again_and_resumes(spark, adult_tra
     assert "rank 1 (pid" in warning and "died without reporting an error" in warning
     assert "the last checkpoint is epoch 1" in warning and "(restart 1 of 1)" in warning
     assert result.metrics["restarts"] == 1
+    assert "launched again 1 time(s)" in "\n".join(train_report(result))  # what `embedlib train` prints
     # epochs 2 and 3 ran once, after the restart: one record each, epoch 1 the checkpoint's
     assert [h["epoch"] for h in result.metrics["history"]] == [1, 2, 3]
     saved = json.loads(Path(run.layout.checkpoints, "epoch-0001.json").read_text())["state"]["history"]
