@@ -218,8 +218,12 @@ def inputs(args: argparse.Namespace, folder: Path, tmp: str) -> dict[int, dict[s
     from embedlib.vocab import Vocabulary, run_vocab_job
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    spark = get_session(SparkConfig(master=args.master, conf={"spark.sql.shuffle.partitions": "8",
-                                                              "spark.driver.memory": "4g"}), app_name="highcard-bench")
+    try:
+        spark = get_session(SparkConfig(master=args.master, conf={"spark.sql.shuffle.partitions": "8",
+                                                                  "spark.driver.memory": "4g"}), app_name="highcard-bench")
+    except ImportError as exc:  # a host without Spark (a GPU host) measures inputs made elsewhere
+        sys.exit(f"--inputs {folder} lacks the tables of {', '.join(f'{k:,}' for k in missing)} values, and making them "
+                 f"needs Spark ({exc}); make them with --inputs on a machine with Spark and copy the folder here")
     spark.sparkContext.setLogLevel("ERROR")
     folder.mkdir(parents=True, exist_ok=True)
     try:

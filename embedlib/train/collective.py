@@ -114,8 +114,10 @@ class HorovodCollective:
 
     def broadcast_initial(self, model: nn.Module, opt: torch.optim.Optimizer) -> None:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        if opt.state:  # a resumed run's moments; an empty state is every rank's alike, and Horovod would fill it
-            # by a step of zero gradients, which Adam counts: its bias corrections then ran one step ahead
+        # a resumed run's moments. When no rank has any, Horovod would fill the empty states by a step of zero
+        # gradients, which Adam counts (its bias corrections then ran one step ahead): skipped. Decided by all
+        # ranks together, so that every rank makes the same collective calls.
+        if self.allreduce_sum(torch.tensor([float(bool(opt.state))])).item() > 0:
             self.hvd.broadcast_optimizer_state(opt, root_rank=0)
 
     def allreduce_sum(self, values: torch.Tensor) -> torch.Tensor:
