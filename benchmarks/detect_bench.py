@@ -158,12 +158,13 @@ def embedlib_variants(spark: Any, table: Table, train: pd.DataFrame, tmp: str, s
             out[variant] = (_scorer(table, bundle, rank_by), seconds, metrics)
             continue
         counting = [o for o in overrides if o.startswith("vocab.")]
-        if json.dumps(counting) not in bases:  # variants with the same vocabulary share it and its shards
+        vocab_key = json.dumps(counting)
+        if vocab_key not in bases:  # variants with the same vocabulary share it and its shards
             base = _config(table, f"{tmp}/runs", f"{table.name}-s{seed}-base{len(bases)}", data, seed, counting)
             started = time.perf_counter()
             run_vocab_job(spark, base)
-            bases[json.dumps(counting)] = (base, time.perf_counter() - started)
-        base, vocab_seconds = bases[json.dumps(counting)]
+            bases[vocab_key] = (base, time.perf_counter() - started)
+        base, vocab_seconds = bases[vocab_key]
         cfg = _config(table, f"{tmp}/runs", f"{table.name}-s{seed}-{len(trained)}", data, seed, overrides)
         shutil.copytree(base.layout.vocab, cfg.layout.vocab)
         encoded = Path(base.layout.encoded)
