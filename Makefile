@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.embedlib-installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: demo test setup check-env horovod lint typecheck bench wheel clean
+.PHONY: demo test check setup check-env horovod lint typecheck bench wheel clean
 
 check-env:
 	@bash .ci/check_env.sh "$(PYTHON)"
@@ -37,6 +37,13 @@ test: setup horovod
 	$(PY) -m ruff check embedlib jobs tests benchmarks
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# The inner loop: lint, types and every test that needs neither the Spark session nor another process
+# (the markers are set in tests/conftest.py). `make test` runs everything, these included.
+check: setup
+	$(PY) -m ruff check embedlib jobs tests benchmarks
+	$(PY) -m mypy
+	$(PY) -m pytest -m "not spark and not launch"
 
 lint: setup
 	$(PY) -m ruff check embedlib jobs tests benchmarks

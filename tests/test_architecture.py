@@ -54,6 +54,7 @@ def _top_level_imports(tree: ast.Module) -> set[str]:
     return found
 
 
+@pytest.mark.launch
 @pytest.mark.parametrize("module", sorted(FORBIDDEN))
 def test_import_rules(module: str) -> None:
     code = (f"import sys, {module}\n"

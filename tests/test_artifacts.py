@@ -28,7 +28,17 @@ from embedlib.inference import score_rows
 from embedlib.score import run_score_job
 from embedlib.vocab import build_vocabulary, run_vocab_job
 
-from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT, adult_args, adult_pandas, copy_run
+from .conftest import (
+    ADULT_CONF,
+    ADULT_DATA,
+    ADULT_TEST,
+    BASE_CONF,
+    ROOT,
+    adult_args,
+    adult_pandas,
+    copy_run,
+    spark_sets,
+)
 
 
 def reseal(bundle: Path) -> None:
@@ -181,12 +191,17 @@ def test_config_errors_never_show_secrets(caplog) -> None:  # type: ignore[no-un
             assert secret not in caplog.text, (sets, caplog.text)
 
 
+@pytest.mark.launch
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_secrets_appear_in_no_output(tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """`embedlib run` end to end, at DEBUG, with storage keys in spark.conf and a reader option."""
     out = tmp_path / "out"
+    # every step of the run, the size search's trials (Spark tasks) included, on a sample: what is checked
+    # is where the settings travel, not the model
     argv = [sys.executable, "-m", "embedlib.cli", "run", *adult_args(out), "--set", "train.epochs=1",
-            "--set", "spark.master=local[2]", "--set", "spark.conf.spark.sql.shuffle.partitions=4",
+            "--set", "train.max_rows=3000", "--set", "model.search_rows=1000",
+            "--set", "spark.master=local[2]", "--set", "spark.conf.spark.sql.shuffle.partitions=4", *spark_sets(),
             "--log-level", "DEBUG"]
     for key, value in SECRETS.items():
         argv += ["--set", f"{key}={value}"]

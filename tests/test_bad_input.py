@@ -28,7 +28,7 @@ from embedlib.reports import format_reason
 from embedlib.score import run_score_job, score_frame
 from embedlib.vocab import FIRST_INDEX, OOV_INDEX, SchemaError, VocabError, Vocabulary, build_vocabulary
 
-from .conftest import ADULT_TEST, ROOT, adult_args, adult_pandas, copy_run
+from .conftest import ADULT_TEST, ROOT, adult_args, adult_pandas, copy_run, spark_sets
 
 # ------------------------------------------------------------------------------ config
 
@@ -199,6 +199,8 @@ def test_infinite_numeric_at_scoring_is_one_line(spark, adult_trained, tmp_path:
     assert not (out / cfg.name / "score_runs").exists()
 
 
+@pytest.mark.launch
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_task_failure_leaves_no_stack_trace_on_stderr(adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The same failure in a fresh process: stderr has the one line, no Java or Python trace."""
@@ -209,7 +211,7 @@ def test_task_failure_leaves_no_stack_trace_on_stderr(adult_trained, tmp_path: P
     out = tmp_path / "run"
     copy_run(cfg, out)
     args = ["score", *adult_args(out), *parquet_rows(rows, tmp_path / "inf.parquet"),
-            "--set", "spark.master=local[1]"]
+            "--set", "spark.master=local[1]", *spark_sets()]
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     proc = subprocess.run([sys.executable, "-m", "embedlib.cli", *args], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=280)

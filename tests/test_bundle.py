@@ -105,6 +105,7 @@ def test_scores_add_up_and_match_the_loss(adult_trained) -> None:  # type: ignor
     assert (observed_prob <= scored.expected_prob + 1e-6).all()
 
 
+@pytest.mark.launch
 def test_loads_and_scores_without_pyspark(adult_trained) -> None:  # type: ignore[no-untyped-def]
     _, result = adult_trained
     code = f"""

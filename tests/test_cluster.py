@@ -42,7 +42,7 @@ from deltalake import DeltaTable
 from embedlib.bundle import load_bundle
 from embedlib.vocab import Vocabulary
 
-from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT, logged_address
+from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT, logged_address, submit_conf
 
 CLUSTER_CONF = ROOT / "conf" / "cluster.yaml"
 BIN = Path(sys.executable).parent
@@ -185,6 +185,7 @@ def submit(procs: Processes | None, master: str, wheel: Path, out: Path, name: s
     cmd = [
         str(BIN / "spark-submit"), "--master", master, "--py-files", str(wheel), *extra,
         "--driver-memory", "1g", "--conf", "spark.executor.memory=768m", "--conf", "spark.ui.enabled=false",
+        *submit_conf(),
         "--conf", f"spark.pyspark.python={sys.executable}",
         "jobs/pipeline.py",
         "--conf", str(BASE_CONF), "--conf", str(ADULT_CONF), "--conf", str(CLUSTER_CONF),
@@ -193,6 +194,7 @@ def submit(procs: Processes | None, master: str, wheel: Path, out: Path, name: s
         "--set", "spark.conf.spark.sql.shuffle.partitions=4",
         "--set", "spark.conf.spark.databricks.delta.snapshotPartitions=4",  # the connector's log replay
         "--set", "train.num_workers=2", "--set", "train.max_rows=8000", "--set", "train.epochs=3",
+        "--set", "model.search_rows=2000",  # the size search's trials as tasks on the executors, on a sample
         "--set", "train.patience=10", "--set", "train.learning_rate=0.003", "--set", "train.seed=7",
         "--set", f"delta.engine={engine}",
     ]
@@ -215,6 +217,8 @@ def delta_rows(path: Path):  # type: ignore[no-untyped-def]
     return DeltaTable(str(path)).to_pyarrow_table()
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_pipeline_on_standalone_cluster_matches_local_run(cluster, wheel: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     master, procs, work = cluster

@@ -99,6 +99,7 @@ def test_masked_prediction_of_a_cell_ignores_its_own_value(adult_trained) -> Non
     assert np.abs(sums - 1.0).max() > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_default_training_converges_on_a_small_real_table(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The default schedule stops on a plateau, and a run allowed 3x the steps with a stricter plateau

@@ -30,6 +30,8 @@ def gap(result, reference) -> float:  # type: ignore[no-untyped-def]
     return abs(a - b) / b
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("local_mode", [True, False], ids=["local_mode", "executors"])
 def test_torch_distributor_two_processes(spark, adult_trained, tmp_path: Path, local_mode: bool) -> None:  # type: ignore[no-untyped-def]
@@ -44,6 +46,8 @@ def test_torch_distributor_two_processes(spark, adult_trained, tmp_path: Path, l
     assert load_bundle(result.bundle_path).manifest["metrics"]["backend"] == "torch_distributor"
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_horovod_two_processes(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import horovod.torch  # noqa: F401  (fails loudly if the install step is missing)
@@ -103,6 +107,7 @@ print("same steps, world", hvd.size())
 """
 
 
+@pytest.mark.launch
 @pytest.mark.timeout(300)
 def test_horovods_optimizer_keeps_the_adam_state_it_wraps(tmp_path: Path) -> None:
     """``hvd.DistributedOptimizer`` builds a new optimizer over the wrapped one's parameter groups, with

@@ -204,6 +204,7 @@ def test_label_errors(spark, labelled_run, tmp_path: Path, caplog) -> None:  # t
         assert exc.value.code == 2
 
 
+@pytest.mark.launch
 def test_evaluate_job_entry_point() -> None:
     import subprocess
     import sys

@@ -12,7 +12,7 @@ import pytest
 from embedlib.cli import main
 from embedlib.vocab import Vocabulary
 
-from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, ROOT, adult_args
+from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, ROOT, adult_args, submit_conf
 
 
 def test_cli_vocab_prints_summary(spark, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -42,6 +42,8 @@ def test_cli_training_error_is_a_message(spark, tmp_path: Path, caplog) -> None:
     assert not (tmp_path / "adult-demo" / "_work").exists()  # refused before any encoding
 
 
+@pytest.mark.launch
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_build_vocab_job_on_local_cluster_equals_local(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # Adult as 4 Parquet files, so both executors get work
@@ -62,7 +64,7 @@ def test_build_vocab_job_on_local_cluster_equals_local(spark, tmp_path: Path) ->
     cmd = [
         str(Path(sys.executable).parent / "spark-submit"),
         "--master", "local-cluster[2,1,1024]",
-        "--conf", "spark.executor.memory=768m",
+        "--conf", "spark.executor.memory=768m", *submit_conf(),
         "--conf", "spark.ui.enabled=false",
         "--conf", f"spark.pyspark.python={sys.executable}",
         "jobs/build_vocab.py", *adult_args(tmp_path / "cluster"), *sets,
@@ -78,6 +80,7 @@ def test_build_vocab_job_on_local_cluster_equals_local(spark, tmp_path: Path) ->
     assert cluster.meta["row_count"] == 32561
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_every_job_gives_the_same_tables_on_both_delta_engines(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """vocab, train, extract, score, features and evaluate with delta.engine connector and delta-rs:
@@ -119,6 +122,7 @@ def test_every_job_gives_the_same_tables_on_both_delta_engines(spark, tmp_path: 
     assert (connector / "evaluation" / "metrics.json").exists() and (delta_rs / "evaluation" / "metrics.json").exists()
 
 
+@pytest.mark.launch
 def test_connector_engine_without_its_jars_is_a_clear_error(tmp_path: Path) -> None:
     """delta.engine: connector in a session embedlib starts, with no connector jars to load: exit 2,
     naming the folder and what to run, before any work."""
@@ -134,6 +138,7 @@ def test_connector_engine_without_its_jars_is_a_clear_error(tmp_path: Path) -> N
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.launch
 def test_a_connector_built_for_another_spark_is_refused_naming_both(tmp_path: Path) -> None:
     """Connector jars whose delta-spark artifact names another Spark (here the real jar, renamed as
     Spark 3.5's): exit 2 naming both versions, instead of a JVM linkage error later."""

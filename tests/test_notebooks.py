@@ -73,6 +73,8 @@ def clean(nb: Any) -> Any:
     return nb
 
 
+@pytest.mark.launch
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name: str, tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
+from embedlib.cli import main
 from embedlib.faults import ENV as FAULTS
 from embedlib.reports import train_report
 from embedlib.score import run_score_job
@@ -82,6 +83,8 @@ def staged_files(table: Path) -> set[str]:
     return {str(p.relative_to(table)) for p in table.rglob("*.parquet") if "_delta_log" not in p.parts}
 
 
+@pytest.mark.launch
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test_source: Path,
                                                             delta_engine: str) -> None:
@@ -112,9 +115,14 @@ def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test
     assert len(DeltaTable(str(run_dir / "adult-demo" / "score_runs")).to_pandas()) == 1
 
 
+@pytest.mark.launch
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_jobs_killed_before_commit_leave_nothing_visible(adult_trained, run_dir: Path, test_source: Path,  # type: ignore[no-untyped-def]
                                                        delta_engine: str) -> None:
+    """Only the runs that die are processes of their own; the reruns and the first score run use the
+    test session (the same ``embedlib`` command, in this process), which also shows that a job finds
+    nothing of the dead process's files in its way."""
     cfg, _ = adult_trained
     fresh = run_dir / "fresh"
     # the process dies after data files are written, before the commit that would make them visible
@@ -124,13 +132,12 @@ def test_jobs_killed_before_commit_leave_nothing_visible(adult_trained, run_dir:
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
     vocab = fresh / "adult-demo" / "vocab"
     assert staged_files(vocab) and not DeltaTable.is_deltatable(str(vocab))  # files, but no table
-    proc = cli("vocab", vocab_args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["vocab", *vocab_args]) == 0
     rebuilt = Vocabulary.load_delta(str(vocab))
     assert rebuilt.to_arrow().equals(Vocabulary.load_delta(cfg.layout.vocab).to_arrow())  # leftovers not read
     assert rebuilt.content_hash == Vocabulary.load_delta(cfg.layout.vocab).content_hash
 
-    assert cli("score", score_args(run_dir, test_source, "r1", delta_engine)).returncode == 0
+    assert main(["score", *score_args(run_dir, test_source, "r1", delta_engine)]) == 0
     table = run_dir / "adult-demo" / "scores"
     version, before = DeltaTable(str(table)).version(), staged_files(table)
     proc = cli("score", score_args(run_dir, test_source, "r2", delta_engine), faults="commit.kill=1")
@@ -138,7 +145,7 @@ def test_jobs_killed_before_commit_leave_nothing_visible(adult_trained, run_dir:
     assert DeltaTable(str(table)).version() == version
     leftovers = staged_files(table) - before
     assert leftovers and len(scores(run_dir)) == ROWS
-    assert cli("score", score_args(run_dir, test_source, "r2", delta_engine)).returncode == 0
+    assert main(["score", *score_args(run_dir, test_source, "r2", delta_engine)]) == 0
     got = scores(run_dir)
     assert len(got) == 2 * ROWS and (got["row_id"].value_counts() == 2).all()
     committed = {a["path"] for a in pa.table(DeltaTable(str(table)).get_add_actions(flatten=True)).to_pylist()}
@@ -234,6 +241,8 @@ def _conflicts_through_delta_rs(spark, tmp_path: Path, monkeypatch, caplog) -> N
     assert staged_files(Path(target)) <= committed  # the skipped write removed its staged files
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_killed_training_worker_fails_fast_and_rerun_resumes(spark, adult_trained, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = adult_trained
@@ -258,6 +267,8 @@ def test_killed_training_worker_fails_fast_and_rerun_resumes(spark, adult_traine
     assert resumed.metrics["restarts"] == 0
 
 
+@pytest.mark.distributed
+@pytest.mark.slow
 def test_a_killed_training_worker_is_launched_again_and_resumes(spark, adult_trained, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                                 monkeypatch, caplog) -> None:
     """By default (``train.max_restarts: 1``) a run whose worker died is launched again at once: it resumes
@@ -280,6 +291,7 @@ def test_a_killed_training_worker_is_launched_again_and_resumes(spark, adult_tra
     assert Path(result.bundle_path, "bundle.json").exists()
 
 
+@pytest.mark.launch
 def test_a_worker_crashing_in_native_code_leaves_its_stack(tmp_path: Path) -> None:
     """A rank that dies of a signal in native code (gloo's std::terminate is an abort) cannot report an
     error; it writes every thread's Python stack to its stderr, which the launcher prints in the driver's

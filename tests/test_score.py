@@ -21,7 +21,16 @@ from embedlib.inference import score_rows
 from embedlib.score import run_score_job, score_frame
 from embedlib.vocab import OOV_INDEX, SchemaError
 
-from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, ROOT, TRAIN_SETS, adult_pandas, copy_vocab
+from .conftest import (
+    ADULT_CONF,
+    ADULT_TEST,
+    BASE_CONF,
+    ROOT,
+    TRAIN_SETS,
+    adult_pandas,
+    copy_vocab,
+    submit_conf,
+)
 
 
 @pytest.fixture(scope="module")
@@ -222,6 +231,8 @@ def test_score_bad_input(spark, adult_trained, tmp_path: Path) -> None:  # type:
     assert not Path(run.layout.scores).exists()
 
 
+@pytest.mark.launch
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_score_job_on_local_cluster_equals_local(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg, _ = adult_trained
@@ -235,7 +246,7 @@ def test_score_job_on_local_cluster_equals_local(spark, adult_trained, tmp_path:
     assert main(["score", *args, "--set", f"output_dir={tmp_path / 'local'}"]) == 0
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     cmd = [str(Path(sys.executable).parent / "spark-submit"), "--master", "local-cluster[2,1,1024]",
-           "--conf", "spark.executor.memory=768m", "--conf", "spark.ui.enabled=false",
+           "--conf", "spark.executor.memory=768m", "--conf", "spark.ui.enabled=false", *submit_conf(),
            "--conf", f"spark.pyspark.python={sys.executable}",
            "jobs/score.py", *args, "--set", f"output_dir={tmp_path / 'cluster'}"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)

@@ -29,10 +29,16 @@ from tests.conftest import (
     TRAIN_SETS,
     adult_pandas,
     logged_address,
+    spark_sets,
 )
 
 BUCKET = "embedlib-test"
 pytestmark = pytest.mark.timeout(900)
+
+
+#: The runs here test storage, not the model: one short epoch on a sample of the rows (scoring still
+#: reads and writes every held-out row).
+QUICK = ("train.epochs=1", "train.max_rows=3000")
 
 
 @dataclass(frozen=True)
@@ -101,8 +107,8 @@ def _embedlib(command: str, server: S3Server, *sets: str, creds: str = "env",
     argv = [sys.executable, "-m", "embedlib.cli", command, "--conf", str(BASE_CONF), "--conf", str(ADULT_CONF),
             "--set", f"source.path=s3a://{BUCKET}/src/adult.data.gz",
             "--set", f"score.source=s3a://{BUCKET}/src/adult.test.gz",
-            "--set", "spark.master=local[2]", "--set", "spark.conf.spark.sql.shuffle.partitions=4",
-            *[a for s in [*TRAIN_SETS, "train.epochs=2", *sets] for a in ("--set", s)]]
+            "--set", "spark.master=local[2]", "--set", "spark.conf.spark.sql.shuffle.partitions=4", *spark_sets(),
+            *[a for s in [*TRAIN_SETS, *QUICK, *sets] for a in ("--set", s)]]
     if creds == "env":
         env.update(server.env)
         if secret is not None:
@@ -147,6 +153,7 @@ def _delta(server: S3Server, path: str):  # type: ignore[no-untyped-def]
         "AWS_ENDPOINT_URL": server.endpoint, "AWS_ALLOW_HTTP": "true"})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("engine", ["connector", "delta-rs"])
 def test_pipeline_on_s3(s3_runs: dict[str, S3Run], s3_server: S3Server, engine: str) -> None:
     from embedlib.bundle import MANIFEST

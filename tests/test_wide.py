@@ -271,6 +271,7 @@ def test_wide_column_trains_and_scores_in_memory(wide_frame: pd.DataFrame, tmp_p
     assert all(0.0 < r["probability"] <= 1.0 for r in reasons)
 
 
+@pytest.mark.distributed
 @pytest.mark.timeout(900)
 def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: Path,  # type: ignore[no-untyped-def]
                                      monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,8 +18,9 @@ with ``E[s] = Σ a_j`` beside it. A row is brought up to date with
 ``w -= D[s] · m / (√v + eps · D[s] / E[s])`` and its moments decayed: the dense Adam's move exactly
 where ``√v`` dwarfs ``eps``, where ``eps`` dwarfs ``√v``, and where ``b_j`` holds still over the steps
 that weigh (``r^(j-s)``: the first few tens); between, an element with a gradient near ``eps`` moves
-by slightly more or less than under the dense Adam — after 80 steps of the test's table, a weight
-0.0001 off where a step moves it 0.003 (``tests/test_lazy.py``). It is brought up to date when a
+by more or less than under the dense Adam — after 40 steps of the test's table, a weight 0.00013 off
+where a step moves it 0.003 (``tests/test_lazy.py``), but after 80 steps one rare row 0.03 off, which the
+dense layers then follow. It is brought up to date when a
 forward pass reads it (a forward pre-hook, :meth:`LazyAdam.keep_current`), when a step's gradient
 holds it (the other ranks' rows), and for every row in :meth:`LazyAdam.flush` — which the training
 loop calls before each epoch's validation and checkpoint, and :meth:`LazyAdam.state_dict` too: a
