@@ -102,6 +102,7 @@ def test_catalog_output_without_connector_fails_before_any_work(spark, tmp_path:
                                          "delta.engine=delta-rs"))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_the_pipeline_on_catalog_tables_with_the_connector(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A Delta catalog table as the source and ``output_schema`` for every run table: vocab, train,

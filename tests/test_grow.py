@@ -57,6 +57,7 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12))
 
 
+@pytest.mark.slow
 def test_update_keeps_indices_and_warm_start_keeps_embeddings(spark, tmp_path: Path, parts) -> None:  # type: ignore[no-untyped-def]
     old_file, new_file, union, frame = parts
     first = run_vocab_job(spark, config(tmp_path, old_file))

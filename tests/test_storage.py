@@ -36,7 +36,7 @@ BUCKET = "embedlib-test"
 pytestmark = pytest.mark.timeout(900)
 
 
-#: The runs here test storage, not the model: one short epoch on a sample of the rows (scoring still
+#: The runs here test storage, not the model: one short epoch on a sample of the training rows (scoring
 #: reads and writes every held-out row).
 QUICK = ("train.epochs=1", "train.max_rows=3000")
 
@@ -192,6 +192,7 @@ def test_both_engines_score_the_same_on_s3(s3_runs: dict[str, S3Run], s3_server:
     np.testing.assert_allclose(got["connector"], got["delta-rs"], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_wrong_credentials_and_missing_bucket_are_named(s3_server: S3Server) -> None:
     wrong = "WRONG" + s3_server.secret[5:]
     for creds in ("env", "spark-conf"):
