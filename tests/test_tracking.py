@@ -13,23 +13,22 @@ from embedlib.bundle import load_bundle
 from embedlib.config import load_config
 from embedlib.tracking import TrackingError, experiment_name, flatten_config, tracking_uri
 
-from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, train_cfg
+from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, copy_vocab, train_cfg
 
 
 @pytest.mark.timeout(600)
-def test_train_and_score_runs_are_logged_and_read_back(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_train_and_score_runs_are_logged_and_read_back(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from mlflow.tracking import MlflowClient
 
     from embedlib.score import run_score_job
     from embedlib.train import run_train_job
-    from embedlib.vocab import run_vocab_job
 
     store = tmp_path / "mlruns"
     cfg = train_cfg(
         tmp_path / "out", "train.epochs=3", "tracking.mlflow=true", f"tracking.tracking_uri={store}",
         f"score.source={ADULT_TEST}", "spark.conf={spark.embedlib.test.password: hunter2}",
     )
-    run_vocab_job(spark, cfg)
+    copy_vocab(adult_trained[0], cfg)  # the shared run's vocabulary: the same source and settings
     result = run_train_job(spark, cfg)
     scored = run_score_job(spark, cfg)
     assert result.tracking_run_id and scored.tracking_run_id
@@ -124,7 +123,7 @@ def test_flattened_params_redact_secrets() -> None:
 
 
 @pytest.mark.timeout(900)
-def test_bundle_as_an_mlflow_model_scores_like_the_job(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_bundle_as_an_mlflow_model_scores_like_the_job(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Training logs the bundle as a pyfunc model; registered, it loads by name and scores — with
     ``predict``, with ``spark_udf`` and as ``score.model`` of the score job — like ``embedlib score``."""
     import mlflow
@@ -135,7 +134,6 @@ def test_bundle_as_an_mlflow_model_scores_like_the_job(spark, tmp_path: Path) ->
     from embedlib.bundle import BundleError
     from embedlib.score import run_score_job
     from embedlib.train import run_train_job
-    from embedlib.vocab import run_vocab_job
 
     from .conftest import adult_pandas
 
@@ -146,7 +144,7 @@ def test_bundle_as_an_mlflow_model_scores_like_the_job(spark, tmp_path: Path) ->
     sets = ("train.epochs=2", "tracking.mlflow=true", f"tracking.tracking_uri={store}", "score.passthrough=[row_id]",
             f"score.source.path={tmp_path / 'rows.parquet'}", "score.source.format=parquet")
     cfg = train_cfg(tmp_path / "out", *sets)
-    run_vocab_job(spark, cfg)
+    copy_vocab(adult_trained[0], cfg)  # the shared run's vocabulary: the same source and settings
     result = run_train_job(spark, cfg)
     run_score_job(spark, cfg)  # the run's own bundle
     job = DeltaTable(cfg.layout.scores).to_pandas().sort_values("row_id")
