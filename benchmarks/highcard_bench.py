@@ -99,7 +99,7 @@ def measure(out: str, data: str, vocab_file: str, head: str, args: argparse.Name
 
     from embedlib.bundle import load_bundle, save_bundle, vocab_of
     from embedlib.encode import encode_in_memory
-    from embedlib.score import build_output
+    from embedlib.output import build_output
     from embedlib.train import CheckpointStore, SingleProcess, train_loop
     from embedlib.train.backends import LocalBackend
     from embedlib.train.job import best_model, make_job

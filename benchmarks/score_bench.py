@@ -348,7 +348,7 @@ def time_batches(fn: Callable[[Any], Any], batches: list[Any]) -> float:
 def _ceiling_process(bundle_path: str, data: str, rows: int, batch_size: int, barrier: Any, results: Any) -> None:
     """One of ``ceiling_all_cores``' processes: load, wait for the others, time ``build_output``."""
     from embedlib.bundle import load_bundle
-    from embedlib.score import build_output
+    from embedlib.output import build_output
 
     bundle = load_bundle(bundle_path)
     batches = load_batches(bundle, data, rows, batch_size)
@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from embedlib.config import SparkConfig
     from embedlib.inference import score_rows
-    from embedlib.score import build_output
+    from embedlib.output import build_output
     from embedlib.spark import delta_connector_available, get_session
     from embedlib.tables import read_table
 

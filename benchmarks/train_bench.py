@@ -224,10 +224,11 @@ def main(argv: list[str] | None = None) -> None:
 
     import embedlib.train.loop as loop_mod
     from embedlib.config import SparkConfig, load_config
-    from embedlib.encode import Encoder, encode_to_shards
+    from embedlib.encode import Encoder
     from embedlib.spark import get_session
     from embedlib.tables import read_source
     from embedlib.train import CheckpointStore, SingleProcess, TrainJob, resolve_backend, spec_for, train_loop
+    from embedlib.train.job import encode_to_shards
     from embedlib.vocab import run_vocab_job
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)

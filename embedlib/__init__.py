@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from embedlib.inmemory import fit
 
-__version__ = "0.1.0"
+from embedlib.version import __version__
 
 __all__ = ["__version__", "fit"]
 

@@ -35,12 +35,12 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 import torch
 
-from embedlib import __version__
 from embedlib.calibration import Calibration
 from embedlib.encode import Encoder
 from embedlib.layout import filesystem
 from embedlib.model import EmbeddingAutoencoder, ModelSpec
 from embedlib.storage import is_s3
+from embedlib.version import __version__
 from embedlib.vocab.model import Vocabulary
 
 if TYPE_CHECKING:
@@ -57,6 +57,8 @@ READABLE_VERSIONS = (1, 2)
 WEIGHTS = "weights.safetensors"
 VOCAB = "vocab.parquet"
 MANIFEST = "bundle.json"
+#: The files of a bundle folder.
+BUNDLE_FILES = (MANIFEST, WEIGHTS, VOCAB)
 _VOCAB_META_KEY = b"embedlib.vocab"
 
 
@@ -247,10 +249,10 @@ class Bundle:
     def score_frame(self, frame: pd.DataFrame, *, rank_by: str | None = None, top_reasons: int = 3,
                     emit_code: bool = False) -> pd.DataFrame:
         """The score job's columns for each row of a pandas DataFrame, without Spark, indexed like
-        ``frame`` (:func:`embedlib.inmemory.score_frame`)."""
-        from embedlib.inmemory import score_frame
+        ``frame`` (:func:`embedlib.output.score_pandas`)."""
+        from embedlib.output import score_pandas
 
-        return score_frame(self, frame, rank_by=rank_by, top_reasons=top_reasons, emit_code=emit_code)
+        return score_pandas(self, frame, rank_by=rank_by, top_reasons=top_reasons, emit_code=emit_code)
 
     @property
     def source_types(self) -> dict[str, str]:
@@ -270,10 +272,10 @@ def _calibration_json(columns: tuple[str, ...], calibration: Calibration | None)
 
 
 def read_bundle_files(path: str) -> dict[str, bytes]:
-    """The raw bytes of a bundle's files (what scoring broadcasts to executors)."""
+    """The raw bytes of a bundle's files (what scoring carries to the workers)."""
     fs, root = filesystem(path)
     blobs: dict[str, bytes] = {}
-    for name in (MANIFEST, WEIGHTS, VOCAB):
+    for name in BUNDLE_FILES:
         try:
             with fs.open_input_stream(f"{root}/{name}") as handle:
                 blobs[name] = bytes(handle.read())

@@ -100,7 +100,7 @@ def _score_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _drift(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
-    from embedlib.drift import run_drift_job
+    from embedlib.runs import run_drift_job
 
     return run_drift_job(spark, cfg)
 
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code (0 ok, 2 bad input, 1 other failures).
 
     A failure is logged as one line: an embedlib error raised inside a Spark task
-    is found in Spark's wrapping (:func:`embedlib.errors.explain`). The full trace
+    is found in Spark's wrapping (:func:`embedlib.failures.explain`). The full trace
     is logged at DEBUG only; ``--log-level DEBUG`` also leaves Spark's own
     per-task stack traces on stderr.
     """
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("%s failed", args.command, exc_info=True)
         return 2
     except Exception as exc:  # a Spark job failed, or something unexpected: one line, trace at DEBUG
-        from embedlib.errors import explain
+        from embedlib.failures import explain
 
         failure = explain(exc, spark, _sources(cfg))
         log.error("%s failed: %s", args.command, failure.message)

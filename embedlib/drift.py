@@ -15,28 +15,24 @@ stream micro-batch). ``embedlib drift`` reads the two and reports, per run and c
 1e-4), the OOV and null rates beside training's, as a table, ``drift.json`` and a PNG over time.
 A column whose PSI in the newest run exceeds ``drift.psi_alert`` (0.25, the usual "significant
 shift") makes the command exit with code 3, so a scheduled job fails loudly.
+
+Core (no pyspark): the job that reads ``score_runs`` is :func:`embedlib.runs.run_drift_job`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from embedlib.errors import CommandAlert
 from embedlib.indices import FIRST_INDEX
 
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
-
-    from embedlib.config import Config
-
-__all__ = ["ALERT_EXIT", "DriftAlert", "DriftReport", "bin_counts", "column_bins", "n_bins", "psi",
-           "run_drift_job", "training_profile"]
+__all__ = ["ALERT_EXIT", "DriftAlert", "DriftReport", "bin_counts", "column_bins", "drift_lines", "drift_report",
+           "n_bins", "psi", "psi_plot", "training_profile"]
 
 log = logging.getLogger(__name__)
 
@@ -145,43 +141,7 @@ def drift_lines(report: DriftReport, columns: Sequence[str]) -> list[str]:
     return lines
 
 
-def run_drift_job(spark: SparkSession, cfg: Config) -> list[str]:
-    """``embedlib drift``: the report of every scoring run of the run's bundle; ``drift.json`` and
-    ``psi.png`` under ``<run>/drift``; :class:`DriftAlert` when the newest run crosses the alert."""
-    from pyspark.sql import functions as F
-
-    from embedlib.bundle import load_bundle
-    from embedlib.layout import join, write_bytes_atomic, write_text_atomic
-    from embedlib.tables import delta_version, read_table, use_engine
-
-    use_engine(spark, cfg.delta)
-    bundle = load_bundle(cfg.layout.bundle)
-    if not bundle.manifest.get("profile"):
-        raise ValueError(f"bundle {cfg.layout.bundle} has no training profile (written before embedlib drift); "
-                         "retrain it to follow drift")
-    path = cfg.layout.score_runs
-    rows: list[dict[str, Any]] = []
-    if delta_version(spark, path) is not None:
-        table = read_table(spark, path)
-        if "bin_counts" in table.columns:
-            rows = [r.asDict(recursive=True) for r in table.where(
-                (F.col("bundle_id") == bundle.bundle_id) & F.col("bin_counts").isNotNull()).collect()]
-    report = drift_report(bundle, rows, cfg.drift.psi_alert)
-    lines = drift_lines(report, bundle.spec.columns)
-    folder = join(cfg.layout.root, "drift")
-    doc = {"bundle_id": bundle.bundle_id, "psi_alert": report.alert, "alerts": report.alerts,
-           "training": report.training, "runs": report.runs}
-    write_text_atomic(join(folder, "drift.json"), json.dumps(doc, indent=1, sort_keys=True))
-    if report.runs:
-        write_bytes_atomic(join(folder, "psi.png"), _plot(report, bundle.spec.columns))
-        lines.append(f"drift.json and psi.png written to {folder}")
-    if report.alerts:
-        raise DriftAlert(f"the newest scoring run drifted: PSI above drift.psi_alert={report.alert} in "
-                         f"{', '.join(report.alerts)}", lines)
-    return lines
-
-
-def _plot(report: DriftReport, columns: Sequence[str]) -> bytes:
+def psi_plot(report: DriftReport, columns: Sequence[str]) -> bytes:
     import io
 
     import matplotlib

@@ -8,9 +8,9 @@
 * ``miss_<j>`` (float32) — 1 where numeric ``j`` is null or NaN (or ±inf under
   ``inf_policy: null``), else 0.
 
-Spark uses the very same function through ``mapInArrow`` (:func:`encode_to_shards`),
-and scoring calls it on its Arrow batches, so the two cannot disagree. This module
-imports no pyspark at import time.
+Spark uses the very same function through ``mapInArrow``
+(:func:`embedlib.train.job.encode_to_shards`), and scoring calls it on its Arrow batches,
+so the two cannot disagree. Core: no pyspark.
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ import pyarrow.compute as pc
 from embedlib.vocab.model import VocabError, Vocabulary
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-
     from embedlib.config import Config
 
-__all__ = ["EncodeError", "Encoded", "Encoder", "ShardSet", "encode_in_memory", "encode_to_shards", "read_shards"]
+__all__ = ["EncodeError", "Encoded", "Encoder", "ShardSet", "collect_shards", "encode_in_memory", "read_shards",
+           "reusable_shards", "shard_count", "shards_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +208,7 @@ class ShardSet:
         )
 
 
-def _fingerprint(vocab: Vocabulary, cfg: Config, shards: int, source_version: str) -> str:
+def shards_fingerprint(vocab: Vocabulary, cfg: Config, shards: int, source_version: str) -> str:
     t = cfg.train
     key = {
         "vocab": vocab.content_hash,
@@ -224,69 +223,11 @@ def _fingerprint(vocab: Vocabulary, cfg: Config, shards: int, source_version: st
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encode_to_shards(
-    spark: SparkSession,
-    df: DataFrame,
-    vocab: Vocabulary,
-    cfg: Config,
-    *,
-    source_version: str = "",
-) -> ShardSet:
-    """Encode ``df`` into Parquet shards under ``<run>/_work/encoded``.
-
-    Rows go to validation by a deterministic hash of their declared columns
-    (``train.validation_fraction``); ``train.sample_fraction`` / ``train.max_rows``
-    keep a deterministic sample. Shards are hash-partitioned and sorted by that
-    hash, so the same source and config give byte-for-byte the same shards — which
-    is what lets an interrupted training run resume exactly. Shards whose
-    fingerprint matches the request are reused.
-    """
-    from pyspark.sql import functions as F
-
-    from embedlib.layout import write_text_atomic
-
-    t = cfg.train
-    shards = _shard_count(cfg)
-    fingerprint = _fingerprint(vocab, cfg, shards, source_version)
-    root = cfg.layout.encoded
-    meta_path = cfg.layout.shards_manifest
-    found = _reusable(cfg, fingerprint)
-    if found is not None:
-        return found
-
-    encoder = Encoder.for_vocab(vocab)
-    cols = [F.col(f"`{c}`") for c in encoder.columns]
-    frame = df.select(*cols).withColumn(HASH, F.xxhash64(*cols))
-    scale = 1_000_000
-    if t.sample_fraction is not None or t.max_rows is not None:
-        frame = frame.withColumn(SAMPLE, F.pmod(F.xxhash64(F.col(HASH), F.lit(t.seed)), F.lit(scale)))
-        if t.sample_fraction is not None:
-            frame = frame.where(F.col(SAMPLE) < F.lit(int(t.sample_fraction * scale)))
-        else:
-            assert t.max_rows is not None
-            frame = frame.orderBy(SAMPLE, HASH).limit(t.max_rows)
-        frame = frame.drop(SAMPLE)
-    frame = frame.withColumn(
-        VALID, F.pmod(F.col(HASH), F.lit(scale)) < F.lit(int(t.validation_fraction * scale))
-    )
-    out_schema = _spark_schema(encoder)
-    encoded = frame.mapInArrow(encoder.spark_batches, out_schema)
-    encoded = encoded.repartition(shards, HASH).sortWithinPartitions(HASH)
-    split = F.when(F.col(VALID), F.lit("valid")).otherwise(F.lit("train"))
-    encoded.withColumn("split", split).drop(VALID, HASH).write.mode("overwrite").partitionBy(
-        "split"
-    ).parquet(root)
-    result = _collect_shards(spark, root, fingerprint)
-    write_text_atomic(meta_path, json.dumps(result.to_dict(), indent=1))
-    log.info("encoded %d train / %d valid rows into %s", result.train_rows, result.valid_rows, root)
-    return result
-
-
-def _shard_count(cfg: Config) -> int:
+def shard_count(cfg: Config) -> int:
     return cfg.train.num_shards or max(8, 4 * cfg.train.num_workers)
 
 
-def _reusable(cfg: Config, fingerprint: str) -> ShardSet | None:
+def reusable_shards(cfg: Config, fingerprint: str) -> ShardSet | None:
     """The run's shards when their manifest has ``fingerprint`` (same rows, vocabulary, split)."""
     from embedlib.layout import read_text
 
@@ -328,10 +269,10 @@ def encode_in_memory(table: pa.Table, vocab: Vocabulary, cfg: Config) -> ShardSe
             keep = np.lexsort((h, sample))[: t.max_rows]
     keep = keep[np.argsort(h[keep], kind="stable")]
     valid = h[keep] % scale < np.uint64(int(t.validation_fraction * 1_000_000))
-    shards = _shard_count(cfg)
+    shards = shard_count(cfg)
     digest = hashlib.sha256(h[keep].tobytes()).hexdigest()[:16]
-    fingerprint = _fingerprint(vocab, cfg, shards, f"in-memory:{digest}")
-    found = _reusable(cfg, fingerprint)
+    fingerprint = shards_fingerprint(vocab, cfg, shards, f"in-memory:{digest}")
+    found = reusable_shards(cfg, fingerprint)
     if found is not None:
         return found
     root = cfg.layout.encoded
@@ -361,14 +302,8 @@ def encode_in_memory(table: pa.Table, vocab: Vocabulary, cfg: Config) -> ShardSe
     return result
 
 
-def _spark_schema(encoder: Encoder) -> str:
-    parts = [f"cat_{i} INT" for i in range(len(encoder.categorical))]
-    parts += [f"num_{j} FLOAT" for j in range(len(encoder.numeric))]
-    parts += [f"miss_{j} FLOAT" for j in range(len(encoder.numeric))]
-    return ", ".join(parts + [f"{HASH} BIGINT", f"{VALID} BOOLEAN"])
-
-
-def _collect_shards(spark: SparkSession, root: str, fingerprint: str) -> ShardSet:
+def collect_shards(root: str, fingerprint: str) -> ShardSet:
+    """The shards under ``root`` (``split=train``, ``split=valid``) with their row counts."""
     import pyarrow.parquet as pq
 
     from embedlib.layout import filesystem, join

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 
-__all__ = ["ENV", "InjectedFault", "fail_task_attempt", "fault", "kill_self", "kill_when_files_appear"]
+__all__ = ["ENV", "InjectedFault", "fault", "kill_self", "kill_when_files_appear"]
 
 ENV = "EMBEDLIB_FAULTS"
 
@@ -79,17 +79,3 @@ def kill_when_files_appear(site: str, folder: str, suffix: str = ".parquet") -> 
             time.sleep(0.002)
 
     threading.Thread(target=watch, name=f"fault-{site}", daemon=True).start()
-
-
-def fail_task_attempt(site: str) -> None:
-    """Inside a Spark task: raise if ``site`` says this attempt of partition 0 must fail."""
-    value = fault(site)
-    if value is None:
-        return
-    from pyspark import TaskContext
-
-    ctx = TaskContext.get()
-    if ctx is not None and ctx.partitionId() == 0 and ctx.attemptNumber() < int(value):
-        message = f"injected fault {site}: attempt {ctx.attemptNumber()} of partition 0 fails"
-        log.warning("%s", message)  # on the executor's stderr, whatever Spark logs
-        raise InjectedFault(message)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 import numpy as np
 import pyarrow as pa
@@ -24,10 +24,35 @@ import torch
 from embedlib.model import AdaptiveHead, WideOutput, column_nll, top_of
 
 if TYPE_CHECKING:
-    from embedlib.bundle import Bundle
-    from embedlib.encode import Encoded
+    from embedlib.calibration import Calibration
+    from embedlib.encode import Encoded, Encoder
+    from embedlib.model import EmbeddingAutoencoder, ModelSpec
+    from embedlib.vocab.model import Vocabulary
 
-__all__ = ["ScoreResult", "score_encoded", "score_rows"]
+__all__ = ["ScoreResult", "ScoringBundle", "score_encoded", "score_rows"]
+
+
+class ScoringBundle(Protocol):
+    """What scoring reads of a bundle (:class:`embedlib.bundle.Bundle` is one): scoring sits below the
+    bundle's module, so that ``Bundle.score_frame`` can call it without an import cycle."""
+
+    @property
+    def bundle_id(self) -> str: ...
+    @property
+    def spec(self) -> ModelSpec: ...
+    @property
+    def model(self) -> EmbeddingAutoencoder: ...
+    @property
+    def vocab(self) -> Vocabulary: ...
+    @property
+    def encoder(self) -> Encoder: ...
+    @property
+    def calibration(self) -> Calibration | None: ...
+    @property
+    def rank_by(self) -> str: ...
+    @property
+    def source_types(self) -> dict[str, str]: ...
+    def threshold_for(self, rank_by: str) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -72,13 +97,13 @@ class ScoreResult:
             else self.contributions
 
 
-def score_rows(bundle: Bundle, data: pa.Table | pa.RecordBatch, *, rank_by: str | None = None,
+def score_rows(bundle: ScoringBundle, data: pa.Table | pa.RecordBatch, *, rank_by: str | None = None,
                with_code: bool = False) -> ScoreResult:
     """Encode raw rows (columns named as in the bundle) with its vocabulary and score them."""
     return score_encoded(bundle, bundle.encoder.arrays(data), rank_by=rank_by, with_code=with_code)
 
 
-def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
+def score_encoded(bundle: ScoringBundle, enc: Encoded, *, rank_by: str | None = None,
                   with_code: bool = False) -> ScoreResult:
     """Score already-encoded rows: one forward pass (the masked kind: one per mask group), on at
     most the model's ``pass_rows`` rows at a time (bounded memory whatever the cardinality).
@@ -114,7 +139,7 @@ def score_encoded(bundle: Bundle, enc: Encoded, *, rank_by: str | None = None,
     )
 
 
-def _pass(bundle: Bundle, enc: Encoded, rows: slice, with_code: bool) -> tuple[torch.Tensor, ...]:
+def _pass(bundle: ScoringBundle, enc: Encoded, rows: slice, with_code: bool) -> tuple[torch.Tensor, ...]:
     """One pass over ``rows`` of ``enc``: contributions, numeric predictions, each categorical's
     arg-max and its probability (−1, NaN for a wide column), the code, then each wide column's hidden
     state and then each one's :attr:`~embedlib.heads.WideOutput.head_top` (its arg-max, for the rows

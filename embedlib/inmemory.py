@@ -1,5 +1,5 @@
-"""In memory, without Spark: :func:`fit` a bundle on a pandas DataFrame or an Arrow table, and
-:func:`score_frame` pandas rows with it (``Bundle.score_frame``).
+"""In memory, without Spark: :func:`fit` a bundle on a pandas DataFrame or an Arrow table; score
+pandas rows with it with ``Bundle.score_frame`` (:func:`embedlib.output.score_pandas`).
 
 For tables that fit in memory. :func:`fit` takes its configuration from the CLI's loader (every
 value checked by the same rules), counts the vocabulary with the arrow engine's counting
@@ -7,8 +7,8 @@ value checked by the same rules), counts the vocabulary with the arrow engine's 
 the same encoder and split rules (:func:`~embedlib.encode.encode_in_memory`), and trains, sizes,
 calibrates and saves through the training job's own :func:`~embedlib.train.train_on_shards` on the
 local backend. The bundle is the jobs' format: ``embedlib score`` reads it, and
-:func:`score_frame` builds the score job's columns with the score job's
-:func:`~embedlib.score.build_output` — the same numbers on the same rows.
+``Bundle.score_frame`` builds the score job's columns with the score job's
+:func:`~embedlib.output.build_output` — the same numbers on the same rows.
 """
 
 from __future__ import annotations
@@ -25,13 +25,12 @@ import pyarrow.parquet as pq
 
 from embedlib.config import ConfigError, load_config
 from embedlib.layout import RunLayout, open_atomic
-from embedlib.vocab.model import SchemaError
 
 if TYPE_CHECKING:
     from embedlib.bundle import Bundle
     from embedlib.config import Config
 
-__all__ = ["fit", "score_frame"]
+__all__ = ["fit"]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +64,8 @@ def fit(data: pd.DataFrame | pa.Table | pa.RecordBatch, *, categorical: Sequence
                            f"columns.categorical={json.dumps(list(categorical))}",
                            f"columns.numeric={json.dumps(list(numeric))}",
                            *(f"{k}={json.dumps(v)}" for k, v in settings.items())])  # bad settings fail here
+    from embedlib.output import as_table
+
     return _fit(as_table(data, cfg.feature_columns, "embedlib.fit"), cfg, source)
 
 
@@ -87,60 +88,3 @@ def _fit(table: pa.Table, cfg: Config, source: str) -> Bundle:
     shards = encode_in_memory(table, vocab, cfg)
     result = train_on_shards(None, cfg, vocab, shards, backend, parent=parent)
     return load_bundle(result.bundle_path)
-
-
-def as_table(data: pd.DataFrame | pa.Table | pa.RecordBatch, columns: Sequence[str], who: str) -> pa.Table:
-    """``columns`` of ``data`` as an Arrow table (dictionary columns decoded); a missing column
-    or one Arrow cannot read is named."""
-    if isinstance(data, pd.DataFrame):
-        names = [str(c) for c in data.columns]
-    elif isinstance(data, pa.Table | pa.RecordBatch):
-        names = list(data.schema.names)
-    else:
-        raise TypeError(f"{who}: expected a pandas DataFrame or a pyarrow Table, got {type(data).__name__}")
-    missing = [c for c in columns if c not in names]
-    if missing:
-        raise SchemaError(f"{who}: the data lacks column(s) {', '.join(missing)}; it has {', '.join(names)}")
-    if isinstance(data, pd.DataFrame):
-        arrays = []
-        for c in columns:
-            try:
-                arrays.append(pa.array(data[c], from_pandas=True))
-            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise SchemaError(f"{who}: column '{c}' mixes types Arrow cannot hold in one column ({exc}); "
-                                  "cast it to one type (str for a categorical, float for a numeric)") from exc
-        table = pa.table(arrays, names=list(columns))
-    else:
-        table = (data if isinstance(data, pa.Table) else pa.Table.from_batches([data])).select(list(columns))
-    for i, f in enumerate(table.schema):
-        if pa.types.is_dictionary(f.type):
-            table = table.set_column(i, f.name, table.column(i).cast(f.type.value_type))
-    return table
-
-
-def score_frame(bundle: Bundle, frame: pd.DataFrame, *, rank_by: str | None = None, top_reasons: int = 3,
-                emit_code: bool = False) -> pd.DataFrame:
-    """The score job's columns for each row of ``frame`` (``anomaly_score``, ``is_anomaly``,
-    ``contributions`` as dicts, ``reasons`` as lists of dicts, ``calibrated_score``,
-    ``calibrated_contributions``, ``code`` with ``emit_code``, ``bundle_id``), indexed like
-    ``frame`` so that ``frame.join(scores)`` puts them side by side."""
-    from pyspark.sql.pandas.types import from_arrow_schema  # type mapping only: no session
-
-    from embedlib.score import build_output
-    from embedlib.vocab.schema import check_columns
-
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"score_frame: expected a pandas DataFrame, got {type(frame).__name__}")
-    spec = bundle.spec
-    table = as_table(frame, spec.columns, "score_frame")
-    check_columns(from_arrow_schema(table.schema), "the rows to score", categorical=spec.categorical,
-                  numeric=spec.numeric, trained=bundle.source_types)
-    ranking = rank_by or bundle.rank_by
-    threshold = bundle.threshold_for(ranking)
-    # one call: score_encoded runs the model the bundle's pass_rows at a time (bounded memory)
-    out = build_output(bundle, table, threshold=threshold, top_reasons=top_reasons, emit_code=emit_code,
-                       rank_by=ranking)
-    out["bundle_id"] = pa.array([bundle.bundle_id] * table.num_rows, pa.string())
-    scores = pa.table(out).to_pandas(maps_as_pydicts="strict")
-    scores.index = frame.index
-    return scores

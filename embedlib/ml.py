@@ -195,7 +195,8 @@ class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomaly
         return self._bundle
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        from embedlib.score import output_names, score_frame
+        from embedlib.output import output_names
+        from embedlib.score import score_frame
         from embedlib.workers import passthrough_columns
 
         keep = passthrough_columns("all", (), dataset.columns, output_names(), "transform")

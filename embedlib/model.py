@@ -351,12 +351,3 @@ def corrupt(
         noise = torch.randn(num.shape, generator=generator, device=device)
         num = torch.where(nhit, noise, num)
     return cat, num
-
-
-def __getattr__(name: str) -> Any:
-    # The seed design moved to embedlib.baselines; the old import path keeps working.
-    if name == "EmbeddingMSEAutoencoder":
-        from embedlib.baselines import EmbeddingMSEAutoencoder
-
-        return EmbeddingMSEAutoencoder
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

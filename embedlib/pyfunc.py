@@ -4,7 +4,7 @@ Training with ``tracking.mlflow: true`` logs the bundle as a pyfunc model with a
 bundle's columns with their source types in, the scores out), so
 ``mlflow.pyfunc.load_model(uri).predict(pandas_df)`` and
 ``mlflow.pyfunc.spark_udf(spark, uri, result_type="double")`` score like ``embedlib score`` — the
-same :func:`embedlib.score.build_output`, threshold and ranking. ``score.model:
+same :func:`embedlib.output.build_output`, threshold and ranking. ``score.model:
 models:/<name>/<version>`` (or any MLflow model URI) scores with a registered model's bundle.
 """
 
@@ -16,8 +16,8 @@ from typing import Any
 import mlflow.pyfunc
 import pandas as pd
 
+from embedlib import output
 from embedlib.bundle import Bundle, BundleError, load_bundle
-from embedlib.inmemory import score_frame
 
 __all__ = ["BUNDLE_ARTIFACT", "BundleModel", "bundle_from_model", "log_bundle_model", "score_pandas", "signature"]
 
@@ -29,8 +29,8 @@ BUNDLE_ARTIFACT = "bundle"
 
 def score_pandas(bundle: Bundle, frame: pd.DataFrame) -> pd.DataFrame:
     """``anomaly_score``, ``calibrated_score`` (NaN without calibration) and ``is_anomaly`` of each
-    row of ``frame``: :func:`embedlib.inmemory.score_frame`'s (the score job's) without reasons."""
-    scores = score_frame(bundle, frame.reset_index(drop=True), top_reasons=0)
+    row of ``frame``: :func:`embedlib.output.score_pandas`'s (the score job's) without reasons."""
+    scores = output.score_pandas(bundle, frame.reset_index(drop=True), top_reasons=0)
     return scores[["anomaly_score", "calibrated_score", "is_anomaly"]].astype(
         {"anomaly_score": "float64", "calibrated_score": "float64", "is_anomaly": "bool"})
 

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 
     from embedlib.config import Config
     from embedlib.evaluate import Evaluation
-    from embedlib.runs import ScoreRun
+    from embedlib.summary import ScoreRun
     from embedlib.train import TrainResult
     from embedlib.vocab import Vocabulary
 
@@ -67,7 +67,7 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
     """Readable summary of a score run: the top rows with reasons, the distribution."""
     from pyspark.sql import functions as F
 
-    from embedlib.score import output_names
+    from embedlib.output import output_names
     from embedlib.tables import read_table
 
     if not run.written:

@@ -1,71 +1,23 @@
-"""What a score run did: the :class:`ScoreRun` record and the ``score_runs`` table it goes to.
-
-A neutral module: scoring writes these records, tracking logs them, reports
-print them, and none of those import each other for it.
+"""The ``score_runs`` table: a run's summary row written, found and read back, and ``embedlib drift``
+over them (the Spark layer; the record itself is :class:`embedlib.summary.ScoreRun`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+import json
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pyarrow as pa
 
-from embedlib.drift import bin_counts, n_bins
+from embedlib.summary import SCORE_RUNS_SCHEMA, ScoreRun
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-__all__ = ["FLAG_INF", "FLAG_MISSING", "FLAG_OOV", "SCORE_RUNS_SCHEMA", "CountLayout", "ScoreRun", "SumOfCounts",
-           "batch_counts", "has_summary", "write_summary"]
+    from embedlib.config import Config
 
-#: Per-cell marks a score run counts into its summary: missing (null/NaN), out of vocabulary,
-#: ±inf read as missing (``inf_policy: null``); 0 is an ordinary value.
-FLAG_MISSING, FLAG_OOV, FLAG_INF = 1, 2, 3
-
-SCORE_RUNS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()), ("bundle_id", pa.string()), ("source", pa.string()),
-        ("output", pa.string()), ("rows", pa.int64()), ("anomalies", pa.int64()),
-        ("threshold", pa.float64()),
-        ("score_quantiles", pa.map_(pa.string(), pa.float64())),
-        ("null_rate", pa.map_(pa.string(), pa.float64())),
-        ("oov_rate", pa.map_(pa.string(), pa.float64())),
-        ("started_at", pa.timestamp("us", tz="UTC")), ("seconds", pa.float64()),
-        ("inf_rows", pa.int64()),
-        ("rank_by", pa.string()),
-        ("bin_counts", pa.map_(pa.string(), pa.list_(pa.int64()))),
-    ]
-)
-
-
-@dataclass(frozen=True)
-class ScoreRun:
-    """What a score run did (also the row written to ``score_runs``)."""
-
-    run_id: str
-    bundle_id: str
-    source: str
-    output: str
-    written: bool
-    rows: int
-    anomalies: int
-    threshold: float
-    quantiles: Mapping[str, float]
-    null_rate: Mapping[str, float]
-    oov_rate: Mapping[str, float]
-    started_at: str
-    seconds: float
-    #: rows with at least one ±inf numeric read as missing (vocabulary ``inf_policy: null``)
-    inf_rows: int = 0
-    #: what rows were flagged by: "calibrated" or "nats" (the threshold is on that score)
-    rank_by: str = "nats"
-    tracking_run_id: str | None = None  # the MLflow run, with tracking.mlflow: true
-    #: rows per drift bin of each column (:mod:`embedlib.drift`)
-    bin_counts: Mapping[str, list[int]] = field(default_factory=dict)
+__all__ = ["has_summary", "read_summaries", "run_drift_job", "write_summary"]
 
 
 def has_summary(spark: SparkSession, path: str, run_id: str) -> bool:
@@ -76,6 +28,26 @@ def has_summary(spark: SparkSession, path: str, run_id: str) -> bool:
     if delta_version(spark, path) is None:
         return False
     return not read_table(spark, path).where(F.col("run_id") == run_id).isEmpty()
+
+
+def read_summaries(spark: SparkSession, path: str, prefix: str) -> list[ScoreRun]:
+    """The summaries in ``score_runs`` at ``path`` whose run id starts with ``prefix`` (none: no table)."""
+    from pyspark.sql import functions as F
+
+    from embedlib.tables import delta_version, read_table
+
+    if delta_version(spark, path) is None:
+        return []
+    rows = read_table(spark, path).where(F.col("run_id").startswith(prefix)).toArrow().to_pylist()
+    return [ScoreRun(
+        run_id=r["run_id"], bundle_id=r["bundle_id"], source=r["source"], output=r["output"], written=True,
+        rows=int(r["rows"]), anomalies=int(r["anomalies"]), threshold=float(r["threshold"]),
+        quantiles=dict(r["score_quantiles"] or []), null_rate=dict(r["null_rate"] or []),
+        oov_rate=dict(r["oov_rate"] or []),
+        started_at=r["started_at"].astimezone(dt.timezone.utc).isoformat(timespec="seconds"),
+        seconds=float(r["seconds"]), inf_rows=int(r["inf_rows"] or 0), rank_by=r["rank_by"] or "nats",
+        bin_counts={k: list(v) for k, v in (r["bin_counts"] or [])},
+    ) for r in rows]
 
 
 def write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str, int]) -> None:
@@ -102,55 +74,38 @@ def write_summary(spark: SparkSession, run: ScoreRun, path: str, txn: tuple[str,
     write_table(spark, frame, path, mode="append", txn=txn)
 
 
-@dataclass(frozen=True)
-class CountLayout:
-    """Where each figure of a score run's summary sits in the counts vector the workers add up
-    (:func:`batch_counts`): rows, then per column the missing cells, per categorical the
-    out-of-vocabulary ones, per column its drift bins (:func:`embedlib.drift.column_bins`), and
-    the rows with a ±inf numeric."""
+def run_drift_job(spark: SparkSession, cfg: Config) -> list[str]:
+    """``embedlib drift``: the report of every scoring run of the run's bundle; ``drift.json`` and
+    ``psi.png`` under ``<run>/drift``; :class:`DriftAlert` when the newest run crosses the alert."""
+    from pyspark.sql import functions as F
 
-    columns: int
-    categorical: int  # the first ``categorical`` columns
+    from embedlib.bundle import load_bundle
+    from embedlib.drift import DriftAlert, drift_lines, drift_report, psi_plot
+    from embedlib.layout import join, write_bytes_atomic, write_text_atomic
+    from embedlib.tables import delta_version, read_table, use_engine
 
-    @property
-    def bins(self) -> tuple[int, ...]:
-        """The drift bins of each column (:func:`embedlib.drift.n_bins`)."""
-        return tuple(n_bins(k < self.categorical) for k in range(self.columns))
-
-    @property
-    def size(self) -> int:
-        return 1 + self.columns + self.categorical + sum(self.bins) + 1
-
-    def unpack(self, counts: np.ndarray) -> tuple[int, list[int], list[int], list[list[int]], int]:
-        """``(rows, missing per column, OOV per categorical, bins per column, ±inf rows)``."""
-        values = [int(v) for v in counts]
-        at = 1 + self.columns + self.categorical
-        bins = []
-        for width in self.bins:
-            bins.append(values[at:at + width])
-            at += width
-        return (values[0], values[1:1 + self.columns], values[1 + self.columns:1 + self.columns + self.categorical],
-                bins, values[-1])
-
-
-def batch_counts(layout: CountLayout, marks: np.ndarray, bins: np.ndarray) -> np.ndarray:
-    """A batch's counts in ``layout`` from its per-cell ``marks`` and drift ``bins`` (``[rows, columns]``)."""
-    missing = ((marks == FLAG_MISSING) | (marks == FLAG_INF)).sum(0)
-    oov = (marks[:, : layout.categorical] == FLAG_OOV).sum(0)
-    per_bin = bin_counts(bins, layout.categorical)
-    inf_rows = int((marks == FLAG_INF).any(1).sum())
-    return np.concatenate([[marks.shape[0]], missing, oov, *per_bin, [inf_rows]]).astype(np.int64)
-
-
-class SumOfCounts:
-    """Element-wise sum of int64 count vectors: the parameter of the score job's accumulator
-    (``SparkContext.accumulator(zeros, SumOfCounts())``). Not a pyspark ``AccumulatorParam``
-    subclass, so that this module (and the in-memory scorer's imports) need no pyspark:
-    pyspark only calls these two methods."""
-
-    def zero(self, value: np.ndarray) -> np.ndarray:
-        return np.zeros_like(value)
-
-    def addInPlace(self, value1: np.ndarray, value2: np.ndarray) -> np.ndarray:  # noqa: N802 (pyspark's name)
-        value1 += value2
-        return value1
+    use_engine(spark, cfg.delta)
+    bundle = load_bundle(cfg.layout.bundle)
+    if not bundle.manifest.get("profile"):
+        raise ValueError(f"bundle {cfg.layout.bundle} has no training profile (written before embedlib drift); "
+                         "retrain it to follow drift")
+    path = cfg.layout.score_runs
+    rows: list[dict[str, Any]] = []
+    if delta_version(spark, path) is not None:
+        table = read_table(spark, path)
+        if "bin_counts" in table.columns:
+            rows = [r.asDict(recursive=True) for r in table.where(
+                (F.col("bundle_id") == bundle.bundle_id) & F.col("bin_counts").isNotNull()).collect()]
+    report = drift_report(bundle, rows, cfg.drift.psi_alert)
+    lines = drift_lines(report, bundle.spec.columns)
+    folder = join(cfg.layout.root, "drift")
+    doc = {"bundle_id": bundle.bundle_id, "psi_alert": report.alert, "alerts": report.alerts,
+           "training": report.training, "runs": report.runs}
+    write_text_atomic(join(folder, "drift.json"), json.dumps(doc, indent=1, sort_keys=True))
+    if report.runs:
+        write_bytes_atomic(join(folder, "psi.png"), psi_plot(report, bundle.spec.columns))
+        lines.append(f"drift.json and psi.png written to {folder}")
+    if report.alerts:
+        raise DriftAlert(f"the newest scoring run drifted: PSI above drift.psi_alert={report.alert} in "
+                         f"{', '.join(report.alerts)}", lines)
+    return lines

@@ -1,7 +1,10 @@
 """Scoring at scale: Arrow batches through ``mapInArrow``, the bundle loaded once per worker.
 
-The driver verifies the bundle, checks the source's schema against it (before
-any Spark job), and broadcasts the bundle's file bytes once. On the executors,
+The Spark layer of scoring: :func:`embedlib.output.build_output` (core) makes each batch's columns.
+
+The driver verifies the bundle and checks the source's schema against it (before
+any Spark job); the bundle travels with the function (:mod:`embedlib.workers`, no
+``SparkContext``: the same code runs over Spark Connect). On the executors,
 :func:`embedlib.workers.cached_bundle` keeps one loaded
 :class:`~embedlib.bundle.Bundle` per Python worker — never one per batch. Each Arrow batch is encoded with the bundle's vocabulary (vectorized
 lookup), scored in one forward pass, and returned as an Arrow batch with:
@@ -28,23 +31,16 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-import math
 import time
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from embedlib import runs
 from embedlib.bundle import Bundle, BundleError
-from embedlib.drift import column_bins
-from embedlib.indices import NULL_INDEX, OOV_INDEX
-from embedlib.inference import score_rows
-from embedlib.runs import ScoreRun, has_summary, write_summary
+from embedlib.output import build_output, output_names
+from embedlib.runs import has_summary, write_summary
+from embedlib.summary import CountLayout, ScoreRun
 from embedlib.vocab.model import SchemaError
-from embedlib.workers import check_source, map_with_bundle, passthrough_columns
+from embedlib.workers import COUNTS_COLUMN, check_source, map_with_bundle, passthrough_columns, summed_counts
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -52,135 +48,16 @@ if TYPE_CHECKING:
     from embedlib.config import Config, SourceConfig
 
 __all__ = [
-    "REASON_TYPE", "ScoreRun", "Scoring", "build_output", "check_source", "output_fields",
-    "output_names", "prepare_scoring", "run_score_job", "score_frame", "score_into",
+    "ScoreRun", "Scoring", "check_source", "output_fields", "prepare_scoring", "run_score_job", "score_frame",
+    "score_into",
 ]
 
 log = logging.getLogger(__name__)
 
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
-REASON_TYPE = pa.struct(
-    [
-        ("column", pa.string()),
-        ("value", pa.string()),
-        ("expected", pa.string()),
-        ("probability", pa.float64()),
-        ("nats", pa.float64()),
-    ]
-)
-
-
-def build_output(
-    bundle: Bundle,
-    features: pa.Table | pa.RecordBatch,
-    *,
-    threshold: float,
-    top_reasons: int,
-    emit_code: bool,
-    counts: Any = None,
-    rank_by: str | None = None,
-) -> dict[str, pa.Array]:
-    """Score raw feature columns (named as in the bundle) into the output arrays.
-
-    ``is_anomaly`` and the order of ``reasons`` follow ``rank_by`` (default: the
-    bundle's). ``counts`` (a Spark accumulator of :class:`embedlib.runs.SumOfCounts`, or anything with
-    ``add``) gets the batch's summary counts (:func:`embedlib.runs.batch_counts`: missing, out-of-vocabulary
-    and ±inf cells, drift bins) — counted here, in the worker, for the score job's run summary.
-    """
-    result = score_rows(bundle, features, rank_by=rank_by, with_code=emit_code)
-    spec = bundle.spec
-    names = pa.array(spec.columns, pa.string())
-    rows, width = result.contributions.shape
-    n_cat = len(spec.categorical)
-
-    out: dict[str, pa.Array] = {}
-    out["anomaly_score"] = pa.array(result.score, pa.float64())
-    out["is_anomaly"] = pa.array(result.ranking > threshold, pa.bool_())
-    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
-    keys = names.take(np.tile(np.arange(width), rows))
-    out["contributions"] = pa.MapArray.from_arrays(
-        offsets, keys, pa.array(result.contributions.reshape(-1), pa.float64())
-    )
-
-    k = min(top_reasons, width)
-    top = np.argsort(-result.ranking_contributions, axis=1, kind="stable")[:, :k]
-    row_idx = np.repeat(np.arange(rows), k)
-    col_idx = top.reshape(-1)
-    values = np.empty(len(col_idx), dtype=object)
-    expected = np.empty(len(col_idx), dtype=object)
-    probability = np.full(len(col_idx), np.nan)
-    for c in np.unique(col_idx):
-        hit = col_idx == c
-        sel = row_idx[hit]
-        name = spec.columns[c]
-        if c < n_cat:
-            cv = bundle.vocab[name]
-            taken = features.column(name).take(pa.array(sel))  # the rows shown only
-            raw = taken.to_numpy(zero_copy_only=False)
-            null = pc.is_null(taken, nan_is_null=True).to_numpy(zero_copy_only=False)  # None or NaN
-            shown = np.where(null | (result.observed[sel, c] == NULL_INDEX), "<null>", raw.astype(str))
-            values[hit] = shown
-            index, prob = result.expected_of(c, sel)
-            expected[hit] = cv.labels()[index]
-            probability[hit] = prob
-        else:
-            j = c - n_cat
-            raw_x = _as_float(features.column(name).take(pa.array(sel)))  # the rows shown only
-            # formatted from Python floats (.tolist()): 3× faster than numpy scalars (score_bench --profile)
-            values[hit] = ["<null>" if not math.isfinite(x) else f"{x:.6g}" for x in raw_x.tolist()]
-            expected[hit] = [f"{x:.6g}" for x in result.expected_num[sel, j].tolist()]
-    reasons = pa.StructArray.from_arrays(
-        [
-            names.take(pa.array(col_idx, pa.int64())),
-            pa.array(values.tolist(), pa.string()),
-            pa.array(expected.tolist(), pa.string()),
-            pa.array(probability, pa.float64(), mask=np.isnan(probability)),
-            pa.array(result.contributions[row_idx, col_idx] if len(col_idx) else [], pa.float64()),
-        ],
-        fields=list(REASON_TYPE),
-    )
-    out["reasons"] = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * k), reasons)
-    if result.calibrated is not None and result.calibrated_score is not None:
-        out["calibrated_score"] = pa.array(result.calibrated_score, pa.float64())
-        out["calibrated_contributions"] = pa.MapArray.from_arrays(
-            offsets, keys, pa.array(result.calibrated.reshape(-1), pa.float64())
-        )
-    else:  # a bundle written before calibration
-        out["calibrated_score"] = pa.nulls(rows, pa.float64())
-        out["calibrated_contributions"] = pa.nulls(rows, pa.map_(pa.string(), pa.float64()))
-    if emit_code:
-        code = result.code.astype(np.float32)
-        out["code"] = pa.ListArray.from_arrays(
-            pa.array(np.arange(rows + 1, dtype=np.int32) * code.shape[1]),
-            pa.array(code.reshape(-1), pa.float32()),
-        )
-    if counts is not None:
-        marks = np.zeros((rows, width), dtype=np.int8)
-        if n_cat:
-            marks[:, :n_cat][result.observed == NULL_INDEX] = runs.FLAG_MISSING
-            marks[:, :n_cat][result.observed == OOV_INDEX] = runs.FLAG_OOV
-        if spec.numeric:
-            marks[:, n_cat:][result.missing > 0] = runs.FLAG_MISSING
-            for j, name in enumerate(spec.numeric):  # ±inf only gets here under inf_policy: null
-                marks[np.isinf(_as_float(features.column(name))), n_cat + j] = runs.FLAG_INF
-        bins = column_bins(result.observed, result.standardized, result.missing)
-        counts.add(runs.batch_counts(runs.CountLayout(width, n_cat), marks, bins))
-    return out
-
-
-def _as_float(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def output_names() -> frozenset[str]:
-    """Every column name a scores table can hold besides the passed-through ones (with ``code``
-    and ``bundle_id``): a source column of one of these names is not passed through."""
-    return frozenset(f.name for f in output_fields(True)) | {"bundle_id"}
-
-
 def output_fields(emit_code: bool) -> list[Any]:
-    """Spark fields of :func:`build_output`'s columns."""
+    """Spark fields of :func:`~embedlib.output.build_output`'s columns (:data:`~embedlib.output.OUTPUT_COLUMNS`)."""
     from pyspark.sql.types import (
         ArrayType,
         BooleanType,
@@ -224,14 +101,15 @@ def score_frame(
     top_reasons: int = 3,
     emit_code: bool = False,
     table: str = "source",
-    counts: Any = None,
+    counts: bool = False,
     batch_size: int | None = None,
     rank_by: str | None = None,
 ) -> DataFrame:
     """The scored DataFrame (lazy). ``rank_by`` (default: the bundle's) decides
     ``is_anomaly`` and the reasons' order; ``threshold`` defaults to the bundle's
-    for that ranking. ``counts``, an accumulator of :class:`embedlib.runs.SumOfCounts`, gets every
-    batch's summary counts (see :func:`build_output`) once an action has run the frame.
+    for that ranking. With ``counts`` the frame has one more column,
+    :data:`embedlib.workers.COUNTS_COLUMN`: each task's summary counts (see :func:`build_output`) on its
+    last row; ``collect_list`` it in an ``Observation`` and sum (:func:`embedlib.workers.summed_counts`).
     ``batch_size`` sets the rows per Arrow batch (a session setting,
     ``spark.sql.execution.arrow.maxRecordsPerBatch``)."""
 
@@ -243,10 +121,10 @@ def score_frame(
         threshold=bundle.threshold_for(rank_by) if threshold is None else float(threshold),
         top_reasons=top_reasons,
         emit_code=emit_code,
-        counts=counts,
         rank_by=rank_by,
     )
-    return map_with_bundle(spark, df, bundle, ids=ids, table=table, transform=transform, fields=output_fields(emit_code))
+    return map_with_bundle(spark, df, bundle, ids=ids, table=table, transform=transform,
+                           fields=output_fields(emit_code), counts=counts)
 
 
 # ----------------------------------------------------------------------------- job
@@ -310,10 +188,11 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
     ``score_runs`` with the same ``txn``: a rerun of the same ``txn`` writes nothing twice (and
     rebuilds a summary its first attempt did not get to).
 
-    The summary's per-column counts are added up by the workers into an accumulator (a
-    successful task's updates count once, a failed attempt's never; as ~400 ``count(when(…))``
-    aggregates at 30 columns they cost the JVM ~10 µs a row); rows, anomalies and quantiles
-    are an ``Observation``."""
+    The summary's per-column counts are added up by each task's Python worker and leave it on the
+    task's last row (:data:`embedlib.workers.COUNTS_COLUMN`, dropped before the write), collected by
+    the same ``Observation`` as rows, anomalies and quantiles: a successful task's counts count once,
+    a failed attempt's never, and no accumulator is needed (none exists over Spark Connect; as
+    ~400 ``count(when(…))`` aggregates at 30 columns they would cost the JVM ~10 µs a row)."""
     from pyspark.sql import Observation
     from pyspark.sql import functions as F
 
@@ -322,26 +201,26 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
     layout, output, bundle, source_name = cfg.layout, cfg.scores_output, scoring.bundle, scoring.source.name
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     columns = bundle.spec.columns
-    shape = runs.CountLayout(len(columns), len(bundle.spec.categorical))
+    shape = CountLayout(len(columns), len(bundle.spec.categorical))
 
-    def scored_with_counts() -> tuple[DataFrame, Any]:
-        counts = spark.sparkContext.accumulator(np.zeros(shape.size, np.int64), cast(Any, runs.SumOfCounts()))
+    def observed(name: str) -> tuple[DataFrame, Observation]:
         frame = score_frame(
             spark, df, bundle, ids=ids, threshold=scoring.threshold, top_reasons=cfg.score.top_reasons,
-            emit_code=cfg.score.emit_code, table=source_name, counts=counts, batch_size=cfg.score.batch_size,
+            emit_code=cfg.score.emit_code, table=source_name, counts=True, batch_size=cfg.score.batch_size,
             rank_by=scoring.rank_by,
         )
-        return frame, counts
+        obs = Observation(name)
+        return frame.observe(obs, *metrics).drop(COUNTS_COLUMN), obs
 
     metrics = [
         F.count(F.lit(1)).alias("rows"),
         F.count(F.when(F.col("is_anomaly"), 1)).alias("anomalies"),
         F.percentile_approx("anomaly_score", list(QUANTILES), 10_000).alias("quantiles"),
+        F.collect_list(COUNTS_COLUMN).alias("counts"),
     ]
-    scored, counts = scored_with_counts()
-    obs = Observation(f"score-{run_id}")
+    scored, obs = observed(f"score-{run_id}")
     result = write_table(
-        spark, scored.observe(obs, *metrics), output, mode=cfg.score.mode, txn=txn,
+        spark, scored, output, mode=cfg.score.mode, txn=txn,
         user_metadata={"run_id": run_id, "bundle_id": bundle.bundle_id, "source": source_name},
     )
     if not result.committed:
@@ -353,12 +232,11 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
         # again without writing (deterministic, so the same figures) to rebuild it.
         log.warning("score run %s is in %s but its summary is missing from %s; recomputing it",
                     run_id, output, layout.score_runs)
-        scored, counts = scored_with_counts()
-        obs = Observation(f"score-{run_id}-summary")
-        scored.observe(obs, *metrics).write.format("noop").mode("overwrite").save()
+        scored, obs = observed(f"score-{run_id}-summary")
+        scored.write.format("noop").mode("overwrite").save()
     m = obs.get
     rows = int(m["rows"])
-    counted, missing, oov, bins, inf_rows = shape.unpack(counts.value)
+    counted, missing, oov, bins, inf_rows = shape.unpack(summed_counts(m["counts"], shape.size))
     if counted != rows:  # the frame ran more than once (a recomputed stage): the rates stay per counted row
         log.warning("score run %s: the summary counts cover %d rows, the scores %d; rates are over the counted rows",
                     run_id, counted, rows)
@@ -391,11 +269,11 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
 
 def _check_vocab(spark: SparkSession, cfg: Config, bundle: Bundle) -> None:
     from embedlib.tables import delta_version
-    from embedlib.vocab.model import Vocabulary
+    from embedlib.vocab.job import load_vocabulary
 
     if delta_version(spark, cfg.layout.vocab) is None:
         return
-    vocab = Vocabulary.load(spark, cfg.layout.vocab)
+    vocab = load_vocabulary(spark, cfg.layout.vocab)
     if vocab.content_hash != bundle.vocab.content_hash:
         raise BundleError(
             f"the bundle at {cfg.layout.bundle} was trained on another vocabulary (hash "

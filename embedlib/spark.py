@@ -5,6 +5,12 @@ Library functions receive a session; only the CLI and jobs call
 ``spark.master`` wins; under ``spark-submit`` or on Databricks the launcher's
 master is kept; only a plain ``python``/``embedlib`` run with no master at all
 gets ``local[*]``.
+
+``spark.remote`` (or ``SPARK_REMOTE``) gives a Spark Connect session instead: what
+Databricks serverless, standard-access clusters and Databricks Connect hand a program.
+Everything embedlib runs on a session is written against the DataFrame API both kinds
+share; the few things only a classic session has (its ``SparkContext``, the JVM) are
+asked through :func:`is_connect` here and in :mod:`embedlib.tables`.
 """
 
 from __future__ import annotations
@@ -12,13 +18,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from embedlib import storage
 from embedlib.config import ConfigError, DeltaConfig, SparkConfig, redact
+from embedlib.connect import is_connect
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 __all__ = [
     "DELTA_CONNECTOR",
@@ -28,10 +35,13 @@ __all__ = [
     "connector_jars",
     "delta_connector_available",
     "get_session",
-    "hadoop_fs",
+    "configure_storage",
+    "default_parallelism",
+    "is_connect",
     "launched_by_spark",
     "on_databricks",
     "quiet_task_failure_logs",
+    "plain_strings",
     "ship_wheels",
 ]
 
@@ -116,6 +126,47 @@ def launched_by_spark() -> bool:
     return bool(os.environ.get("PYSPARK_GATEWAY_PORT")) or on_databricks()
 
 
+_PARALLELISM: dict[str, int] = {}
+
+
+def default_parallelism(spark: SparkSession) -> int:
+    """The session's default parallelism (its cores, on a cluster), on either kind of session: a
+    classic session's ``SparkContext`` says it; over Connect, ``spark.default.parallelism`` when set,
+    else the partitions of a ``range`` (which Spark splits into exactly that many), asked once."""
+    if not is_connect(spark):
+        return int(spark.sparkContext.defaultParallelism)
+    configured = spark.conf.get("spark.default.parallelism", None)
+    if configured:
+        return int(configured)
+    key = str(spark.conf.get("spark.app.id", "")) + str(getattr(spark, "session_id", ""))
+    if key not in _PARALLELISM:
+        from pyspark.sql import functions as F
+
+        last = spark.range(0, 1 << 20).select(F.spark_partition_id().alias("p")).agg(F.max("p")).first()
+        _PARALLELISM[key] = int(last[0]) + 1 if last is not None and last[0] is not None else 1
+    return _PARALLELISM[key]
+
+
+def plain_strings(df: DataFrame) -> DataFrame:
+    """``df`` with every column that holds strings cast to its own type by name (``string``,
+    ``map<string,double>``, …): a no-op on a classic session. Over Spark Connect the client spells each
+    string type's collation out, and the Delta connector then writes ``string collate UTF8_BINARY``
+    into a table's schema, which delta-rs cannot read; a cast to a type given by name is parsed by
+    the server into Spark's plain ``string``. Applied to what embedlib hands Spark a schema for
+    (``mapInArrow`` outputs, the empty frame that creates a table)."""
+    from pyspark.sql import functions as F
+
+    if not any("string" in f.dataType.simpleString() for f in df.schema.fields):
+        return df
+    return df.select(*[F.col(f"`{f.name}`").cast(f.dataType.simpleString()).alias(f.name)
+                       if "string" in f.dataType.simpleString() else F.col(f"`{f.name}`") for f in df.schema.fields])
+
+
+def remote_of(cfg: SparkConfig) -> str | None:
+    """The Spark Connect address of a run: ``spark.remote``, else ``SPARK_REMOTE``, else none."""
+    return cfg.remote or os.environ.get("SPARK_REMOTE") or None
+
+
 def get_session(cfg: SparkConfig, app_name: str = "embedlib", delta: DeltaConfig | None = None,
                 s3a: bool = False) -> SparkSession:
     """Return the active session or build one from ``cfg``.
@@ -123,7 +174,9 @@ def get_session(cfg: SparkConfig, app_name: str = "embedlib", delta: DeltaConfig
     A session embedlib starts itself loads the Delta connector's jars (unless
     ``delta.engine`` is ``delta-rs`` or ``spark.conf`` already brings Delta), and with
     ``s3a`` the ``hadoop-aws`` jars; ``delta.engine`` travels on the session
-    (:data:`ENGINE_CONF`)."""
+    (:data:`ENGINE_CONF`). With ``spark.remote`` (or ``SPARK_REMOTE``) it is a Spark
+    Connect session: ``local[N]`` starts a local server with those jars, an ``sc://`` address
+    reaches a running one (whose jars are its own; only runtime settings are sent)."""
     delta = delta or DeltaConfig()
     try:
         from pyspark.sql import SparkSession
@@ -133,6 +186,9 @@ def get_session(cfg: SparkConfig, app_name: str = "embedlib", delta: DeltaConfig
             "(Databricks runtimes and spark-submit bring their own)"
         ) from exc
 
+    remote = remote_of(cfg)
+    if remote is not None:
+        return _connect_session(cfg, remote, app_name, delta, s3a)
     active = SparkSession.getActiveSession()
     if active is not None:
         for key, value in cfg.conf.items():
@@ -163,6 +219,41 @@ def get_session(cfg: SparkConfig, app_name: str = "embedlib", delta: DeltaConfig
     log.info("starting Spark session master=%s conf=%s", master or "(from launcher)", redact(cfg.conf))
     session = builder.getOrCreate()
     ship_wheels(session)
+    return session
+
+
+def _connect_session(cfg: SparkConfig, remote: str, app_name: str, delta: DeltaConfig,
+                     s3a: bool) -> SparkSession:
+    """A Spark Connect session for ``remote`` (see :func:`get_session`)."""
+    from pyspark.sql import SparkSession
+
+    if cfg.master is not None:
+        log.warning("spark.master %s is ignored: the run uses the Spark Connect server %s (spark.remote or "
+                    "SPARK_REMOTE), whose master is the server's", cfg.master, remote)
+    settings: dict[str, str] = {}
+    if remote.startswith("local"):  # a server started here: the settings of a local classic session
+        settings.update(ALWAYS)
+        settings.update(LOCAL_DEFAULTS)
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        settings["spark.pyspark.python"] = os.environ["PYSPARK_PYTHON"]
+        if s3a:
+            settings.update(storage.hadoop_conf(storage.from_environment()))
+        settings.update(cfg.conf)
+        settings.update(_jar_settings(cfg, delta, s3a))
+    else:  # a running server keeps its own static settings; runtime ones are set below
+        settings.update(cfg.conf)
+    # pyspark's builder also switches pyspark.sql.functions to Connect's columns for this process (a
+    # process holds classic or Connect sessions, not both: pyspark refuses a remote one beside a classic)
+    builder = SparkSession.builder.remote(remote).appName(app_name)
+    if remote.startswith("local"):
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+    log.info("starting Spark Connect session remote=%s conf=%s", remote, redact(cfg.conf))
+    session = builder.getOrCreate()
+    if not remote.startswith("local"):
+        for key, value in settings.items():
+            _set_runtime_conf(session, key, value)
+    session.conf.set(ENGINE_CONF, delta.engine)
     return session
 
 
@@ -209,6 +300,8 @@ def ship_wheels(spark: SparkSession) -> list[str]:
     """
     from urllib.parse import urlsplit
 
+    if is_connect(spark):  # a Connect client ships Python with spark.addArtifacts, not --py-files
+        return []
     sc = spark.sparkContext
     if str(sc.master or "").startswith("local"):
         return []
@@ -220,6 +313,25 @@ def ship_wheels(spark: SparkSession) -> list[str]:
         sc.environment["PYTHONPATH"] = os.pathsep.join(parts + added)
         log.info("--py-files wheel(s) %s put on the executors' PYTHONPATH", ", ".join(added))
     return added
+
+
+def configure_storage(spark: SparkSession) -> None:
+    """Take the session's ``spark.hadoop.fs.s3a.*`` keys for this process's pyarrow and delta-rs
+    clients (:func:`embedlib.storage.use_session_settings`), and hand them to the Python workers of
+    the session's later jobs (the environment of their Python functions, ``SparkContext.environment``:
+    never logged nor shown in the UI). Over Spark Connect the keys are read one by one and the
+    workers keep their own environment (the server's: there is no ``SparkContext`` to carry it)."""
+    if is_connect(spark):
+        keys = [f"spark.hadoop.fs.s3a.{k}" for k in (*storage.SPARK_KEYS, "path.style.access")]
+        storage.use_session_settings(storage.from_spark_conf({k: v for k in keys if (v := spark.conf.get(k, None))}))
+        return
+    sc = spark.sparkContext
+    own = storage.from_spark_conf(dict(sc.getConf().getAll()))
+    storage.use_session_settings(own)
+    for name, var in storage.WORKER_ENV.items():
+        value = getattr(own, name)
+        if value:
+            sc.environment[var] = value
 
 
 def _set_runtime_conf(spark: SparkSession, key: str, value: str) -> None:
@@ -245,6 +357,8 @@ def delta_connector_available(spark: SparkSession) -> bool:
     extensions = spark.conf.get("spark.sql.extensions", "") or ""
     if "DeltaSparkSessionExtension" not in extensions:
         return False
+    if is_connect(spark):  # the server's classpath cannot be asked from here: its extension says Delta
+        return True
     try:
         jvm = spark.sparkContext._jvm
         assert jvm is not None
@@ -262,16 +376,6 @@ def delta_connector_available(spark: SparkSession) -> bool:
             f"{DELTA_VERSION} for Spark 4.2; README \"Delta\"), or set delta.engine to delta-rs"
         )
     return True
-
-
-def hadoop_fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    """``(Hadoop FileSystem, Path)`` for ``path`` through the session's Hadoop configuration
-    (the one place embedlib reaches the JVM's filesystems: s3a, abfss, dbfs, …)."""
-    sc = spark.sparkContext
-    jvm = sc._jvm
-    assert jvm is not None
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(sc._jsc.hadoopConfiguration()), hpath  # type: ignore[union-attr]
 
 
 #: Spark loggers that print a whole Java/Python stack trace for each failed task.

@@ -26,16 +26,13 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
-
-if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
 
 __all__ = [
     "S3Settings",
     "StorageError",
-    "configure",
+    "use_session_settings",
     "delta_rs_options",
     "explain",
     "hadoop_conf",
@@ -118,7 +115,7 @@ _DRIVER: S3Settings | None = None
 
 
 #: :class:`S3Settings` field → the environment variable the Python clients of workers read.
-_WORKER_ENV = {
+WORKER_ENV = {
     "access_key": "AWS_ACCESS_KEY_ID",
     "secret_key": "AWS_SECRET_ACCESS_KEY",
     "session_token": "AWS_SESSION_TOKEN",
@@ -127,19 +124,11 @@ _WORKER_ENV = {
 }
 
 
-def configure(spark: SparkSession) -> None:
-    """Take the session's ``spark.hadoop.fs.s3a.*`` keys for this process's pyarrow and delta-rs
-    clients, and hand them to the Python workers of the session's later jobs (the environment
-    of their Python functions, ``SparkContext.environment``: never logged nor shown in the UI)."""
+def use_session_settings(own: S3Settings | None) -> None:
+    """This process's session keys (``spark.hadoop.fs.s3a.*``) for its pyarrow and delta-rs clients
+    (:func:`embedlib.spark.configure_storage` reads them off a session); None: the environment's only."""
     global _DRIVER
-    sc = spark.sparkContext
-    own = from_spark_conf(dict(sc.getConf().getAll()))
     _DRIVER = own if own != S3Settings() else None
-    if _DRIVER is not None:
-        for name, var in _WORKER_ENV.items():
-            value = getattr(_DRIVER, name)
-            if value:
-                sc.environment[var] = value
 
 
 def settings() -> S3Settings:

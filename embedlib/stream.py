@@ -28,14 +28,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from embedlib.layout import filesystem, join, read_text
-from embedlib.runs import ScoreRun
-from embedlib.score import Scoring, output_names, prepare_scoring, score_into
+from embedlib.output import output_names
+from embedlib.runs import read_summaries
+from embedlib.score import Scoring, prepare_scoring, score_into
+from embedlib.summary import ScoreRun
 from embedlib.tables import TableError
 from embedlib.vocab.model import SchemaError
 from embedlib.workers import check_source, passthrough_columns
@@ -47,25 +48,46 @@ if TYPE_CHECKING:
 
     from embedlib.config import Config, SourceConfig
 
-__all__ = ["APP_PREFIX", "ScoreStream", "checkpoint_of", "run_score_stream", "start_score_stream"]
+__all__ = ["APP_PREFIX", "MicroBatch", "ScoreStream", "checkpoint_of", "run_score_stream", "start_score_stream",
+           "summaries_of"]
 
 log = logging.getLogger(__name__)
 
 #: The app id of a stream's Delta commits is ``APP_PREFIX + <query id>``; the version is the batch id.
 APP_PREFIX = "embedlib-score-stream:"
-#: Spark sets this local property to the query's id while a micro-batch runs.
-_QUERY_ID = "sql.streaming.queryId"
 
 
 @dataclass
 class ScoreStream:
-    """A running scoring query: its summaries so far and the first error of a micro-batch."""
+    """A running scoring query: the summaries of its micro-batches so far, and the first error of one.
+
+    The summaries are read back from ``score_runs`` (each micro-batch writes its own row there in its
+    commit): the same on a classic session, where micro-batches run in this process, and over Spark
+    Connect, where they run in a Python process of the server."""
 
     query: StreamingQuery
     checkpoint: str
-    runs: list[ScoreRun] = field(default_factory=list)
-    error: BaseException | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    spark: SparkSession
+    score_runs: str
+    #: batches of this query id up to this one were scored before this start
+    done_before: int
+    #: a micro-batch's own exception (a classic session runs them here); over Connect the query's
+    errors: list[BaseException] = field(default_factory=list)
+
+    @property
+    def runs(self) -> list[ScoreRun]:
+        """The micro-batches with rows this start ran (the query's ``recentProgress``: its last 100,
+        ``spark.sql.streaming.numRecentProgressUpdates``), in batch order; a batch that an earlier
+        start had already written (its commit skipped) has ``written`` false."""
+        batches = sorted({int(p.batchId) for p in self.query.recentProgress if int(p.numInputRows) > 0})
+        if not batches:
+            return []
+        done = dict(summaries_of(self.spark, self.score_runs, str(self.query.id)))
+        return [replace(done[b], written=b > self.done_before) for b in batches if b in done]
+
+    @property
+    def error(self) -> BaseException | None:
+        return self.errors[0] if self.errors else None
 
     def wait(self, timeout: int | None = None) -> list[ScoreRun]:
         """Wait until the query stops (``availableNow``: when it has caught up), or ``timeout``
@@ -78,7 +100,46 @@ class ScoreStream:
             raise
         if self.error is not None:
             raise self.error
-        return list(self.runs)
+        return self.runs
+
+
+def summaries_of(spark: SparkSession, score_runs: str, query_id: str) -> list[tuple[int, ScoreRun]]:
+    """``(batch id, summary)`` of every micro-batch of query ``query_id`` in ``score_runs``, in batch order."""
+    prefix = f"stream-{query_id}-"
+    found = read_summaries(spark, score_runs, prefix)
+    return sorted(((int(run.run_id[len(prefix):]), run) for run in found), key=lambda item: item[0])
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """The ``foreachBatch`` function of a scoring stream: checks the batch's new files, then scores it
+    with the batch job's :func:`~embedlib.score.score_into` under the transaction of its query and batch
+    ids. Self-contained (Spark Connect pickles it to a Python process of the server); on a classic
+    session it runs in this process and keeps its exception in ``errors`` for :meth:`ScoreStream.wait`."""
+
+    cfg: Config
+    scoring: Scoring
+    ids: tuple[str, ...]
+    checkpoint: str
+    files: bool
+    schema: StructType
+    wanted: tuple[str, ...]
+    errors: list[BaseException]
+
+    def __call__(self, frame: DataFrame, batch_id: int) -> None:
+        try:
+            started = time.perf_counter()
+            query_id = query_id_of(self.checkpoint)
+            if self.files:
+                check_batch_files(self.checkpoint, batch_id, self.schema, self.wanted, self.scoring.source)
+            if frame.isEmpty():
+                return
+            score_into(frame.sparkSession, self.cfg, self.scoring, frame, self.ids, f"stream-{query_id}-{batch_id}",
+                       (APP_PREFIX + query_id, int(batch_id)), started)
+        except BaseException as exc:
+            if not self.errors:
+                self.errors.append(exc)
+            raise
 
 
 def checkpoint_of(cfg: Config, source: SourceConfig) -> str:
@@ -113,39 +174,28 @@ def start_score_stream(spark: SparkSession, cfg: Config) -> ScoreStream:
     check_source(df, scoring.bundle, ids, source.name)
     checkpoint = checkpoint_of(cfg, source)
     files = source.table is None and source.format != "delta"
-    wanted = (*scoring.bundle.spec.columns, *ids)
-    holder: dict[str, ScoreStream] = {}
-
-    def batch(frame: DataFrame, batch_id: int) -> None:
-        stream = holder["stream"]
-        try:
-            started = time.perf_counter()
-            query_id = frame.sparkSession.sparkContext.getLocalProperty(_QUERY_ID)
-            if not query_id:
-                raise RuntimeError(f"micro-batch {batch_id}: Spark did not set {_QUERY_ID}")
-            if files:
-                check_batch_files(checkpoint, batch_id, df.schema, wanted, source)
-            if frame.isEmpty():
-                return
-            run = score_into(spark, cfg, scoring, frame, ids, f"stream-{query_id}-{batch_id}",
-                             (APP_PREFIX + query_id, int(batch_id)), started)
-            with stream._lock:
-                stream.runs.append(run)
-        except BaseException as exc:
-            with stream._lock:
-                stream.error = stream.error or exc
-            raise
-
+    errors: list[BaseException] = []
+    body = MicroBatch(cfg, scoring, ids, checkpoint, files, df.schema, (*scoring.bundle.spec.columns, *ids), errors)
+    done_before = _last_scored_batch(spark, cfg.layout.score_runs, checkpoint)
     trigger: dict[str, Any] = (
         {"availableNow": True} if cfg.score.stream.trigger == "availableNow"
         else {"processingTime": cfg.score.stream.trigger}
     )
-    writer = (df.writeStream.foreachBatch(batch).option("checkpointLocation", checkpoint)
+    writer = (df.writeStream.foreachBatch(body).option("checkpointLocation", checkpoint)
               .queryName(f"embedlib-score-{cfg.name}").trigger(**trigger))
-    holder["stream"] = stream = ScoreStream(query=_start(writer, scoring, checkpoint), checkpoint=checkpoint)
+    stream = ScoreStream(query=_start(writer, scoring, checkpoint), checkpoint=checkpoint, spark=spark,
+                         score_runs=cfg.layout.score_runs, done_before=done_before, errors=errors)
     log.info("streaming %s into %s (trigger %s, checkpoint %s, query %s)", source.name, cfg.scores_output,
              cfg.score.stream.trigger, checkpoint, stream.query.id)
     return stream
+
+
+def _last_scored_batch(spark: SparkSession, score_runs: str, checkpoint: str) -> int:
+    """The last batch of the checkpoint's query already in ``score_runs`` (-1: none, or a new query)."""
+    if read_text(join(checkpoint, "metadata")) is None:
+        return -1
+    done = summaries_of(spark, score_runs, query_id_of(checkpoint))
+    return done[-1][0] if done else -1
 
 
 def _start(writer: Any, scoring: Scoring, checkpoint: str) -> StreamingQuery:
@@ -182,6 +232,17 @@ def read_stream(spark: SparkSession, source: SourceConfig, max_files: int | None
                          "first or set source.schema") from exc
     return reader.format(source.format).options(**reader_options(source.format, source.options)).schema(
         schema).load(source.path)
+
+
+def query_id_of(checkpoint: str) -> str:
+    """The id of the query whose checkpoint this is (kept across restarts: ``<checkpoint>/metadata``,
+    written before the first micro-batch), read the same way on a classic session and over Connect."""
+    text = read_text(join(checkpoint, "metadata"))
+    query_id = json.loads(text.splitlines()[0]).get("id") if text else None
+    if not query_id:
+        raise RuntimeError(f"no query id in {join(checkpoint, 'metadata')}: the checkpoint is not a streaming "
+                           "query's (give the stream its own score.stream.checkpoint)")
+    return str(query_id)
 
 
 def batch_files(checkpoint: str, batch_id: int) -> list[str]:

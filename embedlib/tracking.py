@@ -38,14 +38,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedlib import __version__
 from embedlib.config import redact
 from embedlib.spark import on_databricks
+from embedlib.version import __version__
 
 if TYPE_CHECKING:
     from embedlib.bundle import Bundle
     from embedlib.config import Config
-    from embedlib.runs import ScoreRun
+    from embedlib.summary import ScoreRun
 
 __all__ = ["TrackingError", "check_tracking", "experiment_name", "log_scoring", "log_training", "tracking_uri"]
 

@@ -1,12 +1,16 @@
-"""A bundle on the executors: broadcast once, loaded once per Python worker, applied per batch.
+"""A bundle on the executors: carried with the function, loaded once per Python worker, applied per batch.
 
 :func:`map_with_bundle` is how score, features (and anything else that runs a
 bundle over a DataFrame) reach the executors: the driver checks the frame's
-schema against the bundle (before any Spark job) and broadcasts the bundle's file
-bytes once; on the executors :func:`cached_bundle` keeps one loaded, verified
-:class:`~embedlib.bundle.Bundle` per Python worker, keyed by bundle id, in this
-importable module (``_BUNDLES`` lives here and nowhere else) — never one per
-batch. Each Arrow batch goes through the caller's ``transform(bundle, features)``.
+schema against the bundle (before any Spark job); the bundle travels without a
+``SparkContext`` (so the same code runs over Spark Connect): a bundle of up to
+:data:`INLINE_BUNDLE_BYTES` is carried in the ``mapInArrow`` function itself (Spark
+ships a stage's function to each executor once), a larger one is read from its path
+by each Python worker. Either way :func:`cached_bundle` keeps one loaded, verified
+:class:`~embedlib.bundle.Bundle` per Python worker, keyed by bundle id (the bundle's
+content hash, checked on load), in this importable module (``_BUNDLES`` lives here
+and nowhere else) — never one per batch. Each Arrow batch goes through the caller's
+``transform(bundle, features)``.
 """
 
 from __future__ import annotations
@@ -18,46 +22,67 @@ from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pyarrow as pa
 
-from embedlib.bundle import Bundle, BundleError, bundle_from_files, read_bundle_files
-from embedlib.faults import fail_task_attempt
+from embedlib.bundle import BUNDLE_FILES, Bundle, BundleError, bundle_from_files, read_bundle_files
+from embedlib.faults import InjectedFault, fault
+from embedlib.spark import plain_strings
 from embedlib.vocab.model import SchemaError
 from embedlib.vocab.schema import check_columns
 
 if TYPE_CHECKING:
-    from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["BundleBatches", "Transform", "bundle_loads", "cached_bundle", "check_source", "map_with_bundle",
-           "passthrough_columns"]
+__all__ = ["COUNTS_COLUMN", "INLINE_BUNDLE_BYTES", "BundleBatches", "CountSum", "Transform", "bundle_files_or_path",
+           "bundle_loads", "cached_bundle", "fail_task_attempt", "check_source", "map_with_bundle", "passthrough_columns", "summed_counts"]
 
 log = logging.getLogger(__name__)
 
-#: ``transform(bundle, features) -> {column: array}``: what a bundle does to one batch.
-Transform = Callable[[Bundle, pa.Table], dict[str, pa.Array]]
+#: ``transform(bundle, features) -> {column: array}``: what a bundle does to one batch (a counting
+#: map also passes ``counts=``, see :class:`BundleBatches`).
+Transform = Callable[..., dict[str, pa.Array]]
 
 #: Hidden column names of the frame sent through ``mapInArrow``.
 ID_COLUMN = "__id{}"
 FEATURE_COLUMN = "__f{}"
+
+#: The largest bundle carried inside the ``mapInArrow`` function (its files' bytes); a larger one is
+#: read from its path by each Python worker. Spark Connect sends the function in the plan, and its
+#: server takes messages of up to 128 MiB by default (``spark.connect.grpc.maxInboundMessageSize``).
+INLINE_BUNDLE_BYTES = 64 << 20
 
 _BUNDLES: dict[str, Bundle] = {}
 _LOADS: Counter[str] = Counter()
 _LOCK = threading.Lock()
 
 
-def cached_bundle(bundle_id: str, files: Broadcast[dict[str, bytes]] | Mapping[str, bytes]) -> Bundle:
-    """The loaded bundle for ``bundle_id``, loaded (and verified) once per Python process."""
+def bundle_files_or_path(bundle: Bundle, limit: int | None = None) -> Mapping[str, bytes] | str:
+    """What carries ``bundle`` to the workers: its files' bytes when they add up to at most ``limit``
+    (default :data:`INLINE_BUNDLE_BYTES`), else its path (each worker reads it; the bundle id checks it
+    is the same bundle)."""
+    from embedlib.layout import filesystem
+
+    limit = INLINE_BUNDLE_BYTES if limit is None else limit
+    fs, root = filesystem(bundle.path)
+    size = sum(int(i.size or 0) for i in fs.get_file_info([f"{root}/{n}" for n in BUNDLE_FILES]))
+    return read_bundle_files(bundle.path) if size <= limit else bundle.path
+
+
+def cached_bundle(bundle_id: str, files: Mapping[str, bytes] | str) -> Bundle:
+    """The loaded bundle for ``bundle_id``, loaded (and verified) once per Python process, from its
+    files' bytes or (a str) its path."""
     bundle = _BUNDLES.get(bundle_id)
     if bundle is None:
         _limit_threads()
         with _LOCK:
             bundle = _BUNDLES.get(bundle_id)
             if bundle is None:
-                blobs = files if isinstance(files, Mapping) else files.value
-                bundle = bundle_from_files(blobs, f"<broadcast {bundle_id}>")
+                where = files if isinstance(files, str) else f"<bundle {bundle_id}>"
+                bundle = bundle_from_files(read_bundle_files(files) if isinstance(files, str) else files, where)
                 if bundle.bundle_id != bundle_id:
-                    raise BundleError(f"broadcast bundle is {bundle.bundle_id}, expected {bundle_id}")
+                    raise BundleError(f"the bundle at {where} is {bundle.bundle_id}, but this job scores with "
+                                      f"{bundle_id}: it was replaced while the job ran; run the job again")
                 _BUNDLES.clear()  # one model per worker is plenty; drop older runs'
                 _BUNDLES[bundle_id] = bundle
                 _LOADS[bundle_id] += 1
@@ -88,28 +113,72 @@ def _limit_threads() -> None:
 class BundleBatches:
     """A ``mapInArrow`` body: ``transform(bundle, features)`` on every Arrow batch.
 
-    Pickled to the executors; the bundle itself comes by broadcast and is loaded
-    once per worker by :func:`cached_bundle`. Input batches hold the id columns as
+    Pickled to the executors with the bundle's files (or its path, for a large bundle:
+    :func:`bundle_files_or_path`); the bundle is loaded once per worker by :func:`cached_bundle`. Input batches hold the id columns as
     ``__id<k>`` and the bundle's feature columns as ``__f<i>``; output batches are
     the id columns, the transform's columns, and ``bundle_id``.
     """
 
     bundle_id: str
-    files: Any  # Broadcast[dict[str, bytes]]
+    files: Mapping[str, bytes] | str
     ids: tuple[str, ...]
     features: tuple[str, ...]
     transform: Transform
+    #: With ``counts``, the transform also gets ``counts=`` (a :class:`CountSum`) and the task's sum goes
+    #: out in :data:`COUNTS_COLUMN` of its last row (null on every other row).
+    counts: bool = False
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         bundle = cached_bundle(self.bundle_id, self.files)
+        sink = CountSum() if self.counts else None
+        pending: pa.RecordBatch | None = None
         for n, batch in enumerate(batches):
-            if n == 1:  # after a batch has gone out, as a real failure would
+            if n == 1 and sink is None:  # after a batch has gone out, as a real failure would
                 fail_task_attempt("score.fail_attempts")
             feats = pa.table({name: batch.column(FEATURE_COLUMN.format(i)) for i, name in enumerate(self.features)})
-            out = self.transform(bundle, feats)
+            out = self.transform(bundle, feats, counts=sink) if sink is not None else self.transform(bundle, feats)
             arrays = [batch.column(ID_COLUMN.format(k)) for k in range(len(self.ids))] + list(out.values())
             arrays.append(pa.array([self.bundle_id] * batch.num_rows, pa.string()))
-            yield pa.RecordBatch.from_arrays(arrays, names=[*self.ids, *out, "bundle_id"])
+            done = pa.RecordBatch.from_arrays(arrays, names=[*self.ids, *out, "bundle_id"])
+            if sink is None:
+                yield done
+                continue
+            if pending is not None:  # one batch is held back: the task's last carries its counts
+                yield _with_counts(pending, None)
+                if n == 1:
+                    fail_task_attempt("score.fail_attempts")
+            pending = done
+        if pending is not None and sink is not None:
+            yield _with_counts(pending, sink.total)
+
+
+#: The hidden column of a counting map's output: the task's summary counts, on its last row only.
+COUNTS_COLUMN = "__embedlib_counts"
+
+
+class CountSum:
+    """The sum of the ``add``-ed count vectors of one task (what an accumulator was, without one)."""
+
+    def __init__(self) -> None:
+        self.total: np.ndarray | None = None
+
+    def add(self, counts: np.ndarray) -> None:
+        self.total = counts.astype(np.int64) if self.total is None else self.total + counts
+
+
+def _with_counts(batch: pa.RecordBatch, total: np.ndarray | None) -> pa.RecordBatch:
+    column: list[list[int] | None] = [None] * batch.num_rows
+    if total is not None and batch.num_rows:
+        column[-1] = total.tolist()
+    return batch.append_column(COUNTS_COLUMN, pa.array(column, pa.list_(pa.int64())))
+
+
+def summed_counts(collected: Sequence[Sequence[int]] | None, size: int) -> np.ndarray:
+    """The element-wise sum of the tasks' :data:`COUNTS_COLUMN` values (a ``collect_list`` of them)."""
+    total = np.zeros(size, np.int64)
+    for counts in collected or []:
+        total += np.asarray(counts, np.int64)
+    return total
 
 
 def check_source(df: DataFrame, bundle: Bundle, ids: tuple[str, ...], table: str) -> None:
@@ -151,14 +220,17 @@ def map_with_bundle(
     table: str,
     transform: Transform,
     fields: list[Any],
+    counts: bool = False,
 ) -> DataFrame:
-    """Check ``df`` against the bundle, broadcast it once, and map every batch with ``transform``.
+    """Check ``df`` against the bundle and map every batch with ``transform`` (the bundle travels
+    with the function, :func:`bundle_files_or_path`).
 
     ``fields`` are the Spark ``StructField``s of the transform's columns; the
-    result has the id columns first and ``bundle_id`` last.
+    result has the id columns first and ``bundle_id`` last (then, with ``counts``,
+    :data:`COUNTS_COLUMN`: see :class:`BundleBatches`).
     """
     from pyspark.sql import functions as F
-    from pyspark.sql.types import StringType, StructField, StructType
+    from pyspark.sql.types import ArrayType, LongType, StringType, StructField, StructType
 
     check_source(df, bundle, ids, table)
     spec = bundle.spec
@@ -170,10 +242,28 @@ def map_with_bundle(
     ]
     body = BundleBatches(
         bundle_id=bundle.bundle_id,
-        files=spark.sparkContext.broadcast(read_bundle_files(bundle.path)),
+        files=bundle_files_or_path(bundle),
         ids=ids,
         features=spec.columns,
         transform=transform,
+        counts=counts,
     )
-    schema = StructType([df.schema[c] for c in ids] + fields + [StructField("bundle_id", StringType())])
-    return df.select(*cols).mapInArrow(body, schema)
+    tail = [StructField("bundle_id", StringType())]
+    if counts:
+        tail.append(StructField(COUNTS_COLUMN, ArrayType(LongType())))
+    schema = StructType([df.schema[c] for c in ids] + fields + tail)
+    return plain_strings(df.select(*cols).mapInArrow(body, schema))
+
+
+def fail_task_attempt(site: str) -> None:
+    """Inside a Spark task: raise if ``site`` says this attempt of partition 0 must fail."""
+    value = fault(site)
+    if value is None:
+        return
+    from pyspark import TaskContext
+
+    ctx = TaskContext.get()
+    if ctx is not None and ctx.partitionId() == 0 and ctx.attemptNumber() < int(value):
+        message = f"injected fault {site}: attempt {ctx.attemptNumber()} of partition 0 fails"
+        log.warning("%s", message)  # on the executor's stderr, whatever Spark logs
+        raise InjectedFault(message)

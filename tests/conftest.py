@@ -72,6 +72,10 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
                 "spark.sql.warehouse.dir": str(warehouse),
                 "spark.driver.memory": "2g",
                 "spark.task.maxFailures": "1",
+                # the same JVM serves Spark Connect clients (the `connect` fixture, CLI runs with
+                # SPARK_REMOTE) on a port of the kernel's choosing: one server for the test session
+                "spark.plugins": "org.apache.spark.sql.connect.SparkConnectPlugin",
+                "spark.connect.grpc.binding.port": "0",
             },
         ),
         app_name="embedlib-tests",
@@ -79,6 +83,14 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+@pytest.fixture(scope="session")
+def connect_url(spark) -> str:  # type: ignore[no-untyped-def]
+    """``sc://`` address of the Spark Connect server inside the shared session's JVM: what a Connect
+    client process (``SPARK_REMOTE``; pyspark keeps a process to one kind of session) is given."""
+    service = getattr(spark._jvm.org.apache.spark.sql.connect.service, "SparkConnectService$").__getattr__("MODULE$")
+    return f"sc://localhost:{int(service.localPort())}"
 
 
 #: The two Delta engines; the test session has both (`make setup` fetched the connector's jars).

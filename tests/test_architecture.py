@@ -1,4 +1,5 @@
-"""The package map in the README is true: every module is on it, the import rules hold, no cycles."""
+"""The package map in the README is true: every module is on it and in a layer, the layers import only
+downward, the import rules hold, no cycles (counting every import)."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ FORBIDDEN = {
     "embedlib.layout": ("torch", "pyspark", "pyarrow"),
     "embedlib.encode": ("torch", "pyspark"),
     "embedlib.runs": ("torch", "pyspark"),
+    "embedlib.summary": ("torch", "pyspark"),
+    "embedlib.delta": ("torch", "pyspark"),
+    "embedlib.output": ("pyspark",),
 }
 
 
@@ -65,18 +69,75 @@ def test_import_rules(module: str) -> None:
     assert proc.stdout.strip() == "", f"importing {module} pulls in {proc.stdout.strip()}"
 
 
-def test_no_import_cycles() -> None:
-    modules = _modules()
-    graph = {}
-    for name, tree in modules.items():
-        deps = set()
-        for target in _top_level_imports(tree):
-            # `from embedlib.vocab.model import X` depends on embedlib.vocab.model and its packages
-            while target and target not in modules:
-                target = target.rpartition(".")[0]
+#: The three layers (README "Architecture"); a module imports only its own layer and those below it.
+#: Core: no pyspark in any import of the module (function bodies and TYPE_CHECKING blocks included).
+CORE = {
+    "embedlib.version", "embedlib.indices", "embedlib.config", "embedlib.config.load", "embedlib.config.schema",
+    "embedlib.config.validate", "embedlib.connect", "embedlib.layout", "embedlib.storage", "embedlib.errors",
+    "embedlib.faults", "embedlib.delta", "embedlib.vocab.model", "embedlib.vocab.schema", "embedlib.vocab.counts",
+    "embedlib.vocab.arrow_engine", "embedlib.vocab.cut", "embedlib.encode", "embedlib.heads", "embedlib.model",
+    "embedlib.baselines", "embedlib.calibration", "embedlib.inference", "embedlib.output", "embedlib.bundle",
+    "embedlib.drift", "embedlib.summary", "embedlib.train.errors", "embedlib.train.collective",
+    "embedlib.train.checkpoint", "embedlib.train.lazy", "embedlib.train.loop", "embedlib.train.sizing",
+    "embedlib.train.warm", "embedlib.evaluate.options", "embedlib.evaluate.metrics", "embedlib.evaluate.plots",
+}
+#: Everything that takes a SparkSession or a DataFrame, and the MLflow services the jobs log to.
+SPARK = {
+    "embedlib.spark", "embedlib.failures", "embedlib.tables", "embedlib.tables.engine", "embedlib.tables.connector",
+    "embedlib.tables.delta_rs", "embedlib.tables.files", "embedlib.vocab", "embedlib.vocab.spark_engine",
+    "embedlib.vocab.build", "embedlib.vocab.update", "embedlib.vocab.job", "embedlib.train",
+    "embedlib.train.backends", "embedlib.train.job", "embedlib.workers", "embedlib.score", "embedlib.stream",
+    "embedlib.runs", "embedlib.extract", "embedlib.evaluate.rows", "embedlib.tracking", "embedlib.pyfunc",
+}
+#: The front doors: the CLI and its commands, Spark ML, embedlib.fit.
+FRONT = {"embedlib", "embedlib.cli", "embedlib.pipeline", "embedlib.reports", "embedlib.inmemory", "embedlib.ml",
+         "embedlib.evaluate", "embedlib.evaluate.job"}
+#: The one allowed cycle edge: the package root's lazy ``embedlib.fit`` (the root imports nothing else).
+LAZY_ROOT = ("embedlib", "embedlib.inmemory")
+
+
+def _all_imports(name: str, tree: ast.Module, modules: set[str]) -> dict[str, int]:
+    """Every module ``name`` imports, anywhere in it (function bodies and TYPE_CHECKING blocks too),
+    with a line: ``from embedlib.a import b`` is ``embedlib.a.b`` when that is a module, else
+    ``embedlib.a``; third-party packages by their top-level name."""
+    found: dict[str, int] = {}
+    package = name if name in _PACKAGES else name.rpartition(".")[0]
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+        for target in targets:
+            if target.startswith("embedlib"):
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+            else:
+                target = target.split(".")[0]
             if target and target != name:
-                deps.add(target)
-        graph[name] = deps
+                found.setdefault(target, node.lineno)
+    return found
+
+
+_PACKAGES = {str(p.parent.relative_to(ROOT)).replace("/", ".") for p in PACKAGE.rglob("__init__.py")}
+
+
+def _graph() -> dict[str, dict[str, int]]:
+    modules = _modules()
+    return {name: _all_imports(name, tree, set(modules)) for name, tree in modules.items()}
+
+
+def test_no_import_cycles_counting_every_import() -> None:
+    """No cycle among embedlib's modules, counting every import in a module at any depth (function
+    bodies and TYPE_CHECKING blocks included); the root's lazy ``fit`` is the one allowed edge back."""
+    graph = {name: {t for t in deps if t.startswith("embedlib")} for name, deps in _graph().items()}
+    graph[LAZY_ROOT[0]].discard(LAZY_ROOT[1])
     state: dict[str, int] = {}
     stack: list[str] = []
 
@@ -95,6 +156,25 @@ def test_no_import_cycles() -> None:
     for node in sorted(graph):
         if node not in state:
             visit(node)
+
+
+def test_layers_import_only_downward_and_the_core_has_no_pyspark() -> None:
+    graph = _graph()
+    assert not (CORE & SPARK or CORE & FRONT or SPARK & FRONT)
+    unplaced = sorted(set(graph) - CORE - SPARK - FRONT)
+    assert not unplaced, f"modules in no layer (add each to CORE, SPARK or FRONT here and in the README): {unplaced}"
+
+    def layer(module: str) -> int:
+        return 0 if module in CORE else 1 if module in SPARK else 2
+
+    bad = []
+    for name, deps in sorted(graph.items()):
+        for target, line in sorted(deps.items()):
+            if target == "pyspark" and name in CORE:
+                bad.append(f"{name}:{line} imports pyspark (a core module)")
+            elif target in graph and layer(target) > layer(name) and (name, target) != LAZY_ROOT:
+                bad.append(f"{name}:{line} imports {target}, a layer above it")
+    assert not bad, "\n".join(bad)
 
 
 def test_every_module_is_on_the_readme_map_and_none_is_too_long() -> None:

@@ -230,7 +230,7 @@ def _divide_by_zero(batches):  # type: ignore[no-untyped-def]
 
 def test_other_task_failures_are_one_line_exit_1(spark) -> None:  # type: ignore[no-untyped-def]
     """A non-embedlib error in a task (a bug, not bad input): exit 1, its last traceback line."""
-    from embedlib.errors import explain
+    from embedlib.failures import explain
 
     with pytest.raises(Exception) as err:
         spark.range(4).mapInArrow(_divide_by_zero, "id LONG").collect()

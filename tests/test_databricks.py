@@ -110,6 +110,8 @@ def test_wheel_has_the_package_and_an_entry_point_per_command(wheel: Path) -> No
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)
     spark_reqs = [r for r in requires if r.startswith(("pyspark", "delta-spark"))]
     assert spark_reqs and all('extra == "spark"' in r or 'extra == "dev"' in r for r in spark_reqs), spark_reqs
+    # the spark extra brings what a Spark Connect client needs (grpcio, zstandard, …: pyspark[connect])
+    assert any(r.startswith("pyspark[connect]") and 'extra == "spark"' in r for r in spark_reqs), spark_reqs
     assert any(r.startswith("mlflow-skinny") and 'extra == "mlflow"' in r for r in requires)
 
 

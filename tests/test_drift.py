@@ -14,7 +14,8 @@ import pytest
 from embedlib.bundle import load_bundle
 from embedlib.cli import main
 from embedlib.config import load_config
-from embedlib.drift import ALERT_EXIT, TOP_VALUES, DriftAlert, n_bins, psi, run_drift_job
+from embedlib.drift import ALERT_EXIT, TOP_VALUES, DriftAlert, n_bins, psi
+from embedlib.runs import run_drift_job
 from embedlib.score import run_score_job
 from embedlib.tables import read_table
 

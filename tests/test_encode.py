@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from embedlib.config import load_config
-from embedlib.encode import Encoded, EncodeError, Encoder, ShardSet, encode_to_shards, read_shards
+from embedlib.encode import Encoded, EncodeError, Encoder, ShardSet, read_shards
+from embedlib.train.job import encode_to_shards
 from embedlib.vocab import build_vocabulary
 
 from .conftest import ADULT_DATA, adult_pandas, train_cfg
@@ -74,9 +75,9 @@ def test_sampling_is_deterministic(spark, adult_trained, tmp_path: Path, setting
     from embedlib.tables import read_source
 
     cfg, _ = adult_trained
-    from embedlib.vocab import Vocabulary
+    from embedlib.vocab import load_vocabulary
 
-    vocab = Vocabulary.load(spark, cfg.layout.vocab)
+    vocab = load_vocabulary(spark, cfg.layout.vocab)
     runs = []
     for name in ("a", "b"):
         run = train_cfg(tmp_path / name, setting, f"source.path={ADULT_DATA}")

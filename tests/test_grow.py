@@ -18,7 +18,7 @@ from embedlib.extract import embedding_matrix
 from embedlib.indices import FIRST_INDEX
 from embedlib.tables import delta_version
 from embedlib.train import TrainError, run_train_job
-from embedlib.vocab import VocabError, Vocabulary, run_vocab_job
+from embedlib.vocab import VocabError, load_vocabulary, run_vocab_job
 
 from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, adult_pandas
 
@@ -70,7 +70,7 @@ def test_update_keeps_indices_and_warm_start_keeps_embeddings(spark, tmp_path: P
     assert delta_version(spark, cfg.layout.vocab) == version + 1  # type: ignore[operator]
     assert grown.meta["extends"] == {"content_hash": first.content_hash, "version": version}
     assert grown.content_hash != first.content_hash
-    assert Vocabulary.load(spark, cfg.layout.vocab).content_hash == grown.content_hash
+    assert load_vocabulary(spark, cfg.layout.vocab).content_hash == grown.content_hash
     assert grown.meta["row_count"] == len(frame)
     for name in first.categorical:
         before, after = first[name], grown[name]

@@ -149,3 +149,65 @@ def test_every_pass_that_runs_the_model_is_bounded(tmp_path: Path, monkeypatch: 
     seen.clear()
     scores = bundle.score_frame(frame)
     assert len(scores) == n and max(seen) <= PASS_ROWS and sum(seen) == n
+
+
+#: Run by :func:`test_fit_and_score_frame_need_no_pyspark` in a process where pyspark cannot be imported.
+NO_SPARK = r'''
+import importlib.abc, json, sys
+
+class NoSpark(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "pyspark":
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked by the test)", name=name)
+        return None
+
+sys.meta_path.insert(0, NoSpark())
+import pandas as pd
+import embedlib
+
+frame = pd.read_parquet(sys.argv[1])
+bundle = embedlib.fit(frame, categorical=json.loads(sys.argv[2]), numeric=json.loads(sys.argv[3]),
+                      output_dir=sys.argv[4], settings={"model.size": "small", "train.max_steps": 40})
+scores = bundle.score_frame(frame.head(50))
+print(json.dumps({"scores": scores["anomaly_score"].tolist(), "bundle": bundle.bundle_id,
+                  "pyspark": sorted(m for m in sys.modules if m.split(".")[0] == "pyspark")}))
+'''
+
+
+@pytest.mark.launch
+def test_fit_and_score_frame_need_no_pyspark(tmp_path: Path) -> None:
+    """``pip install embedlib`` brings no pyspark (Spark is an extra; the wheel test checks its metadata):
+    ``embedlib.fit`` and ``Bundle.score_frame`` run in a process where pyspark cannot be imported, and
+    the bundle scores the same rows the same in this process (one that has pyspark)."""
+    import subprocess
+    import sys
+
+    from embedlib.bundle import load_bundle
+
+    rows = adult_pandas().head(3000)
+    data = tmp_path / "rows.parquet"
+    rows.to_parquet(data, index=False)
+    proc = subprocess.run([sys.executable, "-c", NO_SPARK, str(data), json.dumps(CATEGORICAL), json.dumps(NUMERIC),
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["pyspark"] == []
+    bundle = load_bundle(str(tmp_path / "out" / "embedlib" / "bundle"))
+    assert bundle.bundle_id == got["bundle"]
+    np.testing.assert_allclose(got["scores"], bundle.score_frame(rows.head(50))["anomaly_score"], rtol=1e-9)
+
+
+def test_arrow_types_are_named_as_spark_reads_them() -> None:
+    """The pyspark-free names of Arrow types (what ``fit`` and ``score_frame`` check and store) are
+    pyspark's own ``from_arrow_type`` names."""
+    from pyspark.sql.pandas.types import from_arrow_type
+
+    from embedlib.vocab.schema import arrow_type_name
+
+    types = [pa.bool_(), pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.string(),
+             pa.large_string(), pa.binary(), pa.date32(), pa.decimal128(12, 3), pa.timestamp("us"),
+             pa.timestamp("us", tz="UTC"), pa.list_(pa.int32()), pa.map_(pa.string(), pa.float64()),
+             pa.struct([("a", pa.int64()), ("b", pa.string())])]
+    for t in types:
+        assert arrow_type_name(t) == from_arrow_type(t).simpleString(), t
+    assert arrow_type_name(pa.dictionary(pa.int8(), pa.string())) == "string"

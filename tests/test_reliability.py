@@ -98,7 +98,7 @@ def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test
     assert set(got["row_id"]) == set(range(ROWS))
     runs = DeltaTable(str(run_dir / "adult-demo" / "score_runs")).to_pandas()
     assert runs["rows"].tolist() == [ROWS]  # failed attempts are not counted either
-    # nor are their batches in the per-column counts the workers add up (an accumulator): every
+    # nor are their batches in the per-column counts the workers add up (each task's, observed): every
     # row sits in exactly one drift bin of each column
     bins = dict(runs["bin_counts"][0])
     assert len(bins) == 14 and all(sum(counts) == ROWS for counts in bins.values()), bins

@@ -207,8 +207,8 @@ def test_wrong_credentials_and_missing_bucket_are_named(s3_server: S3Server) -> 
 
 
 def test_delta_rs_errors_on_s3_name_the_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    from embedlib.delta import open_delta
     from embedlib.tables import TableError
-    from embedlib.tables.delta_rs import open_delta
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)

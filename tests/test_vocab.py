@@ -20,6 +20,7 @@ from embedlib.vocab import (
     Vocabulary,
     build_vocabulary,
     build_vocabulary_in_memory,
+    load_vocabulary,
     normalize_arrow,
     run_vocab_job,
     write_vocabulary,
@@ -103,7 +104,7 @@ def test_lookup_convention_null_oov_and_values(spark, tmp_path: Path) -> None:  
     cfg = tiny_cfg(tmp_path, "columns.categorical=[k]")
     vocab = build_vocabulary(spark, df, cfg, source="t")
     write_vocabulary(spark, vocab, cfg.layout.vocab)
-    back = Vocabulary.load(spark, cfg.layout.vocab)
+    back = load_vocabulary(spark, cfg.layout.vocab)
     assert set(back["k"].values) == {"ü€ß", "", long_value}
     got = back.lookup("k", pa.array(["", "ü€ß", None, "never-seen", long_value, "ü€ß "]))
     order = {v: i + FIRST_INDEX for i, v in enumerate(vocab["k"].values)}
@@ -248,7 +249,8 @@ def test_arrow_engine_splits_a_large_file_by_row_groups(spark, tmp_path: Path) -
     from pyspark.sql import functions as F
 
     from embedlib.tables import source_files
-    from embedlib.vocab.arrow_engine import units_frame, work_units
+    from embedlib.vocab.arrow_engine import work_units
+    from embedlib.vocab.spark_engine import units_frame
 
     slots = spark.sparkContext.defaultParallelism * 2
     assert work_units(["a", "b"], 4) == [("a", 0, 2), ("a", 1, 2), ("b", 0, 2), ("b", 1, 2)]

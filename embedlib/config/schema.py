@@ -48,10 +48,14 @@ DeltaEngine = Literal["auto", "connector", "delta-rs"]
 
 @dataclass(frozen=True)
 class SparkConfig:
-    """``spark``: the session. ``master: null`` leaves it to spark-submit / Databricks."""
+    """``spark``: the session. ``master: null`` leaves it to spark-submit / Databricks.
+
+    ``remote`` (or pyspark's own ``SPARK_REMOTE`` environment variable) makes it a Spark Connect
+    session: ``sc://host:15002`` reaches a server, ``local[N]`` starts a local one."""
 
     master: str | None = None
     conf: Mapping[str, str] = field(default_factory=dict)
+    remote: str | None = None
 
 
 @dataclass(frozen=True)

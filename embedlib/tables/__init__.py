@@ -62,7 +62,7 @@ def engine_for(spark: SparkSession) -> TableEngine:
     setting = spark.conf.get(ENGINE_CONF, "auto") or "auto"
     if setting == "delta-rs":
         return DeltaRsEngine()
-    key = (id(spark), str(spark.sparkContext.applicationId))
+    key = (id(spark), str(spark.conf.get("spark.app.id", "")))
     if key not in _CONNECTOR:
         _CONNECTOR[key] = delta_connector_available(spark)
         log.debug("Spark Delta connector in this session: %s", _CONNECTOR[key])
@@ -82,10 +82,10 @@ def use_engine(spark: SparkSession, delta: DeltaConfig) -> TableEngine:
     """Put a run's ``delta.engine`` on the session (every job starts with this) and return
     the engine it selects; a ``connector`` setting the session cannot honour fails here,
     before any work."""
-    from embedlib.spark import ENGINE_CONF
+    from embedlib.spark import ENGINE_CONF, configure_storage
 
     spark.conf.set(ENGINE_CONF, delta.engine)
-    storage.configure(spark)  # the session's fs.s3a keys for delta-rs and pyarrow on the driver
+    configure_storage(spark)  # the session's fs.s3a keys for delta-rs and pyarrow on the driver
     return engine_for(spark)
 
 
@@ -239,16 +239,15 @@ def source_version(spark: SparkSession, source: SourceConfig) -> str:
 
 def _files_digest(spark: SparkSession, paths: Sequence[str]) -> str:
     """A digest of every file matched by ``paths`` (globs; a folder's direct children too)."""
-    from embedlib.spark import hadoop_fs
+    from embedlib.tables.files import list_status
 
     h = hashlib.sha256()
     for path in sorted(paths):
-        fs, hpath = hadoop_fs(spark, path)
-        for status in sorted(fs.globStatus(hpath) or [], key=lambda st: str(st.getPath())):
-            h.update(f"{status.getPath()}|{status.getLen()}|{status.getModificationTime()}".encode())
-            if status.isDirectory():
-                for child in sorted(fs.listStatus(status.getPath()), key=lambda st: str(st.getPath())):
-                    h.update(f"{child.getPath()}|{child.getLen()}|{child.getModificationTime()}".encode())
+        for status in list_status(spark, path):
+            h.update(f"{status.path}|{status.length}|{status.mtime_ms}".encode())
+            if status.is_dir:
+                for child in list_status(spark, status.path, children=True):
+                    h.update(f"{child.path}|{child.length}|{child.mtime_ms}".encode())
     return h.hexdigest()[:16]
 
 

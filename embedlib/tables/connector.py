@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from embedlib import storage
 from embedlib.faults import fault, kill_when_files_appear
 from embedlib.layout import is_table_name, local_path
+from embedlib.spark import plain_strings
 from embedlib.tables.engine import WRITE_ID, TableEngine, WriteMode, WriteResult, check_appended_types
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class ConnectorEngine(TableEngine):
             # Spark loses a DataFrame's observed metrics (the score summary) when saveAsTable creates
             # the table (CREATE TABLE AS SELECT): create it empty first, so the rows are an append
             # (from the schema alone: an action on ``df`` itself would spend its one-shot observation)
-            spark.createDataFrame([], df.schema).write.format("delta").mode("ignore").saveAsTable(target)
+            plain_strings(spark.createDataFrame([], df.schema)).write.format("delta").mode("ignore").saveAsTable(target)
         meta = dict(user_metadata or {})
         before = None
         if txn is not None:

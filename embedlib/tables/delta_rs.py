@@ -24,68 +24,23 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from embedlib import storage
+from embedlib.delta import delta_table, is_delta_table, open_delta
 from embedlib.errors import first_line
 from embedlib.faults import fault, kill_self
-from embedlib.layout import check_path, filesystem, join, local_path, staging_folder
-from embedlib.spark import hadoop_fs
+from embedlib.layout import filesystem, join, local_path, staging_folder
+from embedlib.spark import plain_strings
 from embedlib.tables.engine import TableEngine, TableError, WriteMode, WriteResult, check_appended_types
+from embedlib.tables.files import delete_folder, list_status
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["COMMIT_ATTEMPTS", "SUPPORTED_READER_FEATURES", "DeltaRsEngine", "delta_table", "is_delta_table", "open_delta"]
+__all__ = ["COMMIT_ATTEMPTS", "DeltaRsEngine"]
 
 log = logging.getLogger(__name__)
 
-#: Delta reader features this reader understands when reading through delta-rs + Spark.
-SUPPORTED_READER_FEATURES = frozenset({"timestampNtz", "vacuumProtocolCheck", "v2Checkpoint"})
 #: Commit attempts of one write when other writers commit first.
 COMMIT_ATTEMPTS = 10
-
-
-def delta_table(location: str) -> Any:
-    """``DeltaTable(location)`` with the storage settings of its scheme."""
-    from deltalake import DeltaTable
-
-    return DeltaTable(location, storage_options=storage.delta_rs_options(location))
-
-
-def is_delta_table(location: str) -> bool:
-    """Whether ``location`` holds a Delta log; a missing bucket or refused credentials say so."""
-    from deltalake import DeltaTable
-
-    try:
-        return bool(DeltaTable.is_deltatable(location, storage_options=storage.delta_rs_options(location)))
-    except OSError as exc:
-        raise TableError(storage.explain(exc, location) or f"{location}: {first_line(exc)}") from None
-
-
-def open_delta(path: str) -> Any:
-    """The ``DeltaTable`` at ``path``, its protocol checked; a clear error if there is none."""
-    check_path(path, what="delta table")
-    target = local_path(path) or path
-    if not is_delta_table(target):
-        raise TableError(f"{path} is not a Delta table (no _delta_log there); check the path")
-    try:
-        dt = delta_table(target)
-    except Exception as exc:  # e.g. "Feature 'x' is not supported": a protocol newer than delta-rs
-        raise TableError(f"Delta table {path} cannot be read with delta-rs: {first_line(exc)}; run with the "
-                         "Spark Delta connector (delta.engine: connector) or rewrite the table") from exc
-    _check_protocol(dt, path)
-    return dt
-
-
-def _check_protocol(dt: Any, path: str) -> None:
-    proto = dt.protocol()
-    features = set(proto.reader_features or [])
-    unsupported = features - SUPPORTED_READER_FEATURES
-    if proto.min_reader_version == 2 or unsupported or proto.min_reader_version > 3:
-        need = ", ".join(sorted(unsupported)) or f"reader version {proto.min_reader_version}"
-        raise TableError(
-            f"Delta table {path} needs {need}, which embedlib cannot read without the Delta "
-            "connector; run with the connector (delta.engine: connector; spark-submit --packages "
-            "io.delta:delta-spark_<spark major.minor>_2.13:<version>) or rewrite the table without those features"
-        )
 
 
 class DeltaRsEngine(TableEngine):
@@ -108,7 +63,7 @@ class DeltaRsEngine(TableEngine):
         actions = pa.table(dt.get_add_actions(flatten=True)).to_pylist()
         root = dt.table_uri.rstrip("/")
         if not actions:
-            return spark.createDataFrame([], spark_schema)
+            return plain_strings(spark.createDataFrame([], spark_schema))
         groups: dict[tuple[Any, ...], list[str]] = {}
         for action in actions:
             key = tuple(action.get(f"partition.{c}") for c in part_cols)
@@ -182,7 +137,7 @@ def _write(
 
     stage_rel, stage = staging_folder(target)
     try:
-        df.write.mode("errorifexists").parquet(stage)
+        df.write.mode("error").parquet(stage)  # "error": the one spelling Spark Connect accepts too
     except BaseException:
         _discard_stage(spark, stage)  # nothing names these files; do not leave them behind
         raise
@@ -271,24 +226,22 @@ def _list_data_files(spark: SparkSession, folder: str) -> list[tuple[str, int, i
     """``(name, size, mtime_ms, rows)`` of the Parquet files Spark wrote into ``folder``."""
     import pyarrow.parquet as pq
 
-    fs, hpath = hadoop_fs(spark, folder)
     out: list[tuple[str, int, int, int | None]] = []
     footers = local_path(folder) is not None or storage.is_s3(folder)  # row counts for the log's stats
-    for status in fs.listStatus(hpath):
-        name = status.getPath().getName()
+    for status in list_status(spark, folder, children=True):
+        name = status.name
         if not name.endswith(".parquet") or name.startswith(("_", ".")):
             continue
         rows = None
         if footers:
             pafs, inner = filesystem(join(folder, name))
             rows = pq.read_metadata(inner, filesystem=pafs).num_rows
-        out.append((name, int(status.getLen()), int(status.getModificationTime()), rows))
+        out.append((name, status.length, status.mtime_ms, rows))
     return sorted(out)
 
 
 def _discard_stage(spark: SparkSession, folder: str) -> None:
     try:
-        fs, hpath = hadoop_fs(spark, folder)
-        fs.delete(hpath, True)
+        delete_folder(spark, folder)
     except Exception as exc:  # leftover files are harmless: no commit names them
         log.warning("could not remove uncommitted files under %s: %s", folder, exc)

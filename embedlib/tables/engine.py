@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from embedlib.errors import TableError
+
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
@@ -16,10 +18,6 @@ WriteMode = Literal["append", "overwrite"]
 #: The ``userMetadata`` key of a connector write's id (how a skipped app transaction is told
 #: apart); :func:`embedlib.tables.commit_metadata` leaves it out.
 WRITE_ID = "embedlib_write_id"
-
-
-class TableError(ValueError):
-    """A table cannot be read or written as asked; the message names it."""
 
 
 @dataclass(frozen=True)

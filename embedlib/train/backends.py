@@ -32,8 +32,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from embedlib.connect import is_connect
 from embedlib.errors import first_line
-from embedlib.spark import on_databricks
+from embedlib.spark import default_parallelism, on_databricks
 from embedlib.train.collective import Collective, HorovodCollective, SingleProcess, TorchDistributed
 from embedlib.train.errors import TrainError, TrainFailure
 from embedlib.train.loop import TrainJob
@@ -50,6 +51,7 @@ __all__ = [
     "TorchDistributorBackend",
     "TrainFn",
     "backend_name",
+    "SparkTrials",
     "resolve_backend",
 ]
 
@@ -96,6 +98,12 @@ def resolve_backend(spark: SparkSession | None, t: TrainConfig) -> Backend:
                                        use_gpu=_resolve_gpu(spark, t, on_driver),
                                        threads=_threads_per_worker(spark, t, on_driver), restarts=t.max_restarts)
     if name == "horovod":
+        if is_connect(spark):
+            raise TrainError(
+                "train.backend=horovod needs a classic Spark session (horovod.spark.run uses the SparkContext), "
+                "but this is a Spark Connect session (spark.remote or SPARK_REMOTE, Databricks serverless or a "
+                "standard-access cluster): use train.backend=torch_distributor, or local"
+            )
         try:
             import horovod.spark  # noqa: F401
             import horovod.torch  # noqa: F401
@@ -231,11 +239,11 @@ def horovod_worker(fn: TrainFn, job: TrainJob) -> dict[str, Any]:
 
 def _worker_logging(backend: str, rank: Any, job: TrainJob) -> None:
     """Log which embedlib a worker runs (the installed package, or the wheel from --py-files)."""
-    import embedlib
+    from embedlib import version
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log.info("%s rank %s: embedlib %s from %s, torch %s, pid %d", backend, rank, embedlib.__version__,
-             os.path.dirname(embedlib.__file__ or "?"), torch.__version__, os.getpid())
+    log.info("%s rank %s: embedlib %s from %s, torch %s, pid %d", backend, rank, version.__version__,
+             os.path.dirname(version.__file__ or "?"), torch.__version__, os.getpid())
     # Several workers on one host each running os.cpu_count() OpenMP threads
     # oversubscribe the cores and slow training down by an order of magnitude.
     if job.threads > 0:
@@ -308,7 +316,7 @@ def _failure(job: TrainJob, backend: Backend, exc: BaseException, restarts: int)
 
 
 def _is_local_master(spark: SparkSession) -> bool:
-    return str(spark.sparkContext.master or "").startswith("local")
+    return str(spark.conf.get("spark.master", "") or "").startswith("local")
 
 
 def _resolve_gpu(spark: SparkSession | None, t: TrainConfig, on_driver: bool) -> bool:
@@ -325,7 +333,7 @@ def _check_slots(spark: SparkSession, t: TrainConfig, on_driver: bool) -> None:
         available = os.cpu_count() or 1
         where = "this driver's CPU cores"
     else:
-        available = spark.sparkContext.defaultParallelism
+        available = default_parallelism(spark)
         where = "task slots in the cluster (spark.default.parallelism)"
     if t.num_workers > available:
         raise TrainError(
@@ -338,3 +346,46 @@ def _threads_per_worker(spark: SparkSession, t: TrainConfig, on_driver: bool) ->
     if on_driver:
         return max(1, (os.cpu_count() or 1) // t.num_workers)
     return max(1, int(spark.conf.get("spark.task.cpus", "1") or 1))
+
+
+@dataclass(frozen=True)
+class SparkTrials:
+    """The size trials (:func:`embedlib.train.sizing.choose_size`) as Spark tasks, one per trial: a
+    ``range`` of trial numbers, one per partition, mapped by :class:`_Trials` (the DataFrame API, so
+    that it runs over Spark Connect too), as many at a time as the session has task slots."""
+
+    spark: Any
+    slots: int
+    threads: int
+
+    @classmethod
+    def of(cls, spark: SparkSession) -> SparkTrials:
+        return cls(spark, default_parallelism(spark), int(spark.conf.get("spark.task.cpus", "1") or 1))
+
+    def run(self, jobs: list[tuple[str, TrainJob]]) -> list[tuple[str, dict[str, Any]]]:
+        import pickle
+
+        rows = self.spark.range(0, len(jobs), 1, len(jobs)).mapInArrow(_Trials(jobs), "id LONG, result BINARY") \
+            .collect()
+        done = {int(r["id"]): pickle.loads(r["result"]) for r in rows}
+        return [done[i] for i in range(len(jobs))]
+
+
+@dataclass(frozen=True)
+class _Trials:
+    """The ``mapInArrow`` body of the trials: trial ``id`` → its pickled ``(name, metrics)``."""
+
+    jobs: list[tuple[str, TrainJob]]
+
+    def __call__(self, batches: Any) -> Any:
+        import pickle
+
+        import pyarrow as pa
+
+        from embedlib.train.sizing import run_trial
+
+        for batch in batches:
+            ids = batch.column("id").to_pylist()
+            results = [pickle.dumps(run_trial(self.jobs[i])) for i in ids]
+            yield pa.RecordBatch.from_arrays([pa.array(ids, pa.int64()), pa.array(results, pa.binary())],
+                                             names=["id", "result"])

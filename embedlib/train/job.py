@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -17,7 +18,7 @@ from embedlib.drift import training_profile
 from embedlib.encode import Encoded, Encoder, ShardSet, read_shards
 from embedlib.layout import join
 from embedlib.model import EmbeddingAutoencoder, ModelSpec, column_nll
-from embedlib.train.backends import Backend, resolve_backend
+from embedlib.train.backends import Backend, SparkTrials, resolve_backend
 from embedlib.train.checkpoint import CheckpointStore
 from embedlib.train.errors import TrainError
 from embedlib.train.loop import TrainJob, tensors, train_loop
@@ -25,7 +26,7 @@ from embedlib.train.sizing import FALLBACK, choose_size, resolve_size
 from embedlib.train.warm import load_parent, parent_model_config, warm_weights
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
     from embedlib.bundle import Bundle
     from embedlib.config import Config
@@ -33,8 +34,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TrainResult", "best_model", "calibrate", "check_vocab_matches", "contributions_of", "make_job",
-    "run_train_job", "spec_for", "train_on_shards", "warm_start_of",
+    "encode_to_shards", "run_train_job", "spec_for", "train_on_shards", "warm_start_of",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -129,17 +132,17 @@ def calibrate(model: EmbeddingAutoencoder, shards: ShardSet, encoder: Encoder, q
 
 def run_train_job(spark: SparkSession, cfg: Config) -> TrainResult:
     """vocab (read) → encode shards → train on the backend → bundle."""
-    from embedlib.encode import encode_to_shards
     from embedlib.tables import delta_version, read_source, use_engine
     from embedlib.tracking import check_tracking
-    from embedlib.vocab import Vocabulary, check_columns
+    from embedlib.vocab.job import load_vocabulary
+    from embedlib.vocab.schema import check_columns
 
     layout = cfg.layout
     use_engine(spark, cfg.delta)
     backend = resolve_backend(spark, cfg.train)
     cfg = replace(cfg, train=replace(cfg.train, backend=backend.name))  # type: ignore[arg-type]  # tracking logs it
     check_tracking(cfg)
-    vocab = Vocabulary.load(spark, layout.vocab)
+    vocab = load_vocabulary(spark, layout.vocab)
     check_vocab_matches(vocab, cfg)
     cfg, parent = warm_start_of(cfg, vocab)  # a bad warm start is refused before the source is encoded
     df = read_source(spark, cfg.source)
@@ -170,8 +173,9 @@ def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, 
     from embedlib.tracking import log_training
 
     layout = cfg.layout
-    size = choose_size(spark, cfg.model, shards, lambda name, model, sample: make_job(
-        replace(cfg, model=model), vocab, sample, backend, folder=join(layout.size_trials, name)))
+    size = choose_size(cfg.model, shards, lambda name, model, sample: make_job(
+        replace(cfg, model=model), vocab, sample, backend, folder=join(layout.size_trials, name)),
+        SparkTrials.of(spark) if spark is not None else None)
     cfg = replace(cfg, model=size.model)
     job = make_job(cfg, vocab, shards, backend, parent=parent)
     started = time.perf_counter()
@@ -262,3 +266,80 @@ def _job_fingerprint(spec: ModelSpec, shards: ShardSet, cfg: Config, backend: Ba
         "parent": parent,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_to_shards(
+    spark: SparkSession,
+    df: DataFrame,
+    vocab: Vocabulary,
+    cfg: Config,
+    *,
+    source_version: str = "",
+) -> ShardSet:
+    """Encode ``df`` into Parquet shards under ``<run>/_work/encoded``.
+
+    Rows go to validation by a deterministic hash of their declared columns
+    (``train.validation_fraction``); ``train.sample_fraction`` / ``train.max_rows``
+    keep a deterministic sample. Shards are hash-partitioned and sorted by that
+    hash, so the same source and config give byte-for-byte the same shards — which
+    is what lets an interrupted training run resume exactly. Shards whose
+    fingerprint matches the request are reused.
+    """
+    from pyspark.sql import functions as F
+
+    from embedlib.encode import (
+        HASH,
+        SAMPLE,
+        VALID,
+        Encoder,
+        collect_shards,
+        reusable_shards,
+        shard_count,
+        shards_fingerprint,
+    )
+    from embedlib.layout import write_text_atomic
+
+    t = cfg.train
+    shards = shard_count(cfg)
+    fingerprint = shards_fingerprint(vocab, cfg, shards, source_version)
+    root = cfg.layout.encoded
+    meta_path = cfg.layout.shards_manifest
+    found = reusable_shards(cfg, fingerprint)
+    if found is not None:
+        return found
+
+    encoder = Encoder.for_vocab(vocab)
+    cols = [F.col(f"`{c}`") for c in encoder.columns]
+    frame = df.select(*cols).withColumn(HASH, F.xxhash64(*cols))
+    scale = 1_000_000
+    if t.sample_fraction is not None or t.max_rows is not None:
+        frame = frame.withColumn(SAMPLE, F.pmod(F.xxhash64(F.col(HASH), F.lit(t.seed)), F.lit(scale)))
+        if t.sample_fraction is not None:
+            frame = frame.where(F.col(SAMPLE) < F.lit(int(t.sample_fraction * scale)))
+        else:
+            assert t.max_rows is not None
+            frame = frame.orderBy(SAMPLE, HASH).limit(t.max_rows)
+        frame = frame.drop(SAMPLE)
+    frame = frame.withColumn(
+        VALID, F.pmod(F.col(HASH), F.lit(scale)) < F.lit(int(t.validation_fraction * scale))
+    )
+    out_schema = _encoded_schema(encoder)
+    encoded = frame.mapInArrow(encoder.spark_batches, out_schema)
+    encoded = encoded.repartition(shards, HASH).sortWithinPartitions(HASH)
+    split = F.when(F.col(VALID), F.lit("valid")).otherwise(F.lit("train"))
+    encoded.withColumn("split", split).drop(VALID, HASH).write.mode("overwrite").partitionBy(
+        "split"
+    ).parquet(root)
+    result = collect_shards(root, fingerprint)
+    write_text_atomic(meta_path, json.dumps(result.to_dict(), indent=1))
+    log.info("encoded %d train / %d valid rows into %s", result.train_rows, result.valid_rows, root)
+    return result
+
+
+def _encoded_schema(encoder: Encoder) -> str:
+    parts = [f"cat_{i} INT" for i in range(len(encoder.categorical))]
+    parts += [f"num_{j} FLOAT" for j in range(len(encoder.numeric))]
+    parts += [f"miss_{j} FLOAT" for j in range(len(encoder.numeric))]
+    from embedlib.encode import HASH, VALID
+
+    return ", ".join(parts + [f"{HASH} BIGINT", f"{VALID} BOOLEAN"])

@@ -21,19 +21,17 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from embedlib.train.errors import TrainError
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
-
     from embedlib.config.schema import ModelConfig
     from embedlib.encode import ShardSet
     from embedlib.train.loop import TrainJob
 
-__all__ = ["SIZES", "SIZE_TOLERANCE", "Size", "SizeChoice", "candidates", "choose_size", "compare_at_equal_steps",
-           "resolve_size", "sample_shards"]
+__all__ = ["SIZES", "SIZE_TOLERANCE", "InProcessTrials", "Size", "SizeChoice", "TrialRunner", "candidates",
+           "choose_size", "compare_at_equal_steps", "resolve_size", "run_trial", "sample_shards"]
 
 log = logging.getLogger(__name__)
 
@@ -123,11 +121,33 @@ def sample_shards(shards: ShardSet, rows: int) -> ShardSet:
                    fingerprint=f"{shards.fingerprint}-sample-{len(train)}-{len(valid)}")
 
 
-def choose_size(spark: SparkSession | None, model: ModelConfig, shards: ShardSet,
-                trial_job: Callable[[str, ModelConfig, ShardSet], TrainJob]) -> SizeChoice:
-    """Resolve ``model.size``: train each candidate (``trial_job(name, model, sample)``) as a
-    Spark task — one after another in this process without ``spark`` — and keep the best by
-    validation NLL."""
+class TrialRunner(Protocol):
+    """Runs the size trials: ``slots`` at a time, each with ``threads`` torch threads (0: torch's own)."""
+
+    @property
+    def slots(self) -> int: ...
+    @property
+    def threads(self) -> int: ...
+    def run(self, jobs: list[tuple[str, TrainJob]]) -> list[tuple[str, dict[str, Any]]]: ...
+
+
+@dataclass(frozen=True)
+class InProcessTrials:
+    """The trials one after another in this process (in memory; a session's runner is
+    :class:`embedlib.train.backends.SparkTrials`)."""
+
+    slots: int = 1
+    threads: int = 0
+
+    def run(self, jobs: list[tuple[str, TrainJob]]) -> list[tuple[str, dict[str, Any]]]:
+        return [run_trial(job) for job in jobs]
+
+
+def choose_size(model: ModelConfig, shards: ShardSet, trial_job: Callable[[str, ModelConfig, ShardSet], TrainJob],
+                runner: TrialRunner | None = None) -> SizeChoice:
+    """Resolve ``model.size``: train each candidate (``trial_job(name, model, sample)``) with ``runner``
+    (as Spark tasks on a session; one after another in this process by default) and keep the best
+    by validation NLL."""
     cands = candidates(model)
     if len(cands) == 1:
         name, resolved = next(iter(cands.items()))
@@ -137,16 +157,16 @@ def choose_size(spark: SparkSession | None, model: ModelConfig, shards: ShardSet
                     "(raise train.validation_fraction, or set model.size)", FALLBACK)
         return SizeChoice(FALLBACK, cands.get(FALLBACK, next(iter(cands.values()))))
     sample = sample_shards(shards, model.search_rows)
-    slots = max(1, min(len(cands), spark.sparkContext.defaultParallelism)) if spark is not None else 1
+    active: TrialRunner = runner if runner is not None else InProcessTrials()
+    slots = max(1, min(len(cands), active.slots))
     per_trial = model.search_seconds / math.ceil(len(cands) / slots)
-    threads = int(spark.conf.get("spark.task.cpus", "1") or 1) if spark is not None else 0
-    jobs = [(name, replace(trial_job(name, m, sample), max_seconds=per_trial, threads=threads, progress=False))
+    jobs = [(name, replace(trial_job(name, m, sample), max_seconds=per_trial, threads=active.threads, progress=False))
             for name, m in cands.items()]
     log.info("model.size auto: training %s on %d rows (validation %d), %d at a time, at most %.0f s each",
              ", ".join(cands), sample.train_rows, sample.valid_rows, slots, per_trial)
     started = time.perf_counter()
     try:
-        results = dict(_run_trials(spark, jobs))
+        results = dict(active.run(jobs))
     except Exception as exc:
         from embedlib.errors import first_line
 
@@ -181,18 +201,7 @@ def compare_at_equal_steps(results: Mapping[str, Mapping[str, Any]]) -> tuple[in
     return horizon, compared
 
 
-def _run_trials(spark: SparkSession | None, jobs: list[tuple[str, TrainJob]]) -> list[tuple[str, dict[str, Any]]]:
-    if spark is None:
-        return [_run_trial(job) for job in jobs]
-    sc = spark.sparkContext
-    sc.setJobDescription("embedlib train: model.size auto trials")
-    try:
-        return sc.parallelize(jobs, len(jobs)).map(_run_trial).collect()
-    finally:
-        sc.setJobDescription(None)  # type: ignore[arg-type]
-
-
-def _run_trial(item: tuple[str, TrainJob]) -> tuple[str, dict[str, Any]]:
+def run_trial(item: tuple[str, TrainJob]) -> tuple[str, dict[str, Any]]:
     """One candidate, in a Spark task: the training loop in a world of one."""
     import torch
 

@@ -26,7 +26,7 @@ from embedlib.train.sizing import SIZES
 if TYPE_CHECKING:
     from embedlib.bundle import Bundle
     from embedlib.config import ModelConfig
-    from embedlib.vocab import Vocabulary
+    from embedlib.vocab.model import Vocabulary
 
 __all__ = ["load_parent", "parent_model_config", "warm_weights"]
 

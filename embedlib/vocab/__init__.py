@@ -19,13 +19,9 @@ The index convention lives in :mod:`embedlib.indices` and is re-exported here.
 from __future__ import annotations
 
 from embedlib.indices import FIRST_INDEX, NULL_INDEX, OOV_INDEX
-from embedlib.vocab.build import (
-    build_vocabulary,
-    build_vocabulary_in_memory,
-    content_hash,
-    run_vocab_job,
-    write_vocabulary,
-)
+from embedlib.vocab.build import build_vocabulary
+from embedlib.vocab.cut import build_vocabulary_in_memory, content_hash
+from embedlib.vocab.job import load_vocabulary, run_vocab_job, write_vocabulary
 from embedlib.vocab.model import (
     SCHEMA_VERSION,
     VOCAB_SCHEMA,
@@ -51,6 +47,7 @@ __all__ = [
     "VocabError",
     "Vocabulary",
     "build_vocabulary",
+    "load_vocabulary",
     "build_vocabulary_in_memory",
     "check_columns",
     "content_hash",

@@ -1,4 +1,6 @@
-"""The ``arrow`` counting engine: Spark distributes Parquet files, pyarrow counts them.
+"""Counting with pyarrow: a table in memory, or the Parquet files a Spark task is given (core: no pyspark).
+
+The ``arrow`` counting engine (:class:`embedlib.vocab.spark_engine.ArrowEngine`) runs this in Spark tasks:
 
 For Parquet files (a Parquet path, or a Delta table read through delta-rs),
 Spark spreads the data files over its executors (a table of fewer files than
@@ -25,58 +27,9 @@ from embedlib.vocab.model import SchemaError, normalize_arrow
 from embedlib.vocab.schema import arrow_family
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-
     from embedlib.config import Config
 
-__all__ = ["ArrowEngine", "count_table", "units_frame", "work_units"]
-
-_PARTIAL_SCHEMA = (
-    "cid INT, value STRING, n LONG, n_x LONG, nans LONG, pos_inf LONG, neg_inf LONG, "
-    "n_fin LONG, mean DOUBLE, m2 DOUBLE, min DOUBLE, max DOUBLE"
-)
-
-
-class ArrowEngine:
-    """Counts Parquet data files with pyarrow inside Spark tasks; needs the files' list."""
-
-    name = "arrow"
-
-    def count(self, spark: SparkSession, df: DataFrame, cfg: Config, files: list[str] | None) -> Counts:
-        from pyspark.sql import functions as F
-        from pyspark.sql.pandas.types import to_arrow_schema
-
-        if not files:
-            return Counts(pa.table({"cid": pa.array([], pa.int32())}), {})
-        wanted = list(dict.fromkeys(cfg.columns.categorical + cfg.columns.numeric))
-        spec = _ArrowCountSpec.of(cfg, to_arrow_schema(df.select(*[f"`{c}`" for c in wanted]).schema, timezone="UTC"))
-        partials = units_frame(spark, files).mapInArrow(spec.count_files, _PARTIAL_SCHEMA)
-        # One job: categorical partial counts merge by (cid, value); numeric moments and
-        # row counts carry a per-task key in `value`, so they pass through unmerged and
-        # are combined on the driver (Chan's formula needs more than a sum). The cut by
-        # min_count runs here too, so that rare values are not shipped to the driver.
-        ncat = len(cfg.columns.categorical)
-        moment_cols = ["n_x", "nans", "pos_inf", "neg_inf", "n_fin", "mean", "m2", "min", "max"]
-        merged = partials.groupBy("cid", "value").agg(
-            F.sum("n").alias("n"), *[F.first(c).alias(c) for c in moment_cols]
-        )
-        cid, value = F.col("cid"), F.col("value")
-        table = merged.where(
-            (cid < 0) | (cid >= ncat) | value.isNull() | (F.col("n") >= cfg.vocab.min_count)
-        ).toArrow()
-        return _counts(table, cfg)
-
-
-def units_frame(spark: SparkSession, files: list[str]) -> DataFrame:
-    """The :func:`work_units` of ``files`` for 2 task slots per core, at most one unit per task while
-    they fit. ``parallelize`` deals out contiguous equal slices: a ``repartition()`` of a few rows may
-    put them all in one task (it put both files of a 2-file table in the same one of two partitions:
-    one core counted everything)."""
-    slots = spark.sparkContext.defaultParallelism * 2
-    units = work_units(files, slots)
-    return spark.createDataFrame(spark.sparkContext.parallelize(units, min(len(units), slots)),
-                                 "file STRING, part INT, parts INT")
-
+__all__ = ["ArrowCountSpec", "count_table", "counts_of", "work_units"]
 
 def work_units(files: list[str], slots: int) -> list[tuple[str, int, int]]:
     """What the counting tasks read: ``(file, part, parts)``, part ``part`` of a file being its row
@@ -91,12 +44,12 @@ def count_table(table: pa.Table, cfg: Config) -> Counts:
     """The arrow engine's counts of a table in memory — no Spark: one "task" over the whole table,
     whose partial counts are already merged."""
     wanted = list(dict.fromkeys(cfg.columns.categorical + cfg.columns.numeric))
-    spec = _ArrowCountSpec.of(cfg, table.select(wanted).schema)
+    spec = ArrowCountSpec.of(cfg, table.select(wanted).schema)
     partials = pa.Table.from_batches(list(spec.count_tables([table])), schema=_partial_arrow_schema())
-    return _counts(partials, cfg)
+    return counts_of(partials, cfg)
 
 
-def _counts(merged: pa.Table, cfg: Config) -> Counts:
+def counts_of(merged: pa.Table, cfg: Config) -> Counts:
     """Merged partial counts → :class:`Counts`: categorical values cut by ``min_count`` (the null
     group kept), numeric moments combined, the row count."""
     ncat = len(cfg.columns.categorical)
@@ -150,7 +103,7 @@ def _merge_moments(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @dataclass(frozen=True)
-class _ArrowCountSpec:
+class ArrowCountSpec:
     """What an executor needs to count Parquet files with pyarrow (pickled to tasks)."""
 
     categorical: tuple[str, ...]
@@ -161,7 +114,7 @@ class _ArrowCountSpec:
     schema_bytes: bytes
 
     @classmethod
-    def of(cls, cfg: Config, schema: pa.Schema) -> _ArrowCountSpec:
+    def of(cls, cfg: Config, schema: pa.Schema) -> ArrowCountSpec:
         """The spec of ``cfg``'s columns, whose types are ``schema``'s (the source's)."""
         return cls(categorical=tuple(cfg.columns.categorical), numeric=tuple(cfg.columns.numeric),
                    log1p=tuple(cfg.columns.log1p), trim=cfg.vocab.trim, lowercase=cfg.vocab.lowercase,

@@ -1,42 +1,36 @@
-"""Building a vocabulary: one counting pass, then the cut, the numbering, the hash; the job.
+"""Building a vocabulary with Spark: one counting pass over a DataFrame, then :mod:`embedlib.vocab.cut`.
 
 :func:`build_vocabulary` counts with one engine (``vocab.engine``):
 :class:`~embedlib.vocab.spark_engine.SparkEngine` on any source, or
-:class:`~embedlib.vocab.arrow_engine.ArrowEngine` on Parquet data files;
+:class:`~embedlib.vocab.spark_engine.ArrowEngine` on Parquet data files;
 ``auto`` (default) takes ``arrow`` when the files are known. Both give the same
 table; the small merged result is cut by ``min_count``/``max_size`` and
-numbered on the driver by the convention of :mod:`embedlib.indices`.
+numbered on the driver (:func:`embedlib.vocab.cut.build_from_counts`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
-import json
-import logging
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
-import pyarrow as pa
-import pyarrow.compute as pc
-
-from embedlib.indices import FIRST_INDEX, NULL_INDEX, OOV_INDEX
-from embedlib.vocab.arrow_engine import ArrowEngine, count_table
-from embedlib.vocab.counts import CountEngine, Counts
-from embedlib.vocab.model import SCHEMA_VERSION, ColumnVocab, NumericStats, VocabError, Vocabulary
-from embedlib.vocab.schema import check_columns
-from embedlib.vocab.spark_engine import SparkEngine
+from embedlib.vocab.counts import Counts
+from embedlib.vocab.cut import build_from_counts
+from embedlib.vocab.model import VocabError, Vocabulary
+from embedlib.vocab.spark_engine import ArrowEngine, SparkEngine
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
-    from pyspark.sql.types import StructType
 
     from embedlib.config import Config
 
-__all__ = ["build_vocabulary", "build_vocabulary_in_memory", "content_hash", "count_engine", "run_vocab_job", "write_vocabulary"]
+__all__ = ["CountEngine", "build_vocabulary", "count_engine"]
 
-log = logging.getLogger(__name__)
+
+class CountEngine(Protocol):
+    """Counts every categorical and summarises every numeric in one pass."""
+
+    name: str
+
+    def count(self, spark: SparkSession, df: DataFrame, cfg: Config, files: list[str] | None) -> Counts: ...
 
 
 def count_engine(cfg: Config, files: list[str] | None, source: str) -> CountEngine:
@@ -62,190 +56,4 @@ def build_vocabulary(
 ) -> Vocabulary:
     """Count every categorical and summarise every numeric in **one** pass over ``df``
     (``files``: its Parquet data files, when known), then cut, number and hash."""
-    return _build(df.schema, cfg, source, lambda: count_engine(cfg, files, source).count(spark, df, cfg, files))
-
-
-def build_vocabulary_in_memory(table: pa.Table, cfg: Config, *, source: str) -> Vocabulary:
-    """The vocabulary of a table in memory, counted by the arrow engine without Spark; equal to
-    the vocabulary job's on the same rows (its Spark types read from the Arrow schema)."""
-    from pyspark.sql.pandas.types import from_arrow_schema  # type mapping only: no session
-
-    return _build(from_arrow_schema(table.schema), cfg, source, lambda: count_table(table, cfg))
-
-
-def _build(schema: StructType, cfg: Config, source: str, count: Callable[[], Counts]) -> Vocabulary:
-    check_columns(schema, source, categorical=cfg.columns.categorical, numeric=cfg.columns.numeric,
-                  ids=cfg.columns.id)
-    types = {c: schema[c].dataType.simpleString() for c in cfg.feature_columns}
-    counts = count()
-    row_count = counts.totals.get(0, 0)
-    if row_count == 0:
-        raise VocabError(f"source {source} has no rows; nothing to build a vocabulary from")
-    if cfg.columns.categorical and cfg.vocab.min_count > row_count:
-        raise VocabError(
-            f"vocab.min_count={cfg.vocab.min_count} is larger than the {row_count:,} row(s) of {source}: every "
-            "categorical value would go to the out-of-vocabulary row; lower vocab.min_count"
-        )
-    return _assemble(cfg, counts, row_count, source, types)
-
-
-def _assemble(cfg: Config, counts: Counts, row_count: int, source: str, types: Mapping[str, str]) -> Vocabulary:
-    cats, nums = cfg.columns.categorical, cfg.columns.numeric
-    kept, totals = counts.kept, counts.totals
-    kept = kept.select(["cid", "value", "n"] + [c for c in kept.column_names if c not in ("cid", "value", "n")])
-    by_cid = {int(r["cid"]): r for r in kept.filter(pc.greater_equal(kept["cid"], len(cats))).to_pylist()}
-    columns: dict[str, ColumnVocab] = {}
-    for i, name in enumerate(cats):
-        part = kept.filter(pc.equal(kept["cid"], i)).select(["value", "n"])
-        nulls = int(pc.sum(part.filter(pc.is_null(part["value"]))["n"]).as_py() or 0)
-        part = part.filter(pc.is_valid(part["value"]))
-        # count descending, then value ascending in UTF-8 byte order (Arrow's string order)
-        part = part.take(pc.sort_indices(part, sort_keys=[("n", "descending"), ("value", "ascending")]))
-        if cfg.vocab.max_size is not None:
-            part = part.slice(0, cfg.vocab.max_size)
-        values = part["value"].to_pylist()
-        value_counts = [int(c) for c in part["n"].to_pylist()]
-        oov = int(totals.get(i, 0)) - nulls - sum(value_counts)
-        columns[name] = ColumnVocab(
-            name=name, values=tuple(values), counts=tuple(value_counts), null_count=nulls, oov_count=oov
-        )
-        if len(values) <= 1:
-            why = ""
-            if not values:
-                why = (f" (its {oov:,} non-null value(s) are all rarer than vocab.min_count={cfg.vocab.min_count})"
-                       if oov else " (every value is null)")
-            log.warning(
-                "categorical column '%s' has %d value(s) in its vocabulary%s; it carries no information",
-                name,
-                len(values),
-                why,
-            )
-    numeric: dict[str, NumericStats] = {}
-    for j, name in enumerate(nums):
-        rec = by_cid[len(cats) + j]
-        n_x, nans, pinf, ninf = (int(rec[k]) for k in ("n_x", "nans", "pos_inf", "neg_inf"))
-        if (pinf or ninf) and cfg.vocab.inf_policy == "error":
-            raise VocabError(
-                f"numeric column '{name}' of {source} has {pinf + ninf:,} infinite value(s) "
-                f"({pinf:,} +inf, {ninf:,} -inf); clean them, or set vocab.inf_policy=null "
-                "to treat them as missing"
-            )
-        stats = NumericStats(
-            rows=row_count,
-            nulls=row_count - n_x + (pinf + ninf),
-            nans=nans,
-            pos_inf=pinf,
-            neg_inf=ninf,
-            mean=float(rec["mean"]) if rec["mean"] is not None else 0.0,
-            std=float(rec["std"]) if rec["std"] is not None else 0.0,
-            min=rec["min"],
-            max=rec["max"],
-            log1p=name in cfg.columns.log1p,
-        )
-        if stats.std == 0.0:
-            log.warning("numeric column '%s' is constant or empty; it is standardized with scale 1", name)
-        numeric[name] = stats
-    params = {
-        "min_count": cfg.vocab.min_count,
-        "max_size": cfg.vocab.max_size,
-        "trim": cfg.vocab.trim,
-        "lowercase": cfg.vocab.lowercase,
-        "inf_policy": cfg.vocab.inf_policy,
-    }
-    meta: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "source": source,
-        "row_count": row_count,
-        "params": params,
-        "categorical": list(cats),
-        "numeric_columns": list(nums),
-        "numeric": {k: asdict(v) for k, v in numeric.items()},
-        "built_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "source_types": dict(types),  # Spark types at build time; not part of the content hash
-    }
-    vocab = Vocabulary(columns=columns, numeric=numeric, meta=meta)
-    meta["content_hash"] = content_hash(vocab)
-    return vocab
-
-
-def _fmt(value: Any) -> Any:
-    if isinstance(value, float):
-        return format(value, ".12g")
-    return value
-
-
-def content_hash(vocab: Vocabulary) -> str:
-    """sha256 of what the vocabulary means: parameters, every (column, value, index,
-    count) row and the numeric statistics (floats to 12 significant digits, so the
-    last bits of a distributed sum cannot change it). Build time and source are
-    not part of it."""
-    h = hashlib.sha256()
-    header = {
-        "schema_version": SCHEMA_VERSION,
-        "row_count": vocab.meta["row_count"],
-        "params": vocab.meta["params"],
-        "categorical": list(vocab.columns),
-        "numeric": {k: {f: _fmt(v) for f, v in asdict(s).items()} for k, s in vocab.numeric.items()},
-    }
-    h.update(json.dumps(header, sort_keys=True).encode())
-    for rec in _iter_rows(vocab):
-        h.update(json.dumps(rec, ensure_ascii=False).encode("utf-8"))
-        h.update(b"\n")
-    return h.hexdigest()
-
-
-def _iter_rows(vocab: Vocabulary) -> Iterable[list[Any]]:
-    for name, cv in vocab.columns.items():
-        yield [name, None, NULL_INDEX, cv.null_count]
-        yield [name, None, OOV_INDEX, cv.oov_count]
-        for i, (v, c) in enumerate(zip(cv.values, cv.counts)):
-            yield [name, v, i + FIRST_INDEX, c]
-
-
-
-
-def write_vocabulary(spark: SparkSession, vocab: Vocabulary, path: str) -> None:
-    """Write the vocabulary table (one file, one commit) with its metadata."""
-    from embedlib.tables import write_table
-
-    frame = spark.createDataFrame(vocab.to_arrow()).coalesce(1)
-    write_table(spark, frame, path, mode="overwrite", user_metadata=vocab.meta)
-
-
-def run_vocab_job(spark: SparkSession, cfg: Config, *, update: bool = False) -> Vocabulary:
-    """Read the source, build the vocabulary and write it to ``<run>/vocab``; with ``update``, count
-    the source into the vocabulary already there instead (:mod:`embedlib.vocab.update`)."""
-    from embedlib.tables import check_writable, delta_version, read_source, source_files, use_engine
-
-    use_engine(spark, cfg.delta)
-    check_writable(spark, cfg.layout.vocab)
-    old, version = None, None
-    if update:
-        from embedlib.vocab.update import check_extendable
-
-        version = delta_version(spark, cfg.layout.vocab)
-        if version is None:
-            raise VocabError(f"vocab --update: there is no vocabulary at {cfg.layout.vocab} to update; build one "
-                             "first (embedlib vocab, without --update)")
-        old = Vocabulary.load(spark, cfg.layout.vocab)
-        check_extendable(old, cfg, cfg.layout.vocab)
-    source = cfg.source.table or str(cfg.source.path)
-    df = read_source(spark, cfg.source)
-    files = source_files(spark, cfg.source, cfg.feature_columns)
-    if old is None:
-        vocab = build_vocabulary(spark, df, cfg, source=source, files=files)
-    else:
-        from embedlib.vocab.update import update_vocabulary
-
-        vocab = update_vocabulary(spark, old, df, cfg, source=source, files=files,
-                                  extends={"content_hash": old.content_hash, "version": version})
-    write_vocabulary(spark, vocab, cfg.layout.vocab)
-    log.info(
-        "vocabulary of %d categorical and %d numeric column(s) over %d rows written to %s (hash %s)",
-        len(vocab.columns),
-        len(vocab.numeric),
-        vocab.meta["row_count"],
-        cfg.layout.vocab,
-        vocab.content_hash[:12],
-    )
-    return vocab
+    return build_from_counts(df.schema, cfg, source, lambda: count_engine(cfg, files, source).count(spark, df, cfg, files))

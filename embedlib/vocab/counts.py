@@ -1,19 +1,14 @@
-"""The one interface of the counting engines (:mod:`.spark_engine`, :mod:`.arrow_engine`)."""
+"""What every counting engine returns (:mod:`.spark_engine`, :mod:`.arrow_engine`; the engines' interface is
+:class:`embedlib.vocab.build.CountEngine`). Core: no pyspark."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 import pyarrow as pa
 
-if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
-
-    from embedlib.config import Config
-
-__all__ = ["CountEngine", "Counts"]
+__all__ = ["Counts"]
 
 
 @dataclass(frozen=True)
@@ -29,11 +24,3 @@ class Counts:
 
     kept: pa.Table
     totals: Mapping[int, int]
-
-
-class CountEngine(Protocol):
-    """Counts every categorical and summarises every numeric in one pass."""
-
-    name: str
-
-    def count(self, spark: SparkSession, df: DataFrame, cfg: Config, files: list[str] | None) -> Counts: ...

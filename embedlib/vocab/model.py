@@ -31,7 +31,7 @@ import pyarrow.compute as pc
 from embedlib.indices import FIRST_INDEX, NULL_INDEX, OOV_INDEX
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    pass
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -249,18 +249,10 @@ class Vocabulary:
         return cls(columns=columns, numeric=numeric, meta=dict(meta))
 
     @classmethod
-    def load(cls, spark: SparkSession, path: str) -> Vocabulary:
-        """Load a vocabulary Delta table through the session (connector or delta-rs)."""
-        from embedlib.tables import commit_metadata, read_table
-
-        meta = commit_metadata(spark, path)
-        return cls.from_arrow(read_table(spark, path).toArrow(), meta)
-
-    @classmethod
     def load_delta(cls, path: str) -> Vocabulary:
         """Load a vocabulary Delta table with delta-rs only — no Spark."""
+        from embedlib.delta import is_delta_table, open_delta
         from embedlib.layout import check_path, local_path
-        from embedlib.tables.delta_rs import is_delta_table, open_delta
 
         check_path(path, what="vocabulary table")
         location = local_path(path) or path

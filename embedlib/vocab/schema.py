@@ -6,16 +6,27 @@ Everything here runs on a schema only — no Spark job, no data read.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import pyarrow as pa
 
 from embedlib.vocab.model import SchemaError
 
-if TYPE_CHECKING:
-    from pyspark.sql.types import StructType
 
-__all__ = ["arrow_family", "check_columns", "type_family"]
+class _SparkField(Protocol):
+    @property
+    def name(self) -> str: ...
+    @property
+    def dataType(self) -> Any: ...  # noqa: N802 (pyspark's name)
+
+
+class SparkSchema(Protocol):
+    """A Spark ``StructType`` as this module reads it (no pyspark import)."""
+
+    @property
+    def fields(self) -> Sequence[_SparkField]: ...
+
+__all__ = ["SparkSchema", "arrow_family", "arrow_type_name", "check_columns", "column_types", "type_family"]
 
 _CATEGORICAL_TYPES = ("string", "varchar", "char", "int", "bigint", "smallint", "tinyint", "boolean")
 _NUMERIC_TYPES = ("int", "bigint", "smallint", "tinyint", "float", "double", "decimal")
@@ -33,8 +44,43 @@ def type_family(simple_type: str) -> str:
     return kind
 
 
+def column_types(schema: SparkSchema | pa.Schema) -> dict[str, str]:
+    """Column → Spark type name (``simpleString``) of a Spark schema, or of an Arrow schema as Spark
+    reads it (:func:`arrow_type_name`; no pyspark needed)."""
+    if isinstance(schema, pa.Schema):
+        return {f.name: arrow_type_name(f.type) for f in schema}
+    return {f.name: f.dataType.simpleString() for f in schema.fields}
+
+
+def arrow_type_name(t: pa.DataType) -> str:
+    """The Spark type name (``simpleString``) of an Arrow type, as pyspark's ``from_arrow_type`` maps it
+    (``tests/test_inmemory.py`` checks them against pyspark); dictionaries by their values, unsigned
+    integers as the signed type that holds them. A type Spark has no name for keeps Arrow's."""
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    simple = {pa.bool_(): "boolean", pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "int",
+              pa.int64(): "bigint", pa.uint8(): "smallint", pa.uint16(): "int", pa.uint32(): "bigint",
+              pa.uint64(): "decimal(20,0)", pa.float16(): "float", pa.float32(): "float",
+              pa.float64(): "double", pa.string(): "string", pa.large_string(): "string",
+              pa.binary(): "binary", pa.large_binary(): "binary", pa.date32(): "date", pa.null(): "void"}
+    if t in simple:
+        return simple[t]
+    if pa.types.is_string_view(t):
+        return "string"
+    if pa.types.is_decimal(t):
+        return f"decimal({t.precision},{t.scale})"
+    if pa.types.is_timestamp(t):
+        return "timestamp" if t.tz is not None else "timestamp_ntz"
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return f"array<{arrow_type_name(t.value_type)}>"
+    if pa.types.is_map(t):
+        return f"map<{arrow_type_name(t.key_type)},{arrow_type_name(t.item_type)}>"
+    if pa.types.is_struct(t):
+        return "struct<" + ",".join(f"{f.name}:{arrow_type_name(f.type)}" for f in t) + ">"
+    return str(t)
+
+
 def check_columns(
-    schema: StructType,
+    schema: SparkSchema | pa.Schema,
     table: str,
     *,
     categorical: Sequence[str],
@@ -50,7 +96,7 @@ def check_columns(
     or a numeric that is no longer numeric is refused, naming both types.
     Runs on the schema only — no Spark job.
     """
-    types = {f.name: f.dataType.simpleString() for f in schema.fields}
+    types = column_types(schema)
     declared = list(categorical) + list(numeric) + list(ids)
     trained = trained or {}
     if not categorical and not numeric:

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow.compute as pc
 
-from embedlib.vocab.build import content_hash, count_engine
+from embedlib.vocab.build import count_engine
+from embedlib.vocab.cut import content_hash
 from embedlib.vocab.model import ColumnVocab, NumericStats, VocabError, Vocabulary
 from embedlib.vocab.schema import check_columns
 
