@@ -1,4 +1,4 @@
-"""One cheap Spark session for the whole test run, plus shared helpers."""
+"""One cheap Spark session for the whole test run (its JVM also the Spark Connect server of the Connect tests), plus shared helpers."""
 
 from __future__ import annotations
 
