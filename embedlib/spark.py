@@ -202,17 +202,8 @@ def get_session(cfg: SparkConfig, app_name: str = "embedlib", delta: DeltaConfig
         master = "local[*]"
     if master is not None:
         builder = builder.master(master)
-    settings: dict[str, str] = dict(ALWAYS)
-    if master is not None and master.startswith("local"):
-        settings.update(LOCAL_DEFAULTS)
-        # Python workers must run this interpreter, not whatever python3 is on PATH.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        settings["spark.pyspark.python"] = os.environ["PYSPARK_PYTHON"]
-    if s3a:  # the endpoint, region and addressing from the environment; the user's keys win
-        settings.update(storage.hadoop_conf(storage.from_environment()))
-    settings.update(cfg.conf)
-    if not launched_by_spark():  # a launcher's JVM already has its classpath
-        settings.update(_jar_settings(cfg, delta, s3a))
+    settings = _start_settings(cfg, delta, s3a, local=master is not None and master.startswith("local"),
+                               jars=not launched_by_spark())  # a launcher's JVM already has its classpath
     settings[ENGINE_CONF] = delta.engine
     for key, value in settings.items():
         builder = builder.config(key, value)
@@ -230,31 +221,40 @@ def _connect_session(cfg: SparkConfig, remote: str, app_name: str, delta: DeltaC
     if cfg.master is not None:
         log.warning("spark.master %s is ignored: the run uses the Spark Connect server %s (spark.remote or "
                     "SPARK_REMOTE), whose master is the server's", cfg.master, remote)
-    settings: dict[str, str] = {}
-    if remote.startswith("local"):  # a server started here: the settings of a local classic session
-        settings.update(ALWAYS)
-        settings.update(LOCAL_DEFAULTS)
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        settings["spark.pyspark.python"] = os.environ["PYSPARK_PYTHON"]
-        if s3a:
-            settings.update(storage.hadoop_conf(storage.from_environment()))
-        settings.update(cfg.conf)
-        settings.update(_jar_settings(cfg, delta, s3a))
-    else:  # a running server keeps its own static settings; runtime ones are set below
-        settings.update(cfg.conf)
+    local = remote.startswith("local")
+    # a server started here gets a local classic session's settings and jars; a running server keeps
+    # its own static settings and gets the run's runtime ones once connected
+    settings = _start_settings(cfg, delta, s3a, local=True, jars=True) if local else dict(cfg.conf)
     # pyspark's builder also switches pyspark.sql.functions to Connect's columns for this process (a
     # process holds classic or Connect sessions, not both: pyspark refuses a remote one beside a classic)
     builder = SparkSession.builder.remote(remote).appName(app_name)
-    if remote.startswith("local"):
-        for key, value in settings.items():
-            builder = builder.config(key, value)
+    for key, value in settings.items() if local else ():
+        builder = builder.config(key, value)
     log.info("starting Spark Connect session remote=%s conf=%s", remote, redact(cfg.conf))
     session = builder.getOrCreate()
-    if not remote.startswith("local"):
-        for key, value in settings.items():
-            _set_runtime_conf(session, key, value)
+    for key, value in settings.items() if not local else ():
+        _set_runtime_conf(session, key, value)
     session.conf.set(ENGINE_CONF, delta.engine)
     return session
+
+
+def _start_settings(cfg: SparkConfig, delta: DeltaConfig, s3a: bool, *, local: bool, jars: bool) -> dict[str, str]:
+    """The settings of a session embedlib starts (classic, or a local Connect server): always
+    :data:`ALWAYS`; for a local master :data:`LOCAL_DEFAULTS` and this interpreter for the Python
+    workers; with ``s3a`` the endpoint, region and addressing from the environment; the user's
+    ``spark.conf`` over those; with ``jars`` the Delta connector's (and hadoop-aws) jars."""
+    settings: dict[str, str] = dict(ALWAYS)
+    if local:
+        settings.update(LOCAL_DEFAULTS)
+        # Python workers must run this interpreter, not whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        settings["spark.pyspark.python"] = os.environ["PYSPARK_PYTHON"]
+    if s3a:  # the user's keys win
+        settings.update(storage.hadoop_conf(storage.from_environment()))
+    settings.update(cfg.conf)
+    if jars:
+        settings.update(_jar_settings(cfg, delta, s3a))
+    return settings
 
 
 def _jar_settings(cfg: SparkConfig, delta: DeltaConfig, s3a: bool) -> dict[str, str]:

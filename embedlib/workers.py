@@ -166,11 +166,21 @@ class CountSum:
         self.total = counts.astype(np.int64) if self.total is None else self.total + counts
 
 
+_COUNTS_TYPE = pa.list_(pa.int64())
+
+
 def _with_counts(batch: pa.RecordBatch, total: np.ndarray | None) -> pa.RecordBatch:
-    column: list[list[int] | None] = [None] * batch.num_rows
-    if total is not None and batch.num_rows:
-        column[-1] = total.tolist()
-    return batch.append_column(COUNTS_COLUMN, pa.array(column, pa.list_(pa.int64())))
+    """``batch`` with :data:`COUNTS_COLUMN`: null on every row but the last, which holds ``total``
+    (built from offsets and a validity mask: no Python object per row)."""
+    rows = batch.num_rows
+    if total is None or rows == 0:
+        return batch.append_column(COUNTS_COLUMN, pa.nulls(rows, _COUNTS_TYPE))
+    offsets = np.zeros(rows + 1, np.int32)
+    offsets[-1] = len(total)
+    valid = np.zeros(rows, bool)
+    valid[-1] = True
+    column = pa.ListArray.from_arrays(pa.array(offsets), pa.array(total, pa.int64()), mask=pa.array(~valid))
+    return batch.append_column(COUNTS_COLUMN, column)
 
 
 def summed_counts(collected: Sequence[Sequence[int]] | None, size: int) -> np.ndarray:

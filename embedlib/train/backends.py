@@ -354,7 +354,7 @@ class SparkTrials:
     ``range`` of trial numbers, one per partition, mapped by :class:`_Trials` (the DataFrame API, so
     that it runs over Spark Connect too), as many at a time as the session has task slots."""
 
-    spark: Any
+    spark: SparkSession
     slots: int
     threads: int
 
