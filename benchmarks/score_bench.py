@@ -401,12 +401,10 @@ def profile_batches(fn: Callable[[Any], Any], batches: list[Any], top: int) -> s
 
 def row_udf(bundle: Any) -> Callable[..., float]:
     """The per-row scorer: one-row Arrow table → ``score_rows``; bundle cached per worker."""
-    from pyspark import SparkContext
 
-    from embedlib.bundle import read_bundle_files
+    from embedlib.workers import bundle_files_or_path
 
-    sc = SparkContext.getOrCreate()
-    files = sc.broadcast(read_bundle_files(bundle.path))
+    files = bundle_files_or_path(bundle)  # as the job carries it (no broadcast variable)
     bundle_id = bundle.bundle_id
     columns = list(bundle.spec.columns)
     n_cat = len(bundle.spec.categorical)
