@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from .jvm import short_jvm
+
 ROOT = Path(__file__).resolve().parents[1]
 ADULT_DATA = ROOT / "data" / "adult" / "adult.data.gz"
 ADULT_TEST = ROOT / "data" / "adult" / "adult.test.gz"
@@ -40,21 +42,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.launch)  # several training processes are launches too
 
 
-#: The JVM of every short Spark process a test starts (the CLI, spark-submit, their executors): compiled
-#: with C1 only and collected with the serial collector, for start-up and short jobs (a CLI vocabulary run
-#: 14.9 -> 12.0 s on this 2-core machine, measured). The shared session lives long enough to keep the
-#: defaults (with these options a run of three of its test files took longer). No result depends on them.
-SHORT_JVM = "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"
-
-
 def spark_sets() -> list[str]:
-    """``--set`` arguments that start an ``embedlib`` process's Spark with the :data:`SHORT_JVM` options."""
-    return ["--set", f"spark.conf.spark.driver.extraJavaOptions={SHORT_JVM}"]
+    """``--set`` arguments that start an ``embedlib`` process's Spark with the short-run JVM options
+    (:func:`tests.jvm.short_jvm`: C1, the serial collector, a class-data-sharing archive)."""
+    return ["--set", f"spark.conf.spark.driver.extraJavaOptions={short_jvm()}"]
 
 
 def submit_conf() -> list[str]:
-    """``spark-submit`` arguments that give the driver and the executors the :data:`SHORT_JVM` options."""
-    return [a for role in ("driver", "executor") for a in ("--conf", f"spark.{role}.extraJavaOptions={SHORT_JVM}")]
+    """``spark-submit`` arguments that give the driver and the executors the short-run JVM options."""
+    return [a for role in ("driver", "executor") for a in ("--conf", f"spark.{role}.extraJavaOptions={short_jvm()}")]
 
 
 @pytest.fixture(scope="session")

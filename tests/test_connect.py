@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from tests.conftest import (
+from .conftest import (
     ADULT_CONF,
     ADULT_DATA,
     ADULT_TEST,
@@ -31,6 +32,7 @@ from tests.conftest import (
     adult_pandas,
     copy_run,
     engine_set,
+    spark_sets,
 )
 
 ROWS = 3000  # of Adult's held-out rows: every path runs whole, on a sample
@@ -145,17 +147,20 @@ def test_extract_features_and_drift_over_connect_equal_classic(spark, connect_ur
     from embedlib.score import run_score_job
 
     copy_run(adult_trained[0], tmp_path / "classic")
-    cfg = _cfg(tmp_path / "classic", held_out, "features.flatten=true")
-    embeddings, _ = run_extract_job(spark, cfg)
-    features = run_features_job(spark, cfg)
-    run_score_job(spark, cfg)
-    drift = run_drift_job(spark, cfg)
-
     copy_run(adult_trained[0], tmp_path / "remote")
     sets = _sets(tmp_path / "remote", held_out, "features.flatten=true")
     remote = _cfg(tmp_path / "remote", held_out, "features.flatten=true")
-    for command in ("extract", "features", "score"):
-        _ok(over_connect(connect_url, command, sets))
+    # the Connect clients (sessions of their own on the server, writing under remote/) and the classic jobs
+    # (under classic/) go at once; the three commands of a run depend on none of the others
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        clients = [pool.submit(over_connect, connect_url, command, sets) for command in ("extract", "features", "score")]
+        cfg = _cfg(tmp_path / "classic", held_out, "features.flatten=true")
+        embeddings, _ = run_extract_job(spark, cfg)
+        features = run_features_job(spark, cfg)
+        run_score_job(spark, cfg)
+        drift = run_drift_job(spark, cfg)
+        for client in clients:
+            _ok(client.result())
     for path_classic, path_remote, key in ((embeddings, remote.layout.embeddings, ["column", "index"]),
                                            (features, remote.features_output, ["row_id"])):
         a, b = _table(path_classic, key), _table(path_remote, key)
@@ -217,7 +222,7 @@ def test_spark_remote_local_starts_its_own_server_and_scores_as_classic(
     classic_cfg = _cfg(tmp_path / "classic", held_out)
     run_score_job(spark, classic_cfg)
     copy_run(adult_trained[0], tmp_path / "remote")
-    _ok(over_connect("local[2]", "score", _sets(tmp_path / "remote", held_out)))
+    _ok(over_connect("local[2]", "score", _sets(tmp_path / "remote", held_out), *spark_sets()))
     remote = _table(_cfg(tmp_path / "remote", held_out).scores_output)
     np.testing.assert_allclose(remote["anomaly_score"], _table(classic_cfg.scores_output)["anomaly_score"],
                                rtol=1e-9, atol=1e-9)

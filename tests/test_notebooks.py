@@ -25,12 +25,13 @@ FIGURES = {"01_walkthrough.ipynb": 4, "02_why_not_mse_on_embeddings.ipynb": 2}
 OUTPUT_ENV = "EMBEDLIB_NOTEBOOK_OUTPUT"
 
 
-def execute(path: Path, output_dir: Path, *, probe: bool = True) -> tuple[Any, str | None]:
+def execute(path: Path, output_dir: Path, *, probe: bool = True, java_options: str | None = None) -> tuple[Any, str | None]:
     """Run every cell of ``path`` on a new ``python3`` kernel (this interpreter) in ``notebooks/``.
 
     Raises ``nbclient.exceptions.CellExecutionError`` on the first cell that fails.
     With ``probe`` a first cell reports the kernel's ``sys.executable`` (and is removed again);
-    returns the executed notebook and that path.
+    returns the executed notebook and that path. ``java_options``: the JVM options of the Spark driver the
+    notebook starts (given to the kernel as ``PYSPARK_SUBMIT_ARGS``).
     """
     import nbformat
     from nbclient import NotebookClient
@@ -45,7 +46,10 @@ def execute(path: Path, output_dir: Path, *, probe: bool = True) -> tuple[Any, s
     client = NotebookClient(nb, kernel_name="python3", timeout=600, record_timing=False,
                             extra_arguments=["--IPKernelApp.capture_fd_output=False"],
                             resources={"metadata": {"path": str(NOTEBOOKS)}})
-    client.execute()
+    env = dict(os.environ)
+    if java_options:
+        env["PYSPARK_SUBMIT_ARGS"] = f'--driver-java-options "{java_options}" pyspark-shell'
+    client.execute(env=env)
     executable = None
     if probe:
         executable = "".join(o.get("text", "") for o in nb.cells.pop(0).outputs).strip()
@@ -80,7 +84,9 @@ def clean(nb: Any) -> Any:
 def test_notebook_runs(name: str, tmp_path: Path) -> None:
     import nbformat
 
-    nb, executable = execute(NOTEBOOKS / name, tmp_path)
+    from .jvm import short_jvm  # here: `python tests/test_notebooks.py --save` runs this file as a script
+
+    nb, executable = execute(NOTEBOOKS / name, tmp_path, java_options=short_jvm())  # the tests' short-run JVM
     assert executable == sys.executable  # the project's environment, not another Python
     assert images(nb) >= FIGURES[name]
     for cell in nb.cells:

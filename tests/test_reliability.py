@@ -13,6 +13,7 @@ import logging
 import shutil
 import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,10 @@ from .conftest import (
     ADULT_DATA,
     ADULT_TEST,
     BASE_CONF,
+    ENGINES,
     adult_pandas,
     cli,
+    copy_run,
     copy_vocab,
     engine_set,
     train_cfg,
@@ -86,8 +89,17 @@ def staged_files(table: Path) -> set[str]:
 @pytest.mark.launch
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_failed_task_attempts_are_retried_without_duplicates(run_dir: Path, test_source: Path,
-                                                            delta_engine: str) -> None:
+def test_failed_task_attempts_are_retried_without_duplicates(adult_trained, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                            test_source: Path) -> None:
+    """Per Delta engine, in its own run directory: the two engines' processes go at once (each spends
+    much of its time starting its JVM and Python workers: 64 -> 53 s on this 2-core machine)."""
+    runs = {engine: copy_run(adult_trained[0], tmp_path / engine).parent for engine in ENGINES}
+    with ThreadPoolExecutor(max_workers=len(runs)) as pool:
+        for done in [pool.submit(_retried_without_duplicates, run, test_source, engine) for engine, run in runs.items()]:
+            done.result()
+
+
+def _retried_without_duplicates(run_dir: Path, test_source: Path, delta_engine: str) -> None:
     # local[2,3]: up to 3 attempts per task; partition 0 fails its first two, after a batch went out
     proc = cli("score", score_args(run_dir, test_source, "r1", delta_engine),
                faults="score.fail_attempts=2", master="local[2,3]")
