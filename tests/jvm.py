@@ -1,13 +1,13 @@
 """The JVM options of the short Spark processes tests start, and the class-data-sharing archive in them.
 
 Every Spark JVM a test starts (the CLI, ``spark-submit``, their executors, a standalone cluster's
-daemons, a local Connect server) spends most of a short run loading and verifying Spark's ~15,000
+daemons, a local Connect server) spends much of a short run loading and verifying Spark's
 classes. A dynamic class-data-sharing (AppCDS) archive of them, dumped once by a ``spark-submit`` of
-the vocabulary job, is mapped by each later JVM instead: a CLI vocabulary run 13.3 -> 8.1 s wall and
-15.9 -> 10.4 s of CPU on this 2-core machine (measured, three runs each). It lives in
+the vocabulary job, is mapped by each later JVM instead: a CLI vocabulary run 18.1 -> 11.9 s wall and
+21.2 -> 14.8 s of CPU on this 2-core machine (``benchmarks/jvm_start_bench.py``, medians of 3). It lives in
 ``~/.cache/embedlib/jvm`` (or ``$EMBEDLIB_JVM_CACHE``), named by a hash of the Java runtime and of
 Spark's jars (name, size, modification time), so another JDK or pyspark dumps a new one (once; the
-dump takes ~25 s). No result depends on it: a JVM whose archive does not match runs without it.
+dump takes ~30 s). No result depends on it: a JVM whose archive does not match runs without it.
 """
 
 from __future__ import annotations
