@@ -81,15 +81,15 @@ def _dump(target: Path) -> None:
 def short_jvm() -> str:
     """:data:`SHORT_JVM` plus the class-data-sharing archive (dumped at the first call of a machine)."""
     folder = Path(os.environ.get("EMBEDLIB_JVM_CACHE", Path.home() / ".cache" / "embedlib" / "jvm"))
-    archive = folder / f"spark-{archive_key()}.jsa"
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "w") as lock:  # one dump, when test processes ask at once
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not archive.exists():
-            try:
+    try:
+        archive = folder / f"spark-{archive_key()}.jsa"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / ".lock", "w") as lock:  # one dump, when test processes ask at once
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not archive.exists():
                 _dump(archive)
-            except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-                # slower, not wrong: every JVM then loads its classes from the jars
-                warnings.warn(f"Spark JVMs start without a class-data-sharing archive: {exc}", stacklevel=2)
-                return SHORT_JVM
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        # slower, not wrong: every JVM then loads its classes from the jars
+        warnings.warn(f"Spark JVMs start without a class-data-sharing archive: {exc}", stacklevel=2)
+        return SHORT_JVM
     return f"{SHORT_JVM} -XX:SharedArchiveFile={archive}"
