@@ -6,12 +6,12 @@ from setuptools import find_packages, setup
 
 here = Path(__file__).parent
 version = {}
-exec((here / "embedlib" / "version.py").read_text(), version)
+exec((here / "embedlib" / "core" / "version.py").read_text(), version)
 
 # Spark itself is an extra: Databricks runtimes ship their own pyspark (not visible to pip
 # as a package), and a wheel that requires pyspark would pull the PyPI one over it.
 # pyspark and Delta are pinned together: delta-spark 4.4.0 is the connector built for Spark 4.2
-# (Maven io.delta:delta-spark_4.2_2.13:4.4.0, which `make setup` fetches; embedlib.spark.DELTA_VERSION).
+# (Maven io.delta:delta-spark_4.2_2.13:4.4.0, which `make setup` fetches; embedlib.spark.session.DELTA_VERSION).
 # [connect]: grpcio, grpcio-status, googleapis-common-protos, zstandard — a Spark Connect client (spark.remote).
 SPARK = ["pyspark[connect]>=4.2,<4.3", "delta-spark==4.4.0"]
 EVALUATE = ["scikit-learn>=1.4", "matplotlib>=3.8"]

@@ -3,7 +3,7 @@
 #   <cache>/delta-spark_<spark>_2.13-<delta>/   the Delta Spark connector (+ its runtime deps)
 #   <cache>/hadoop-aws-<hadoop>/                 s3a:// (hadoop-aws + the AWS SDK bundle)
 # <cache> is $EMBEDLIB_JARS, else ~/.cache/embedlib/jars. The Spark and Hadoop versions are
-# read off the installed pyspark; the Delta version is embedlib.spark.DELTA_VERSION (pinned with it).
+# read off the installed pyspark; the Delta version is embedlib.spark.session.DELTA_VERSION (pinned with it).
 # Jars pyspark already ships (any version) are left out, so the classpath has one of each.
 set -euo pipefail
 PY="${1:?usage: fetch_jars.sh PYTHON}"
@@ -11,7 +11,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 CACHE="${EMBEDLIB_JARS:-$HOME/.cache/embedlib/jars}"
 read -r SPARK_BIN SPARK_JARS HADOOP DELTA < <("$PY" - <<'PYEOF'
 import glob, os, re, pyspark
-from embedlib.spark import DELTA_VERSION
+from embedlib.spark.session import DELTA_VERSION
 jars = os.path.join(os.path.dirname(pyspark.__file__), "jars")
 hadoop = [re.search(r"hadoop-client-api-(.+)\.jar$", p).group(1) for p in glob.glob(jars + "/hadoop-client-api-*.jar")]
 print(".".join(pyspark.__version__.split(".")[:2]), jars, hadoop[0] if hadoop else "3.4.1", DELTA_VERSION)

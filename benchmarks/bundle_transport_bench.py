@@ -1,6 +1,6 @@
 """How the bundle reaches the workers: carried in the ``mapInArrow`` function, or read from its path.
 
-Without a ``SparkContext`` (Spark Connect) there is no broadcast variable, so :mod:`embedlib.workers`
+Without a ``SparkContext`` (Spark Connect) there is no broadcast variable, so :mod:`embedlib.spark.workers`
 either carries the bundle's file bytes inside the pickled function (Spark ships a stage's function
 with each task) or hands the workers its path, which each Python worker reads once. This bench
 scores the same rows both ways on one local session, alternated, with Python worker reuse on
@@ -37,10 +37,10 @@ def main() -> None:
     import pandas as pd
 
     import embedlib
-    from embedlib import workers
-    from embedlib.config import SparkConfig, load_config
-    from embedlib.score import score_frame
-    from embedlib.spark import get_session
+    from embedlib.core.config import SparkConfig, load_config
+    from embedlib.spark import workers
+    from embedlib.spark.score import score_frame
+    from embedlib.spark.session import get_session
     from tests.conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, adult_pandas
 
     cfg = load_config([BASE_CONF, ADULT_CONF])

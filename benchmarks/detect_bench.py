@@ -16,12 +16,12 @@ Methods, all on the same rows in the same run:
 
 * ``embedlib`` — the real jobs (``run_vocab_job``, ``run_train_job``) with the
   configuration defaults (``conf/base.yaml``) and only the table's columns declared;
-  planted rows scored with :func:`embedlib.inference.score_rows` (what the score job
+  planted rows scored with :func:`embedlib.core.inference.score_rows` (what the score job
   runs per batch), ranked as the bundle ranks (``score.rank_by``);
 * variants of it (``VARIANTS``: each a list of ``--set`` overrides), e.g. the raw
   nats, the plain autoencoder, the first version's defaults;
 * IsolationForest on one-hot categoricals + standardized numerics;
-* the seed design: MSE on the embedding output (``embedlib.baselines``);
+* the seed design: MSE on the embedding output (``embedlib.core.baselines``);
 * kNN: mean distance to the 5 nearest training rows (one-hot + numerics), the
   strongest detector of dependency anomalies in ADBench;
 * GBT: "predict each column from the others" with gradient-boosted trees
@@ -127,7 +127,7 @@ def _features(table: Table, frame: pd.DataFrame) -> Any:
 
 
 def _config(table: Table, out: str, name: str, data: str, seed: int, extra: list[str]) -> Any:
-    from embedlib.config import load_config
+    from embedlib.core.config import load_config
 
     sets = [
         f"name={name}", f"output_dir={out}", f"source.path={data}", "source.format=parquet",
@@ -141,9 +141,9 @@ def _config(table: Table, out: str, name: str, data: str, seed: int, extra: list
 def embedlib_variants(spark: Any, table: Table, train: pd.DataFrame, tmp: str, seed: int,
                       variants: list[str]) -> dict[str, tuple[Callable[[pd.DataFrame], np.ndarray], float, Any]]:
     """Train every variant on ``train``; return ``{variant: (scorer, seconds, metrics)}``."""
-    from embedlib.bundle import load_bundle
-    from embedlib.train import run_train_job
-    from embedlib.vocab import run_vocab_job
+    from embedlib.core.bundle import load_bundle
+    from embedlib.spark.train import run_train_job
+    from embedlib.spark.vocab import run_vocab_job
 
     data = f"{tmp}/{table.name}-{seed}.parquet"
     train.to_parquet(data, index=False)
@@ -182,7 +182,7 @@ def embedlib_variants(spark: Any, table: Table, train: pd.DataFrame, tmp: str, s
 
 
 def _scorer(table: Table, bundle: Any, rank_by: str | None) -> Callable[[pd.DataFrame], np.ndarray]:
-    from embedlib.inference import score_rows
+    from embedlib.core.inference import score_rows
 
     def scorer(frame: pd.DataFrame) -> np.ndarray:
         parts = [score_rows(bundle, _features(table, frame.iloc[i:i + 20_000]), rank_by=rank_by).ranking
@@ -241,7 +241,7 @@ def fit_baseline(method: str, table: Table, train: pd.DataFrame, seed: int,
         nn = NearestNeighbors(n_neighbors=5, algorithm="brute").fit(design.matrix(train))
         return lambda frame: nn.kneighbors(design.matrix(frame))[0].mean(axis=1)
     if method == "mse":
-        from embedlib.baselines import fit_mse_autoencoder, mse_scores
+        from embedlib.core.baselines import fit_mse_autoencoder, mse_scores
 
         encoder = spark_bundle.encoder
         model = fit_mse_autoencoder(encoder.arrays(_features(table, train)), spark_bundle.spec, epochs=20, seed=seed)
@@ -334,10 +334,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     log.setLevel(logging.INFO)
 
-    from embedlib.bundle import load_bundle
-    from embedlib.config import SparkConfig
+    from embedlib.core.bundle import load_bundle
+    from embedlib.core.config import SparkConfig
     from embedlib.evaluate import plant_anomalies
-    from embedlib.spark import get_session
+    from embedlib.spark.session import get_session
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_session(SparkConfig(master="local[2]", conf={"spark.sql.shuffle.partitions": "4",

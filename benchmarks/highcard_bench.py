@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embedlib.config.schema import ModelConfig, TrainConfig
+from embedlib.core.config.schema import ModelConfig, TrainConfig
 
 SCORE_BATCH = 10_000
 
@@ -82,7 +82,7 @@ HEADS = {"adaptive": [], "dense": ["train.lazy_above=null"], "full": ["model.ada
 
 
 def config(out: str, data: str, head: str = "adaptive", batch: int = 512) -> Any:
-    from embedlib.config import load_config
+    from embedlib.core.config import load_config
 
     return load_config([], [f"output_dir={out}", f"source.path={data}", "source.format=parquet",
                             "columns.categorical=[c, d]", "columns.numeric=[x, y]", "vocab.min_count=1",
@@ -97,12 +97,12 @@ def measure(out: str, data: str, vocab_file: str, head: str, args: argparse.Name
     import pyarrow.parquet as pq
     import torch
 
-    from embedlib.bundle import load_bundle, save_bundle, vocab_of
-    from embedlib.encode import encode_in_memory
-    from embedlib.output import build_output
-    from embedlib.train import CheckpointStore, SingleProcess, train_loop
-    from embedlib.train.backends import LocalBackend
-    from embedlib.train.job import best_model, make_job
+    from embedlib.core.bundle import load_bundle, save_bundle, vocab_of
+    from embedlib.core.encode import encode_in_memory
+    from embedlib.core.output import build_output
+    from embedlib.core.train import CheckpointStore, SingleProcess, train_loop
+    from embedlib.spark.train.backends import LocalBackend
+    from embedlib.spark.train.job import best_model, make_job
 
     cfg = config(out, data, head, args.batch_size)
     vocab = vocab_of(Path(vocab_file).read_bytes())
@@ -212,10 +212,11 @@ def inputs(args: argparse.Namespace, folder: Path, tmp: str) -> dict[int, dict[s
     results: dict[int, dict[str, Any]] = {k: {"vocab_seconds": None} for k in args.cardinalities}
     if not missing:
         return results
-    from embedlib.bundle import vocab_bytes
-    from embedlib.config import SparkConfig
-    from embedlib.spark import get_session
-    from embedlib.vocab import Vocabulary, run_vocab_job
+    from embedlib.core.bundle import vocab_bytes
+    from embedlib.core.config import SparkConfig
+    from embedlib.core.vocab import Vocabulary
+    from embedlib.spark.session import get_session
+    from embedlib.spark.vocab import run_vocab_job
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:

@@ -20,7 +20,7 @@ change the work done per row, so throughput does not depend on it.
 Then, in one process, for each size (all figures wall-clock, ``time.perf_counter``):
 
 1. **score job**: ``spark.read.parquet`` → ``score_frame(spark, df, bundle, ids=("id",))``
-   → ``write_table(spark, frame, <tmp>, mode="overwrite")`` (Spark writes the Parquet
+   → ``open_tables(spark).write(frame, <tmp>, mode="overwrite")`` (Spark writes the Parquet
    files, the driver commits them as one Delta transaction through delta-rs, or the
    Delta connector where the session has it) — what the score job does, minus its
    ``Observation`` summary metrics. Timed end to end. Before each size an untimed
@@ -44,7 +44,7 @@ Then, in one process, for each size (all figures wall-clock, ``time.perf_counter
    difference.
 3. **row UDF**: a plain ``pyspark.sql.functions.udf`` returning a double, called once
    per row with the 30 raw values; it builds a one-row Arrow table and calls
-   ``score_rows`` on it, with the bundle held by ``embedlib.workers.cached_bundle``
+   ``score_rows`` on it, with the bundle held by ``embedlib.spark.workers.cached_bundle``
    (a module-level cache: loaded once per Python worker, never per row). It runs on
    ``--udf-rows`` rows spread over the whole id range (``id % step == 0``), written to
    their own Parquet (one file per core, untimed), and its output (``id`` and the
@@ -263,13 +263,13 @@ def make_bundle(spark: Any, data: str, folder: str, name: str, extra: list[str] 
     import pyarrow.parquet as pq
     import torch
 
-    from embedlib.bundle import load_bundle, save_bundle
-    from embedlib.calibration import Calibration
-    from embedlib.config import load_config
-    from embedlib.model import EmbeddingAutoencoder
-    from embedlib.train import spec_for
-    from embedlib.train.job import contributions_of
-    from embedlib.vocab import build_vocabulary
+    from embedlib.core.bundle import load_bundle, save_bundle
+    from embedlib.core.calibration import Calibration
+    from embedlib.core.config import load_config
+    from embedlib.core.model import EmbeddingAutoencoder
+    from embedlib.spark.train import spec_for
+    from embedlib.spark.train.job import contributions_of
+    from embedlib.spark.vocab import build_vocabulary
 
     cfg = load_config([], [f"source.path={data}", "source.format=parquet", f"columns.categorical={CATS}",
                            f"columns.numeric={NUMS}", "columns.id=[id]", *(extra or [])])
@@ -279,7 +279,7 @@ def make_bundle(spark: Any, data: str, folder: str, name: str, extra: list[str] 
     model = EmbeddingAutoencoder(spec)
     calibration = None
     if cfg.score.rank_by == "calibrated":
-        from embedlib.encode import Encoder
+        from embedlib.core.encode import Encoder
 
         encoder = Encoder.for_vocab(vocab)
         shard = f"{folder}/encoded-{name}.parquet"
@@ -299,20 +299,20 @@ def score_job(spark: Any, bundle: Any, data: str, out: str, keep_all: bool = Fal
     """What the score job does: read, ``score_frame``, one Delta commit. The id column is passed
     through (``score.passthrough`` with an id declared), or with ``keep_all`` every source column
     (its default when no id is declared)."""
-    from embedlib.score import score_frame
-    from embedlib.tables import write_table
+    from embedlib.spark.score import score_frame
+    from embedlib.spark.tables import open_tables
 
     df = spark.read.parquet(data)
     frame = score_frame(spark, df, bundle, ids=tuple(df.columns) if keep_all else ("id",))
-    write_table(spark, frame, out, mode="overwrite")
+    open_tables(spark).write(frame, out, mode="overwrite")
 
 
 def score_job_with_summary(spark: Any, bundle: Any, data: str, out: str) -> None:
     """The score job as ``embedlib score`` runs it: ``score_into``, with its run summary (the
     Observation's row count, anomalies and quantiles, the workers' per-column counts) and the
     summary row in ``score_runs``."""
-    from embedlib.config import load_config
-    from embedlib.score import Scoring, score_into
+    from embedlib.core.config import load_config
+    from embedlib.spark.score import Scoring, score_into
 
     cfg = load_config([], [f"source.path={data}", "source.format=parquet", f"columns.categorical={CATS}",
                            f"columns.numeric={NUMS}", "columns.id=[id]", f"output_dir={out}", "name=bench"])
@@ -347,8 +347,8 @@ def time_batches(fn: Callable[[Any], Any], batches: list[Any]) -> float:
 
 def _ceiling_process(bundle_path: str, data: str, rows: int, batch_size: int, barrier: Any, results: Any) -> None:
     """One of ``ceiling_all_cores``' processes: load, wait for the others, time ``build_output``."""
-    from embedlib.bundle import load_bundle
-    from embedlib.output import build_output
+    from embedlib.core.bundle import load_bundle
+    from embedlib.core.output import build_output
 
     bundle = load_bundle(bundle_path)
     batches = load_batches(bundle, data, rows, batch_size)
@@ -402,7 +402,7 @@ def profile_batches(fn: Callable[[Any], Any], batches: list[Any], top: int) -> s
 def row_udf(bundle: Any) -> Callable[..., float]:
     """The per-row scorer: one-row Arrow table → ``score_rows``; bundle cached per worker."""
 
-    from embedlib.workers import bundle_files_or_path
+    from embedlib.spark.workers import bundle_files_or_path
 
     files = bundle_files_or_path(bundle)  # as the job carries it (no broadcast variable)
     bundle_id = bundle.bundle_id
@@ -412,8 +412,8 @@ def row_udf(bundle: Any) -> Callable[..., float]:
     def score_row(*values: Any) -> float:
         import pyarrow as pa
 
-        from embedlib.inference import score_rows
-        from embedlib.workers import cached_bundle
+        from embedlib.core.inference import score_rows
+        from embedlib.spark.workers import cached_bundle
 
         scorer = cached_bundle(bundle_id, files)
         table = pa.table({
@@ -430,7 +430,7 @@ def udf_job(spark: Any, bundle: Any, scorer: Callable[..., float], data: str, ou
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType
 
-    from embedlib.tables import write_table
+    from embedlib.spark.tables import open_tables
 
     fn = F.udf(scorer, DoubleType(), useArrow=False)
     spec = bundle.spec
@@ -439,16 +439,16 @@ def udf_job(spark: Any, bundle: Any, scorer: Callable[..., float], data: str, ou
     if where is not None:
         source = source.where(where)
     frame = source.select("id", fn(*args).alias("anomaly_score"))
-    write_table(spark, frame, out, mode="overwrite")
+    open_tables(spark).write(frame, out, mode="overwrite")
 
 
 def _max_score_diff(spark: Any, job_out: str, udf_out: str) -> tuple[int, float]:
     from pyspark.sql import functions as F
 
-    from embedlib.tables import read_table
+    from embedlib.spark.tables import open_tables
 
-    udf = read_table(spark, udf_out).withColumnRenamed("anomaly_score", "u")
-    job = read_table(spark, job_out).select("id", "anomaly_score")
+    udf = open_tables(spark).read(udf_out).withColumnRenamed("anomaly_score", "u")
+    job = open_tables(spark).read(job_out).select("id", "anomaly_score")
     row = udf.join(job, "id").agg(F.count(F.lit(1)).alias("n"),
                                   F.max(F.abs(F.col("u") - F.col("anomaly_score"))).alias("d")).first()
     return int(row["n"]), float(row["d"] if row["d"] is not None else float("nan"))
@@ -494,11 +494,11 @@ def main(argv: list[str] | None = None) -> None:
     sizes = sorted(set(args.rows))
     load_start = os.getloadavg()
 
-    from embedlib.config import SparkConfig
-    from embedlib.inference import score_rows
-    from embedlib.output import build_output
-    from embedlib.spark import delta_connector_available, get_session
-    from embedlib.tables import read_table
+    from embedlib.core.config import SparkConfig
+    from embedlib.core.inference import score_rows
+    from embedlib.core.output import build_output
+    from embedlib.spark.session import delta_connector_available, get_session
+    from embedlib.spark.tables import open_tables
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_session(
@@ -520,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
     cpu: dict[int, CpuSplit] = {}
     busy: dict[int, list[Result]] = {}  # the ceiling with every core busy
     profiles: dict[int, str] = {}  # --profile
-    from embedlib.spark import ENGINE_CONF
+    from embedlib.spark.session import ENGINE_CONF
 
     spark.conf.set(ENGINE_CONF, args.delta_engines[0])
     with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp:
@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> None:
                 by_engine[n][engine] = Result(f"score job -> Delta via {engine}", n, time.perf_counter() - start,
                                               cores)
                 spark.conf.set(ENGINE_CONF, args.delta_engines[0])
-            written = read_table(spark, f"{tmp}/scores-{n}").count()
+            written = open_tables(spark).read(f"{tmp}/scores-{n}").count()
             if written != n:
                 raise RuntimeError(f"the score job wrote {written:,} rows of {n:,}")
 

@@ -125,7 +125,7 @@ def load_train_tensors(job: Any, device: Any) -> tuple[Any, Any, Any]:
     import numpy as np
     import torch
 
-    from embedlib.encode import read_shards
+    from embedlib.core.encode import read_shards
 
     parts = list(read_shards(job.shards.train_files, job.encoder))
     return tuple(  # type: ignore[return-value]
@@ -139,7 +139,7 @@ def bare_loop(job: Any, data: tuple[Any, Any, Any], device: Any, epochs: int) ->
     loss when the spec is masked, as the loop does); return seconds."""
     import torch
 
-    from embedlib.model import EmbeddingAutoencoder, column_nll, corrupt, masked_loss, random_mask
+    from embedlib.core.model import EmbeddingAutoencoder, column_nll, corrupt, masked_loss, random_mask
 
     cat, num, miss = data
     rows = cat.shape[0]
@@ -222,14 +222,15 @@ def main(argv: list[str] | None = None) -> None:
 
     from pyspark.sql import functions as F
 
-    import embedlib.train.loop as loop_mod
-    from embedlib.config import SparkConfig, load_config
-    from embedlib.encode import Encoder
-    from embedlib.spark import get_session
-    from embedlib.tables import read_source
-    from embedlib.train import CheckpointStore, SingleProcess, TrainJob, resolve_backend, spec_for, train_loop
-    from embedlib.train.job import encode_to_shards
-    from embedlib.vocab import run_vocab_job
+    import embedlib.core.train.loop as loop_mod
+    from embedlib.core.config import SparkConfig, load_config
+    from embedlib.core.encode import Encoder
+    from embedlib.core.train import CheckpointStore, SingleProcess, TrainJob, train_loop
+    from embedlib.spark.session import get_session
+    from embedlib.spark.tables import open_tables
+    from embedlib.spark.train import resolve_backend, spec_for
+    from embedlib.spark.train.job import encode_to_shards
+    from embedlib.spark.vocab import run_vocab_job
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
 
         setup_start = time.perf_counter()
         vocab = run_vocab_job(spark, cfg)
-        df = read_source(spark, cfg.source)
+        df = open_tables(spark).read_source(cfg.source)
         if args.rows != ADULT_ROWS:
             copies = math.ceil(args.rows / ADULT_ROWS)
             if copies > 1:

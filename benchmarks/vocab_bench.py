@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> None:
     from pyspark.ml.feature import StringIndexer
     from pyspark.sql import functions as F
 
-    from embedlib.config import SparkConfig, load_config
-    from embedlib.spark import get_session
-    from embedlib.tables import read_source, source_files
-    from embedlib.vocab import build_vocabulary
+    from embedlib.core.config import SparkConfig, load_config
+    from embedlib.spark.session import get_session
+    from embedlib.spark.tables import open_tables
+    from embedlib.spark.vocab import build_vocabulary
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_session(
@@ -74,11 +74,11 @@ def main(argv: list[str] | None = None) -> None:
         built: list[Any] = []
 
         def ours() -> None:  # the job's default (engine auto = arrow for Parquet/Delta files)
-            files = source_files(spark, cfg.source, cfg.feature_columns)
-            built[:] = [build_vocabulary(spark, read_source(spark, cfg.source), cfg, source="bench", files=files)]
+            files = open_tables(spark).source_files(cfg.source, cfg.feature_columns)
+            built[:] = [build_vocabulary(spark, open_tables(spark).read_source(cfg.source), cfg, source="bench", files=files)]
 
         def ours_rows() -> None:  # the engine used for CSV / catalog sources
-            build_vocabulary(spark, read_source(spark, row_cfg.source), row_cfg, source="bench")
+            build_vocabulary(spark, open_tables(spark).read_source(row_cfg.source), row_cfg, source="bench")
 
         def string_indexer() -> None:
             StringIndexer(inputCols=cats, outputCols=[f"{c}_idx" for c in cats], handleInvalid="keep").fit(df)
@@ -126,7 +126,7 @@ def lookup_figures(vocab: Any, path: str, column: str) -> list[tuple[str, int, f
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from embedlib.vocab import ColumnVocab
+    from embedlib.core.vocab import ColumnVocab
 
     data = pq.read_table(path.replace("file://", ""), columns=[column]).column(column)
     million = ColumnVocab(name="synthetic", values=tuple(f"v{i}" for i in range(1_000_000)),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from embedlib.inmemory import fit
 
-from embedlib.version import __version__
+from embedlib.core.version import __version__
 
 __all__ = ["__version__", "fit"]
 

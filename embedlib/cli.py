@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from embedlib import __version__
-from embedlib.config import Config, ConfigError, SourceConfig, load_config
-from embedlib.errors import CommandAlert
-from embedlib.layout import PathError, check_path
+from embedlib.core.config import Config, ConfigError, SourceConfig, load_config
+from embedlib.core.errors import CommandAlert
+from embedlib.core.layout import PathError, check_path
 from embedlib.reports import evaluation_report, format_reason, score_report  # re-exported: notebooks use them
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ log = logging.getLogger("embedlib")
 
 def _vocab(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
     from embedlib.reports import vocab_report
-    from embedlib.vocab import run_vocab_job
+    from embedlib.spark.vocab import run_vocab_job
 
     return vocab_report(run_vocab_job(spark, cfg, update=getattr(args, "update", False)), cfg)
 
@@ -57,7 +57,7 @@ def _vocab_args(parser: argparse.ArgumentParser) -> None:
 
 def _train(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
     from embedlib.reports import train_report
-    from embedlib.train import run_train_job
+    from embedlib.spark.train import run_train_job
 
     return train_report(run_train_job(spark, cfg))
 
@@ -69,15 +69,15 @@ def _train_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _extract(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
-    from embedlib.extract import run_extract_job
     from embedlib.reports import extract_report
+    from embedlib.spark.extract import run_extract_job
 
     npz = getattr(args, "npz", None)
     return extract_report(*run_extract_job(spark, cfg, npz), npz)
 
 
 def _features(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
-    from embedlib.extract import run_features_job
+    from embedlib.spark.extract import run_features_job
 
     return [f"design matrix written to {run_features_job(spark, cfg)}"]
 
@@ -85,10 +85,10 @@ def _features(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> lis
 def _score(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
     if getattr(args, "stream", False):
         from embedlib.reports import stream_report
-        from embedlib.stream import run_score_stream
+        from embedlib.spark.stream import run_score_stream
 
         return stream_report(run_score_stream(spark, cfg), cfg)
-    from embedlib.score import run_score_job
+    from embedlib.spark.score import run_score_job
 
     return score_report(spark, run_score_job(spark, cfg), cfg)
 
@@ -100,7 +100,7 @@ def _score_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _drift(spark: SparkSession, cfg: Config, args: argparse.Namespace) -> list[str]:
-    from embedlib.runs import run_drift_job
+    from embedlib.spark.runs import run_drift_job
 
     return run_drift_job(spark, cfg)
 
@@ -189,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; returns the process exit code (0 ok, 2 bad input, 1 other failures).
 
     A failure is logged as one line: an embedlib error raised inside a Spark task
-    is found in Spark's wrapping (:func:`embedlib.failures.explain`). The full trace
+    is found in Spark's wrapping (:func:`embedlib.spark.failures.explain`). The full trace
     is logged at DEBUG only; ``--log-level DEBUG`` also leaves Spark's own
     per-task stack traces on stderr.
     """
@@ -208,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("embedlib %s (%s) %s", __version__, embedlib.__file__, args.command)
     spark: SparkSession | None = None
     try:
-        from embedlib.spark import get_session, quiet_task_failure_logs
+        from embedlib.spark.session import get_session, quiet_task_failure_logs
 
         spark = get_session(cfg.spark, app_name=f"embedlib-{args.command}-{cfg.name}", delta=cfg.delta,
                             s3a=cfg.uses_s3a)
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("%s failed", args.command, exc_info=True)
         return 2
     except Exception as exc:  # a Spark job failed, or something unexpected: one line, trace at DEBUG
-        from embedlib.failures import explain
+        from embedlib.spark.failures import explain
 
         failure = explain(exc, spark, _sources(cfg))
         log.error("%s failed: %s", args.command, failure.message)

@@ -1,14 +1,14 @@
 """In memory, without Spark: :func:`fit` a bundle on a pandas DataFrame or an Arrow table; score
-pandas rows with it with ``Bundle.score_frame`` (:func:`embedlib.output.score_pandas`).
+pandas rows with it with ``Bundle.score_frame`` (:func:`embedlib.core.output.score_pandas`).
 
 For tables that fit in memory. :func:`fit` takes its configuration from the CLI's loader (every
 value checked by the same rules), counts the vocabulary with the arrow engine's counting
-(:func:`~embedlib.vocab.build_vocabulary_in_memory`), encodes the rows into the run's shards with
-the same encoder and split rules (:func:`~embedlib.encode.encode_in_memory`), and trains, sizes,
-calibrates and saves through the training job's own :func:`~embedlib.train.train_on_shards` on the
+(:func:`~embedlib.core.vocab.build_vocabulary_in_memory`), encodes the rows into the run's shards with
+the same encoder and split rules (:func:`~embedlib.core.encode.encode_in_memory`), and trains, sizes,
+calibrates and saves through the training job's own :func:`~embedlib.spark.train.train_on_shards` on the
 local backend. The bundle is the jobs' format: ``embedlib score`` reads it, and
 ``Bundle.score_frame`` builds the score job's columns with the score job's
-:func:`~embedlib.output.build_output` — the same numbers on the same rows.
+:func:`~embedlib.core.output.build_output` — the same numbers on the same rows.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embedlib.config import ConfigError, load_config
-from embedlib.layout import RunLayout, open_atomic
+from embedlib.core.config import ConfigError, load_config
+from embedlib.core.layout import RunLayout, open_atomic
 
 if TYPE_CHECKING:
-    from embedlib.bundle import Bundle
-    from embedlib.config import Config
+    from embedlib.core.bundle import Bundle
+    from embedlib.core.config import Config
 
 __all__ = ["fit"]
 
@@ -64,17 +64,17 @@ def fit(data: pd.DataFrame | pa.Table | pa.RecordBatch, *, categorical: Sequence
                            f"columns.categorical={json.dumps(list(categorical))}",
                            f"columns.numeric={json.dumps(list(numeric))}",
                            *(f"{k}={json.dumps(v)}" for k, v in settings.items())])  # bad settings fail here
-    from embedlib.output import as_table
+    from embedlib.core.output import as_table
 
     return _fit(as_table(data, cfg.feature_columns, "embedlib.fit"), cfg, source)
 
 
 def _fit(table: pa.Table, cfg: Config, source: str) -> Bundle:
-    from embedlib.bundle import load_bundle
-    from embedlib.encode import encode_in_memory
-    from embedlib.tracking import check_tracking
-    from embedlib.train import resolve_backend, train_on_shards, warm_start_of
-    from embedlib.vocab import build_vocabulary_in_memory
+    from embedlib.core.bundle import load_bundle
+    from embedlib.core.encode import encode_in_memory
+    from embedlib.core.vocab import build_vocabulary_in_memory
+    from embedlib.spark.tracking import check_tracking
+    from embedlib.spark.train import resolve_backend, train_on_shards, warm_start_of
 
     backend = resolve_backend(None, cfg.train)
     check_tracking(cfg)

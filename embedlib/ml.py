@@ -37,14 +37,14 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
-from embedlib.config import Config, load_config
-from embedlib.config.schema import ModelConfig, TrainConfig
+from embedlib.core.config import Config, load_config
+from embedlib.core.config.schema import ModelConfig, TrainConfig
 
 if TYPE_CHECKING:
     import pyarrow as pa
     from pyspark.sql import DataFrame
 
-    from embedlib.bundle import Bundle
+    from embedlib.core.bundle import Bundle
 
 __all__ = ["EmbeddingAnomalyDetector", "EmbeddingAnomalyModel"]
 
@@ -148,9 +148,10 @@ class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], _EmbedlibPara
         return self._set(**params)
 
     def _fit(self, dataset: DataFrame) -> EmbeddingAnomalyModel:
-        from embedlib.layout import RunLayout
-        from embedlib.train import run_train_job
-        from embedlib.vocab import SchemaError, run_vocab_job
+        from embedlib.core.layout import RunLayout
+        from embedlib.core.vocab import SchemaError
+        from embedlib.spark.train import run_train_job
+        from embedlib.spark.vocab import run_vocab_job
 
         declared = [*self.getOrDefault(self.idCols), *self.getOrDefault(self.categoricalCols),
                     *self.getOrDefault(self.numericCols)]
@@ -187,7 +188,7 @@ class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomaly
     @property
     def bundle(self) -> Bundle:
         """The bundle (loaded and verified once per path)."""
-        from embedlib.bundle import load_bundle
+        from embedlib.core.bundle import load_bundle
 
         path = self.getOrDefault(self.bundlePath)
         if self._bundle is None or self._bundle.path != path:
@@ -195,9 +196,9 @@ class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomaly
         return self._bundle
 
     def _transform(self, dataset: DataFrame) -> DataFrame:
-        from embedlib.output import output_names
-        from embedlib.score import score_frame
-        from embedlib.workers import passthrough_columns
+        from embedlib.core.output import output_names
+        from embedlib.spark.score import score_frame
+        from embedlib.spark.workers import passthrough_columns
 
         keep = passthrough_columns("all", (), dataset.columns, output_names(), "transform")
         rank_by = self.getOrDefault(self.rankBy) if self.isDefined(self.rankBy) else None
@@ -206,8 +207,8 @@ class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomaly
 
     def features(self, dataset: DataFrame, flatten: bool = False) -> DataFrame:
         """The design matrix of ``dataset`` (the features job's), its columns kept beside it."""
-        from embedlib.extract import features_frame, features_names
-        from embedlib.workers import passthrough_columns
+        from embedlib.spark.extract import features_frame, features_names
+        from embedlib.spark.workers import passthrough_columns
 
         keep = passthrough_columns("all", (), dataset.columns, features_names(self.bundle, flatten), "features")
         return features_frame(dataset.sparkSession, dataset, self.bundle, ids=keep, flatten=flatten,
@@ -216,7 +217,7 @@ class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomaly
     def embeddings(self) -> pa.Table:
         """Every categorical value's embedding (the extract job's table: column, value, index, count,
         vector, bundle_id)."""
-        from embedlib.extract import embedding_table
+        from embedlib.spark.extract import embedding_table
 
         return embedding_table(self.bundle)
 
@@ -239,8 +240,8 @@ class _ModelWriter(MLWriter):
         self.instance = instance
 
     def saveImpl(self, path: str) -> None:
-        from embedlib.bundle import copy_bundle
-        from embedlib.layout import join
+        from embedlib.core.bundle import copy_bundle
+        from embedlib.core.layout import join
 
         params = {p.name: v for p, v in self.instance._paramMap.items() if p.name != "bundlePath"}
         DefaultParamsWriter.saveMetadata(self.instance, path, self.sparkSession, paramMap=params)
@@ -253,7 +254,7 @@ class _ModelReader(MLReader[EmbeddingAnomalyModel]):
         self.cls = cls
 
     def load(self, path: str) -> EmbeddingAnomalyModel:
-        from embedlib.layout import join
+        from embedlib.core.layout import join
 
         metadata = DefaultParamsReader.loadMetadata(path, self.sparkSession)
         model = self.cls()

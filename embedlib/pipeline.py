@@ -9,17 +9,17 @@ from embedlib.reports import extract_report, score_report, train_report, vocab_r
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from embedlib.config import Config
+    from embedlib.core.config import Config
 
 __all__ = ["run_pipeline"]
 
 
 def run_pipeline(spark: SparkSession, cfg: Config, *, npz_dir: str | None = None) -> list[str]:
     """Run every step on ``cfg``; the report lines of each step, then where every output is."""
-    from embedlib.extract import run_extract_job
-    from embedlib.score import run_score_job
-    from embedlib.train import run_train_job
-    from embedlib.vocab import run_vocab_job
+    from embedlib.spark.extract import run_extract_job
+    from embedlib.spark.score import run_score_job
+    from embedlib.spark.train import run_train_job
+    from embedlib.spark.vocab import run_vocab_job
 
     lines = ["== vocab", *vocab_report(run_vocab_job(spark, cfg), cfg)]
     lines += ["== train", *train_report(run_train_job(spark, cfg))]

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from embedlib.config import Config
+    from embedlib.core.config import Config
+    from embedlib.core.summary import ScoreRun
+    from embedlib.core.vocab import Vocabulary
     from embedlib.evaluate import Evaluation
-    from embedlib.summary import ScoreRun
-    from embedlib.train import TrainResult
-    from embedlib.vocab import Vocabulary
+    from embedlib.spark.train import TrainResult
 
 __all__ = ["evaluation_report", "extract_report", "format_reason", "score_report", "stream_report", "train_report",
            "vocab_report"]
@@ -67,8 +67,8 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
     """Readable summary of a score run: the top rows with reasons, the distribution."""
     from pyspark.sql import functions as F
 
-    from embedlib.output import output_names
-    from embedlib.tables import read_table
+    from embedlib.core.output import output_names
+    from embedlib.spark.tables import open_tables
 
     if not run.written:
         rebuilt = "; its missing run summary was rebuilt" if run.rows else ""
@@ -85,7 +85,7 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
     oov = {c: r for c, r in run.oov_rate.items() if r > 0}
     if oov:
         lines.append("out-of-vocabulary rate: " + ", ".join(f"{c} {100 * r:.3f}%" for c, r in oov.items()))
-    scores = read_table(spark, run.output).where(F.col("bundle_id") == run.bundle_id)
+    scores = open_tables(spark, cfg.delta).read(run.output).where(F.col("bundle_id") == run.bundle_id)
     order = "calibrated_score" if run.rank_by == "calibrated" else "anomaly_score"
     rows = scores.orderBy(F.col(order).desc()).limit(top).collect()
     lines.append(f"top {len(rows)} rows (by {order}):")

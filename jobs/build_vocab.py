@@ -2,7 +2,7 @@
 
     spark-submit jobs/build_vocab.py --conf conf/base.yaml --conf conf/adult.yaml [--set k=v …]
 
-A thin entry point: all logic lives in :mod:`embedlib.vocab`.
+A thin entry point: all logic lives in :mod:`embedlib.spark.vocab`.
 """
 
 import sys

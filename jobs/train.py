@@ -2,7 +2,7 @@
 
     spark-submit jobs/train.py --conf conf/base.yaml --conf conf/adult.yaml [--set train.backend=torch_distributor]
 
-A thin entry point: all logic lives in :mod:`embedlib.train`.
+A thin entry point: all logic lives in :mod:`embedlib.spark.train`.
 """
 
 import sys

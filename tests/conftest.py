@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import subprocess
@@ -10,10 +9,14 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from .jvm import short_jvm
+
+if TYPE_CHECKING:
+    from embedlib.spark.tables import Tables
 
 ROOT = Path(__file__).resolve().parents[1]
 ADULT_DATA = ROOT / "data" / "adult" / "adult.data.gz"
@@ -55,8 +58,8 @@ def submit_conf() -> list[str]:
 
 @pytest.fixture(scope="session")
 def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from embedlib.config import SparkConfig
-    from embedlib.spark import get_session
+    from embedlib.core.config import SparkConfig
+    from embedlib.spark.session import get_session
 
     warehouse = tmp_path_factory.mktemp("warehouse")
     session = get_session(
@@ -93,30 +96,26 @@ def connect_url(spark) -> str:  # type: ignore[no-untyped-def]
 ENGINES = ("connector", "delta-rs")
 
 
-@contextlib.contextmanager
-def engine_set(spark, name: str) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """``delta.engine`` on the shared session for the duration (what a job's config does)."""
-    from embedlib.spark import ENGINE_CONF
+def tables_of(spark, engine: str = "auto") -> Tables:  # type: ignore[no-untyped-def]
+    """The shared session's tables through Delta engine ``engine``: what a job whose ``delta.engine`` is
+    ``engine`` opens (:func:`embedlib.spark.tables.open_tables`); nothing is set on the session."""
+    from embedlib.core.config import DeltaConfig
+    from embedlib.spark.tables import open_tables
 
-    before = spark.conf.get(ENGINE_CONF, "auto")
-    spark.conf.set(ENGINE_CONF, name)
-    try:
-        yield name
-    finally:
-        spark.conf.set(ENGINE_CONF, before)
+    return open_tables(spark, DeltaConfig(engine=engine))  # type: ignore[arg-type]
 
 
 @pytest.fixture(params=ENGINES)
-def delta_engine(request, spark) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """A test that takes this runs once per Delta engine."""
-    with engine_set(spark, request.param) as name:
-        yield name
+def delta_engine(request) -> str:  # type: ignore[no-untyped-def]
+    """A test that takes this runs once per Delta engine (its jobs' ``delta.engine``; its own reads and
+    writes through ``tables_of(spark, delta_engine)``)."""
+    return str(request.param)
 
 
 @pytest.fixture()
 def adult_cfg(tmp_path: Path):  # type: ignore[no-untyped-def]
     """The demo configuration, writing under a temp output directory."""
-    from embedlib.config import load_config
+    from embedlib.core.config import load_config
 
     return load_config(
         [BASE_CONF, ADULT_CONF],
@@ -151,7 +150,7 @@ TRAIN_SETS = [
 
 
 def train_cfg(out: Path, *extra: str):  # type: ignore[no-untyped-def]
-    from embedlib.config import load_config
+    from embedlib.core.config import load_config
 
     return load_config(
         [BASE_CONF, ADULT_CONF],
@@ -162,8 +161,8 @@ def train_cfg(out: Path, *extra: str):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def adult_trained(spark, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     """Adult: vocabulary + a local-backend training run, shared by the training tests."""
-    from embedlib.train import run_train_job
-    from embedlib.vocab import run_vocab_job
+    from embedlib.spark.train import run_train_job
+    from embedlib.spark.vocab import run_vocab_job
 
     cfg = train_cfg(tmp_path_factory.mktemp("adult_run"))
     run_vocab_job(spark, cfg)
@@ -187,8 +186,8 @@ def run_dir(adult_trained, tmp_path: Path) -> Path:  # type: ignore[no-untyped-d
 
 def cli(command: str, args: list[str], faults: str | None = None,
         master: str = "local[2]") -> subprocess.CompletedProcess[str]:
-    """``embedlib <command>`` in its own process and Spark application (``faults``: embedlib.faults)."""
-    from embedlib.faults import ENV as FAULTS
+    """``embedlib <command>`` in its own process and Spark application (``faults``: embedlib.core.faults)."""
+    from embedlib.core.faults import ENV as FAULTS
 
     env = dict(os.environ, PYSPARK_PYTHON=sys.executable, PYSPARK_DRIVER_PYTHON=sys.executable)
     env.pop(FAULTS, None)

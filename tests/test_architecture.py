@@ -15,22 +15,23 @@ PACKAGE = ROOT / "embedlib"
 
 #: module → third-party packages it must not pull in when imported (the README's map says why).
 FORBIDDEN = {
-    "embedlib.indices": ("torch", "pyspark", "pyarrow", "numpy"),
-    "embedlib.model": ("pyspark", "pyarrow"),
-    "embedlib.heads": ("pyspark", "pyarrow"),
-    "embedlib.bundle": ("pyspark",),
-    "embedlib.inference": ("pyspark",),
+    "embedlib.core.indices": ("torch", "pyspark", "pyarrow", "numpy"),
+    "embedlib.core.model": ("pyspark", "pyarrow"),
+    "embedlib.core.heads": ("pyspark", "pyarrow"),
+    "embedlib.core.bundle": ("pyspark",),
+    "embedlib.core.inference": ("pyspark",),
     "embedlib.inmemory": ("torch", "pyspark"),
-    "embedlib.vocab.model": ("torch", "pyspark"),
-    "embedlib.vocab": ("torch", "pyspark"),
-    "embedlib.tables": ("torch", "pyspark"),
-    "embedlib.config": ("torch", "pyspark", "pyarrow"),
-    "embedlib.layout": ("torch", "pyspark", "pyarrow"),
-    "embedlib.encode": ("torch", "pyspark"),
-    "embedlib.runs": ("torch", "pyspark"),
-    "embedlib.summary": ("torch", "pyspark"),
-    "embedlib.delta": ("torch", "pyspark"),
-    "embedlib.output": ("pyspark",),
+    "embedlib.core.vocab.model": ("torch", "pyspark"),
+    "embedlib.core.vocab": ("torch", "pyspark"),
+    "embedlib.spark.vocab": ("torch", "pyspark"),
+    "embedlib.spark.tables": ("torch", "pyspark"),
+    "embedlib.core.config": ("torch", "pyspark", "pyarrow"),
+    "embedlib.core.layout": ("torch", "pyspark", "pyarrow"),
+    "embedlib.core.encode": ("torch", "pyspark"),
+    "embedlib.spark.runs": ("torch", "pyspark"),
+    "embedlib.core.summary": ("torch", "pyspark"),
+    "embedlib.core.delta": ("torch", "pyspark"),
+    "embedlib.core.output": ("pyspark",),
 }
 
 
@@ -69,29 +70,22 @@ def test_import_rules(module: str) -> None:
     assert proc.stdout.strip() == "", f"importing {module} pulls in {proc.stdout.strip()}"
 
 
-#: The three layers (README "Architecture"); a module imports only its own layer and those below it.
-#: Core: no pyspark in any import of the module (function bodies and TYPE_CHECKING blocks included).
-CORE = {
-    "embedlib.version", "embedlib.indices", "embedlib.config", "embedlib.config.load", "embedlib.config.schema",
-    "embedlib.config.validate", "embedlib.connect", "embedlib.layout", "embedlib.storage", "embedlib.errors",
-    "embedlib.faults", "embedlib.delta", "embedlib.vocab.model", "embedlib.vocab.schema", "embedlib.vocab.counts",
-    "embedlib.vocab.arrow_engine", "embedlib.vocab.cut", "embedlib.encode", "embedlib.heads", "embedlib.model",
-    "embedlib.baselines", "embedlib.calibration", "embedlib.inference", "embedlib.output", "embedlib.bundle",
-    "embedlib.drift", "embedlib.summary", "embedlib.train.errors", "embedlib.train.collective",
-    "embedlib.train.checkpoint", "embedlib.train.lazy", "embedlib.train.loop", "embedlib.train.sizing",
-    "embedlib.train.warm", "embedlib.evaluate.options", "embedlib.evaluate.metrics", "embedlib.evaluate.plots",
-}
-#: Everything that takes a SparkSession or a DataFrame, and the MLflow services the jobs log to.
-SPARK = {
-    "embedlib.spark", "embedlib.failures", "embedlib.tables", "embedlib.tables.engine", "embedlib.tables.connector",
-    "embedlib.tables.delta_rs", "embedlib.tables.files", "embedlib.vocab", "embedlib.vocab.spark_engine",
-    "embedlib.vocab.build", "embedlib.vocab.update", "embedlib.vocab.job", "embedlib.train",
-    "embedlib.train.backends", "embedlib.train.job", "embedlib.workers", "embedlib.score", "embedlib.stream",
-    "embedlib.runs", "embedlib.extract", "embedlib.evaluate.rows", "embedlib.tracking", "embedlib.pyfunc",
-}
-#: The front doors: the CLI and its commands, Spark ML, embedlib.fit.
-FRONT = {"embedlib", "embedlib.cli", "embedlib.pipeline", "embedlib.reports", "embedlib.inmemory", "embedlib.ml",
-         "embedlib.evaluate", "embedlib.evaluate.job"}
+#: The three layers (README "Architecture") are the folders: ``embedlib.core`` (no pyspark in any import of
+#: a module, function bodies and TYPE_CHECKING blocks included), ``embedlib.spark`` (everything that takes a
+#: SparkSession or a DataFrame, and the MLflow services the jobs log to), and the front doors beside them
+#: (the CLI and its commands, Spark ML, the evaluation job, ``embedlib.fit``). A module imports only its own
+#: layer and those below it.
+LAYERS = ("embedlib.core", "embedlib.spark")
+
+
+def layer(module: str) -> int:
+    """0 core, 1 Spark, 2 a front door."""
+    for rank, prefix in enumerate(LAYERS):
+        if module == prefix or module.startswith(prefix + "."):
+            return rank
+    return len(LAYERS)
+
+
 #: The one allowed cycle edge: the package root's lazy ``embedlib.fit`` (the root imports nothing else).
 LAZY_ROOT = ("embedlib", "embedlib.inmemory")
 
@@ -160,17 +154,11 @@ def test_no_import_cycles_counting_every_import() -> None:
 
 def test_layers_import_only_downward_and_the_core_has_no_pyspark() -> None:
     graph = _graph()
-    assert not (CORE & SPARK or CORE & FRONT or SPARK & FRONT)
-    unplaced = sorted(set(graph) - CORE - SPARK - FRONT)
-    assert not unplaced, f"modules in no layer (add each to CORE, SPARK or FRONT here and in the README): {unplaced}"
-
-    def layer(module: str) -> int:
-        return 0 if module in CORE else 1 if module in SPARK else 2
-
+    assert {layer(m) for m in graph} == {0, 1, 2}, "the core, the Spark layer and the front doors each hold modules"
     bad = []
     for name, deps in sorted(graph.items()):
         for target, line in sorted(deps.items()):
-            if target == "pyspark" and name in CORE:
+            if target == "pyspark" and layer(name) == 0:
                 bad.append(f"{name}:{line} imports pyspark (a core module)")
             elif target in graph and layer(target) > layer(name) and (name, target) != LAZY_ROOT:
                 bad.append(f"{name}:{line} imports {target}, a layer above it")
@@ -185,3 +173,11 @@ def test_every_module_is_on_the_readme_map_and_none_is_too_long() -> None:
     long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > 420}
     assert not long, f"modules over ~400 lines (split them by responsibility): {long}"
+
+
+def test_every_folder_of_modules_is_a_regular_package() -> None:
+    """No namespace package: a folder of modules without ``__init__.py`` is merged across the path, so a
+    second copy of embedlib (an editable install beside the wheel Spark ships) can supply its modules."""
+    folders = {path.parent for path in PACKAGE.rglob("*.py") if "__pycache__" not in path.parts}
+    missing = sorted(str(folder.relative_to(ROOT)) for folder in folders if not (folder / "__init__.py").exists())
+    assert not missing, f"folders without __init__.py: {missing}"

@@ -21,12 +21,12 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from embedlib.bundle import MANIFEST, VOCAB, WEIGHTS, BundleError, _bundle_id, load_bundle, vocab_bytes
 from embedlib.cli import main
-from embedlib.config import load_config
-from embedlib.inference import score_rows
-from embedlib.score import run_score_job
-from embedlib.vocab import build_vocabulary, run_vocab_job
+from embedlib.core.bundle import MANIFEST, VOCAB, WEIGHTS, BundleError, _bundle_id, load_bundle, vocab_bytes
+from embedlib.core.config import load_config
+from embedlib.core.inference import score_rows
+from embedlib.spark.score import run_score_job
+from embedlib.spark.vocab import build_vocabulary, run_vocab_job
 
 from .conftest import (
     ADULT_CONF,
@@ -38,6 +38,7 @@ from .conftest import (
     adult_pandas,
     copy_run,
     spark_sets,
+    tables_of,
 )
 
 
@@ -85,12 +86,11 @@ def test_pickled_weights_refused_by_the_score_command(spark, adult_trained, tmp_
 
 def test_vocabulary_from_another_run_is_refused(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg, result = adult_trained
-    from embedlib.tables import read_source
 
     mine = load_bundle(result.bundle_path).vocab
     other_cfg = load_config([BASE_CONF, ADULT_CONF], [f"output_dir={tmp_path}", f"source.path={ADULT_DATA}",
                                                       "vocab.min_count=50"])
-    other = build_vocabulary(spark, read_source(spark, other_cfg.source), other_cfg, source="adult")
+    other = build_vocabulary(spark, tables_of(spark).read_source(other_cfg.source), other_cfg, source="adult")
     assert other.content_hash != mine.content_hash
     bundle = copy_run(cfg, tmp_path / "run") / "bundle"
     recorded = json.loads((bundle / MANIFEST).read_text())["files"][VOCAB]

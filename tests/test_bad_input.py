@@ -21,12 +21,13 @@ import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
-from embedlib.bundle import load_bundle
 from embedlib.cli import main
-from embedlib.config import ConfigError, load_config
+from embedlib.core.bundle import load_bundle
+from embedlib.core.config import ConfigError, load_config
+from embedlib.core.vocab import FIRST_INDEX, OOV_INDEX, SchemaError, VocabError, Vocabulary
 from embedlib.reports import format_reason
-from embedlib.score import run_score_job, score_frame
-from embedlib.vocab import FIRST_INDEX, OOV_INDEX, SchemaError, VocabError, Vocabulary, build_vocabulary
+from embedlib.spark.score import run_score_job, score_frame
+from embedlib.spark.vocab import build_vocabulary
 
 from .conftest import ADULT_TEST, ROOT, adult_args, adult_pandas, copy_run, spark_sets
 
@@ -104,7 +105,7 @@ def test_min_count_above_row_count_is_an_error(spark, tmp_path: Path, caplog) ->
     # within the row count, a column whose every value is rarer than min_count is built, with a warning
     cfg = load_config([], [f"output_dir={tmp_path}", "source.path=t.csv", "columns.categorical=[k, u]",
                            "vocab.min_count=2"])
-    with caplog.at_level(logging.WARNING, logger="embedlib.vocab"):
+    with caplog.at_level(logging.WARNING, logger="embedlib"):
         vocab = build_vocabulary(spark, df, cfg, source="t")
     assert vocab["u"].values == () and vocab["u"].oov_count == 3
     assert ("categorical column 'u' has 0 value(s) in its vocabulary (its 3 non-null value(s) are all rarer "
@@ -230,7 +231,7 @@ def _divide_by_zero(batches):  # type: ignore[no-untyped-def]
 
 def test_other_task_failures_are_one_line_exit_1(spark) -> None:  # type: ignore[no-untyped-def]
     """A non-embedlib error in a task (a bug, not bad input): exit 1, its last traceback line."""
-    from embedlib.failures import explain
+    from embedlib.spark.failures import explain
 
     with pytest.raises(Exception) as err:
         spark.range(4).mapInArrow(_divide_by_zero, "id LONG").collect()
@@ -314,8 +315,8 @@ def tiny_source() -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def tiny_run(spark, tmp_path_factory):  # type: ignore[no-untyped-def]
     """Vocabulary + a short training run on a small Parquet table of awkward values, inf_policy null."""
-    from embedlib.train import run_train_job
-    from embedlib.vocab import run_vocab_job
+    from embedlib.spark.train import run_train_job
+    from embedlib.spark.vocab import run_vocab_job
 
     root = tmp_path_factory.mktemp("tiny")
     src = root / "source.parquet"

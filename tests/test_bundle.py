@@ -12,8 +12,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedlib.bundle import MANIFEST, VOCAB, WEIGHTS, BundleError, load_bundle
-from embedlib.inference import score_rows
+from embedlib.core.bundle import MANIFEST, VOCAB, WEIGHTS, BundleError, load_bundle
+from embedlib.core.inference import score_rows
 
 from .conftest import ADULT_TEST, ROOT, adult_pandas
 
@@ -53,7 +53,7 @@ def test_one_changed_byte_is_refused(adult_trained, tmp_path: Path, name: str) -
     # the message gives both hashes: what the file hashes to now, and what bundle.json recorded
     manifest = json.loads((copy / MANIFEST).read_text())
     if name == MANIFEST:
-        from embedlib.bundle import _bundle_id
+        from embedlib.core.bundle import _bundle_id
 
         both = (_bundle_id(manifest), manifest["bundle_id"])
     else:
@@ -111,8 +111,8 @@ def test_loads_and_scores_without_pyspark(adult_trained) -> None:  # type: ignor
     code = f"""
 import sys
 import pyarrow as pa
-from embedlib.bundle import load_bundle
-from embedlib.inference import score_rows
+from embedlib.core.bundle import load_bundle
+from embedlib.core.inference import score_rows
 b = load_bundle({result.bundle_path!r})
 t = pa.table({{c: pa.array([None, "x"], pa.string()) for c in b.spec.categorical}} |
              {{c: pa.array([30.0, None]) for c in b.spec.numeric}})
@@ -151,7 +151,7 @@ def test_pickled_weights_never_run(adult_trained, tmp_path: Path) -> None:  # ty
 
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["files"][WEIGHTS] = hashlib.sha256((copy / WEIGHTS).read_bytes()).hexdigest()
-    from embedlib.bundle import _bundle_id
+    from embedlib.core.bundle import _bundle_id
 
     manifest["bundle_id"] = _bundle_id(manifest)
     (copy / MANIFEST).write_text(json.dumps(manifest))

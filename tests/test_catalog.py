@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from embedlib.cli import main
-from embedlib.config import ConfigError, load_config
-from embedlib.layout import RunLayout
-from embedlib.tables import TableError
+from embedlib.core.config import ConfigError, load_config
+from embedlib.core.layout import RunLayout
+from embedlib.spark.tables import TableError
 
-from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, copy_run
+from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, copy_run, tables_of
 
 
 def cfg_with(*sets: str):  # type: ignore[no-untyped-def]
@@ -39,9 +39,8 @@ def parquet_table(spark, name: str, rows):  # type: ignore[no-untyped-def]
 
 def held_out_rows(spark):  # type: ignore[no-untyped-def]
     """adult.test as the demo config reads it."""
-    from embedlib.tables import read_source
 
-    return read_source(spark, cfg_with().source.with_target(str(ADULT_TEST)))
+    return tables_of(spark).read_source(cfg_with().source.with_target(str(ADULT_TEST)))
 
 
 def test_output_schema_makes_every_table_a_catalog_table(tmp_path: Path) -> None:
@@ -90,8 +89,8 @@ def test_catalog_output_without_connector_fails_before_any_work(spark, tmp_path:
     assert not (tmp_path / "adult-demo").exists()
     assert not spark.catalog.tableExists("spark_catalog.default.adult_demo_vocab")
 
-    from embedlib.extract import run_features_job
-    from embedlib.score import run_score_job
+    from embedlib.spark.extract import run_features_job
+    from embedlib.spark.score import run_score_job
 
     # checked before the bundle is even looked for (there is none here)
     with pytest.raises(TableError, match="catalog table spark_catalog.default.scores needs"):
@@ -109,8 +108,7 @@ def test_the_pipeline_on_catalog_tables_with_the_connector(spark, tmp_path: Path
     extract, score (twice: the rerun adds nothing) and features, all through the connector."""
     import json
 
-    from embedlib.extract import run_features_job
-    from embedlib.tables import read_table
+    from embedlib.spark.extract import run_features_job
 
     spark.sql("CREATE SCHEMA IF NOT EXISTS spark_catalog.embedlib_it")
     source = "spark_catalog.embedlib_it.adult_rows"
@@ -127,17 +125,17 @@ def test_the_pipeline_on_catalog_tables_with_the_connector(spark, tmp_path: Path
         for table in (layout.vocab, layout.embeddings, layout.scores, layout.score_runs):
             assert spark.catalog.tableExists(table), table
             assert spark.sql(f"DESCRIBE DETAIL {table}").first()["format"] == "delta"
-        assert read_table(spark, layout.scores).count() == 4000
+        assert tables_of(spark).read(layout.scores).count() == 4000
         history = spark.sql(f"DESCRIBE HISTORY {layout.scores}").orderBy("version").collect()
         # version 0 creates the table empty; version 1 holds the run's rows and embedlib's metadata
         assert [r["version"] for r in history] == [0, 1]
         meta = json.loads(history[1]["userMetadata"])
         assert meta["source"] == source and meta["run_id"].endswith(meta["bundle_id"])
         assert main(["score", *args]) == 0  # the same source version: the same run id, nothing added
-        assert read_table(spark, layout.scores).count() == 4000
-        assert read_table(spark, layout.score_runs).count() == 1
+        assert tables_of(spark).read(layout.scores).count() == 4000
+        assert tables_of(spark).read(layout.score_runs).count() == 1
         assert run_features_job(spark, cfg) == "spark_catalog.embedlib_it.adult_features"
-        assert read_table(spark, "spark_catalog.embedlib_it.adult_features").count() == 4000
+        assert tables_of(spark).read("spark_catalog.embedlib_it.adult_features").count() == 4000
     finally:
         spark.sql("DROP SCHEMA IF EXISTS spark_catalog.embedlib_it CASCADE")
 
@@ -146,8 +144,7 @@ def test_the_pipeline_on_catalog_tables_with_the_connector(spark, tmp_path: Path
 def test_score_a_catalog_table_same_as_its_file(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from pyspark.sql import functions as F
 
-    from embedlib.score import run_score_job
-    from embedlib.tables import read_table
+    from embedlib.spark.score import run_score_job
 
     copy_run(adult_trained[0], tmp_path / "run")
     with parquet_table(spark, "spark_catalog.default.adult_test_rows", held_out_rows(spark)) as table:
@@ -159,21 +156,21 @@ def test_score_a_catalog_table_same_as_its_file(spark, adult_trained, tmp_path: 
     assert by_table.anomalies == by_path.anomalies and by_table.bundle_id == by_path.bundle_id
 
     def scores(path: Path) -> list[float]:
-        frame = read_table(spark, str(path)).select(F.round("anomaly_score", 9).alias("s"))
+        frame = tables_of(spark).read(str(path)).select(F.round("anomaly_score", 9).alias("s"))
         return sorted(r["s"] for r in frame.collect())
 
     assert scores(tmp_path / "from_table") == scores(tmp_path / "from_path")
 
 
 def test_evaluate_plants_in_a_catalog_table_as_in_its_file(spark, adult_trained) -> None:  # type: ignore[no-untyped-def]
-    from embedlib.bundle import load_bundle
+    from embedlib.core.bundle import load_bundle
     from embedlib.evaluate import EvaluateOptions, planted_set
 
     bundle = load_bundle(adult_trained[0].layout.bundle)
     opts = EvaluateOptions(plant=0.02, seed=5)
     with parquet_table(spark, "spark_catalog.default.adult_test_planted", held_out_rows(spark)) as table:
-        by_table = planted_set(spark, cfg_with(f"score.source={table}"), bundle, opts)
-        by_path = planted_set(spark, cfg_with(f"score.source={ADULT_TEST}"), bundle, opts)
+        by_table = planted_set(tables_of(spark), cfg_with(f"score.source={table}"), bundle, opts)
+        by_path = planted_set(tables_of(spark), cfg_with(f"score.source={ADULT_TEST}"), bundle, opts)
     assert table in by_table.description and len(by_table.labels) == 16281
     assert int(by_table.labels.sum()) == 326
     assert (by_table.labels == by_path.labels).all()
@@ -183,8 +180,7 @@ def test_evaluate_plants_in_a_catalog_table_as_in_its_file(spark, adult_trained)
 @pytest.mark.timeout(600)
 def test_a_changed_parquet_catalog_table_is_scored_again(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The default run id follows a non-Delta table's files: unchanged → a rerun, changed → a new run."""
-    from embedlib.score import run_score_job
-    from embedlib.tables import read_table
+    from embedlib.spark.score import run_score_job
 
     copy_run(adult_trained[0], tmp_path / "run")
     rows = held_out_rows(spark)
@@ -197,4 +193,4 @@ def test_a_changed_parquet_catalog_table_is_scored_again(spark, adult_trained, t
     assert first.written and first.rows == 1000
     assert not again.written and again.run_id == first.run_id
     assert changed.written and changed.rows == 1500 and changed.run_id != first.run_id
-    assert read_table(spark, first.output).count() == 2500
+    assert tables_of(spark).read(first.output).count() == 2500

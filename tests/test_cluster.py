@@ -41,8 +41,8 @@ import numpy as np
 import pytest
 from deltalake import DeltaTable
 
-from embedlib.bundle import load_bundle
-from embedlib.vocab import Vocabulary
+from embedlib.core.bundle import load_bundle
+from embedlib.core.vocab import Vocabulary
 
 from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, ROOT, logged_address, submit_conf
 from .jvm import short_jvm
@@ -175,7 +175,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, Processes, Path]]:
 def connector_args() -> list[str]:
     """spark-submit arguments that give a job the Delta connector: the jars `make setup` fetched
     (shipped to the executors with --jars) and the Delta extension and catalog."""
-    from embedlib.spark import DELTA_CONNECTOR, connector_jars
+    from embedlib.spark.session import DELTA_CONNECTOR, connector_jars
 
     jars = connector_jars()
     assert jars, "no Delta connector jars: run `make setup`"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from embedlib.config import Config, ConfigError, load_config, redact
-from embedlib.layout import PathError, RunLayout, check_path
+from embedlib.core.config import Config, ConfigError, load_config, redact
+from embedlib.core.layout import PathError, RunLayout, check_path
 
 from .conftest import ADULT_CONF, BASE_CONF
 
@@ -132,7 +132,7 @@ def test_redact_hides_secret_values() -> None:
 
 
 def test_score_source_as_a_mapping_or_the_string_shorthand() -> None:
-    from embedlib.config import SourceConfig
+    from embedlib.core.config import SourceConfig
 
     base = [BASE_CONF, ADULT_CONF]
     short = load_config(base, ["score.source=data/x.csv"])

@@ -31,8 +31,8 @@ from .conftest import (
     ROOT,
     adult_pandas,
     copy_run,
-    engine_set,
     spark_sets,
+    tables_of,
 )
 
 ROWS = 3000  # of Adult's held-out rows: every path runs whole, on a sample
@@ -56,7 +56,7 @@ def _sets(root: Path, source: Path | None, *extra: str) -> list[str]:
 
 
 def _cfg(root: Path, source: Path | None, *extra: str):  # type: ignore[no-untyped-def]
-    from embedlib.config import load_config
+    from embedlib.core.config import load_config
 
     return load_config([BASE_CONF, ADULT_CONF], _sets(root, source, *extra))
 
@@ -86,12 +86,11 @@ def test_score_job_over_connect_equals_classic(spark, connect_url: str, adult_tr
                                                tmp_path: Path, engine: str) -> None:  # type: ignore[no-untyped-def]
     """`embedlib score` over Connect writes the scores, reasons and run summary the classic job writes
     with the same bundle (trained by a classic run), through either Delta engine; a rerun adds nothing."""
-    from embedlib.score import run_score_job
+    from embedlib.spark.score import run_score_job
 
     copy_run(adult_trained[0], tmp_path / "classic")
     classic_cfg = _cfg(tmp_path / "classic", held_out, f"delta.engine={engine}")
-    with engine_set(spark, engine):
-        run_score_job(spark, classic_cfg)
+    run_score_job(spark, classic_cfg)
     copy_run(adult_trained[0], tmp_path / "remote")
     sets = _sets(tmp_path / "remote", held_out, f"delta.engine={engine}", "spark.master=local[2]")
     proc = _ok(over_connect(connect_url, "score", sets))
@@ -122,13 +121,13 @@ def test_vocabulary_over_connect_has_the_classic_hash(spark, connect_url: str, a
     """`embedlib vocab` over Connect writes the vocabulary the classic run wrote (the same content
     hash) with both counting engines: Spark's aggregation of a CSV, and pyarrow inside Spark tasks
     over a Parquet table's files."""
-    from embedlib.vocab import load_vocabulary, run_vocab_job
+    from embedlib.spark.vocab import load_vocabulary, run_vocab_job
 
     def hash_of(proc: subprocess.CompletedProcess[str]) -> str:
         return next(line.split(":", 1)[1].strip() for line in proc.stdout.splitlines()
                     if line.startswith("content hash:"))
 
-    classic = load_vocabulary(spark, adult_trained[0].layout.vocab)  # the shared run's, built on `spark`
+    classic = load_vocabulary(tables_of(spark), adult_trained[0].layout.vocab)  # the shared run's, built on `spark`
     assert hash_of(_ok(over_connect(connect_url, "vocab", _sets(tmp_path / "csv", None)))) == \
         classic.content_hash
     parquet = tmp_path / "adult.parquet"
@@ -142,9 +141,9 @@ def test_vocabulary_over_connect_has_the_classic_hash(spark, connect_url: str, a
 @pytest.mark.launch
 def test_extract_features_and_drift_over_connect_equal_classic(spark, connect_url: str, adult_trained,
                                                               held_out: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from embedlib.extract import run_extract_job, run_features_job
-    from embedlib.runs import run_drift_job
-    from embedlib.score import run_score_job
+    from embedlib.spark.extract import run_extract_job, run_features_job
+    from embedlib.spark.runs import run_drift_job
+    from embedlib.spark.score import run_score_job
 
     copy_run(adult_trained[0], tmp_path / "classic")
     copy_run(adult_trained[0], tmp_path / "remote")
@@ -216,7 +215,7 @@ def test_spark_remote_local_starts_its_own_server_and_scores_as_classic(
     """``SPARK_REMOTE=local[2] embedlib score`` (a local Connect server started by the run, with the
     Delta connector's jars): the classic job's scores. Slow (~20 s: a JVM of its own), the one test
     that starts a server the way a user's first try does."""
-    from embedlib.score import run_score_job
+    from embedlib.spark.score import run_score_job
 
     copy_run(adult_trained[0], tmp_path / "classic")
     classic_cfg = _cfg(tmp_path / "classic", held_out)

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from embedlib.cli import COMMANDS
-from embedlib.config import load_config
-from embedlib.train import backend_name, resolve_backend
+from embedlib.core.config import load_config
+from embedlib.spark.train import backend_name, resolve_backend
 
 from .conftest import ROOT
 
@@ -104,7 +104,7 @@ def test_wheel_has_the_package_and_an_entry_point_per_command(wheel: Path) -> No
         assert scripts[f"embedlib-{command}"] == f"embedlib.cli:{command}_main"
     with zipfile.ZipFile(wheel) as zf:
         files = set(zf.namelist())
-    assert {"embedlib/cli.py", "embedlib/tracking.py", "embedlib/py.typed"} <= files
+    assert {"embedlib/cli.py", "embedlib/spark/tracking.py", "embedlib/py.typed"} <= files
     assert not any(f.startswith(("tests/", "jobs/", "conf/")) for f in files)
     # Spark is an extra, so installing the wheel on Databricks leaves the runtime's pyspark alone
     requires = re.findall(r"^Requires-Dist: (.+)$", metadata, re.M)

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from embedlib.bundle import load_bundle
-from embedlib.calibration import LEVELS, Calibration
-from embedlib.inference import score_encoded, score_rows
+from embedlib.core.bundle import load_bundle
+from embedlib.core.calibration import LEVELS, Calibration
+from embedlib.core.inference import score_encoded, score_rows
 
 from .conftest import ADULT_TEST, adult_pandas, copy_vocab, train_cfg
 
@@ -82,7 +82,7 @@ def test_masked_prediction_of_a_cell_ignores_its_own_value(adult_trained) -> Non
             np.testing.assert_allclose(out.expected_prob[:, j], expected[1], rtol=2e-5)
     np.testing.assert_allclose(total, 1.0, rtol=1e-5)
     # the plain autoencoder sees the value it predicts: the same sum is far from 1
-    from embedlib.model import EmbeddingAutoencoder, ModelSpec
+    from embedlib.core.model import EmbeddingAutoencoder, ModelSpec
 
     spec = ModelSpec.from_dict({**bundle.spec.to_dict(), "kind": "autoencoder", "masks": 0})
     torch.manual_seed(0)
@@ -108,7 +108,7 @@ def test_default_training_converges_on_a_small_real_table(spark, adult_trained, 
     small = ["train.max_rows=3000", "train.epochs=null", "train.patience=3", "model.masks=4"]
     default = train_cfg(tmp_path / "default", *small)
     copy_vocab(cfg, default)
-    from embedlib.train import run_train_job
+    from embedlib.spark.train import run_train_job
 
     first = run_train_job(spark, default)
     assert first.metrics["converged"] and first.metrics["stopped"] == "plateau", first.metrics["stopped"]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from embedlib.bundle import load_bundle
-from embedlib.train import run_train_job
+from embedlib.core.bundle import load_bundle
+from embedlib.spark.train import run_train_job
 
 from .conftest import copy_vocab, train_cfg
 
@@ -65,8 +65,8 @@ def test_horovod_two_processes(spark, adult_trained, tmp_path: Path) -> None:  #
 HOROVOD_STATE = """
 import copy, torch, horovod.torch as hvd
 from torch import nn
-from embedlib.train.collective import HorovodCollective
-from embedlib.train.lazy import LazyAdam, lazy_tables
+from embedlib.core.train.collective import HorovodCollective
+from embedlib.core.train.lazy import LazyAdam, lazy_tables
 hvd.init()
 torch.manual_seed(0)
 model = nn.Sequential(nn.Embedding(50, 3), nn.Linear(3, 1))

@@ -38,7 +38,7 @@ def _leaf_keys(cls: type, prefix: str = "") -> list[str]:
 def test_every_config_key_is_in_the_reference_and_base_yaml() -> None:
     import yaml
 
-    from embedlib.config import Config
+    from embedlib.core.config import Config
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     reference = readme.split("## Configuration reference", 1)[1].split("\n## ", 1)[0]

@@ -11,15 +11,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedlib.bundle import load_bundle
 from embedlib.cli import main
-from embedlib.config import load_config
-from embedlib.drift import ALERT_EXIT, TOP_VALUES, DriftAlert, n_bins, psi
-from embedlib.runs import run_drift_job
-from embedlib.score import run_score_job
-from embedlib.tables import read_table
+from embedlib.core.bundle import load_bundle
+from embedlib.core.config import load_config
+from embedlib.core.drift import ALERT_EXIT, TOP_VALUES, DriftAlert, n_bins, psi
+from embedlib.spark.runs import run_drift_job
+from embedlib.spark.score import run_score_job
 
-from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, adult_pandas
+from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, adult_pandas, tables_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -94,5 +93,5 @@ def test_drift_follows_scoring_runs_and_fails_the_job_on_a_shift(spark, adult_tr
     out = capsys.readouterr().out
     assert "newest run r2" in out and "ALERT" in out
     assert main(["drift", *args, "--set", "drift.psi_alert=1000"]) == 0
-    runs = read_table(spark, drift_cfg.layout.score_runs).select("run_id").collect()
+    runs = tables_of(spark).read(drift_cfg.layout.score_runs).select("run_id").collect()
     assert {r["run_id"] for r in runs} == {"r1", "r2"}

@@ -8,12 +8,12 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedlib.config import load_config
-from embedlib.encode import Encoded, EncodeError, Encoder, ShardSet, read_shards
-from embedlib.train.job import encode_to_shards
-from embedlib.vocab import build_vocabulary
+from embedlib.core.config import load_config
+from embedlib.core.encode import Encoded, EncodeError, Encoder, ShardSet, read_shards
+from embedlib.spark.train.job import encode_to_shards
+from embedlib.spark.vocab import build_vocabulary
 
-from .conftest import ADULT_DATA, adult_pandas, train_cfg
+from .conftest import ADULT_DATA, adult_pandas, tables_of, train_cfg
 
 
 def rows_of(enc: Encoded) -> np.ndarray:
@@ -29,10 +29,10 @@ def concat(parts: list[Encoded]) -> Encoded:
 def test_spark_shards_equal_arrow_encoder_on_adult(spark, adult_trained) -> None:  # type: ignore[no-untyped-def]
     import json
 
-    from embedlib.layout import read_text
+    from embedlib.core.layout import read_text
 
     cfg, result = adult_trained
-    from embedlib.bundle import load_bundle
+    from embedlib.core.bundle import load_bundle
 
     encoder = load_bundle(result.bundle_path).encoder
     shards = ShardSet.from_dict(json.loads(read_text(f"{cfg.layout.work}/encoded/_shards.json") or "{}"))
@@ -72,16 +72,14 @@ def test_numeric_rules(spark, tmp_path: Path) -> None:  # type: ignore[no-untype
 @pytest.mark.parametrize(("setting", "low", "high"), [("train.sample_fraction=0.25", 7500, 8800),
                                                       ("train.max_rows=5000", 5000, 5000)])
 def test_sampling_is_deterministic(spark, adult_trained, tmp_path: Path, setting: str, low: int, high: int) -> None:  # type: ignore[no-untyped-def]
-    from embedlib.tables import read_source
-
     cfg, _ = adult_trained
-    from embedlib.vocab import load_vocabulary
+    from embedlib.spark.vocab import load_vocabulary
 
-    vocab = load_vocabulary(spark, cfg.layout.vocab)
+    vocab = load_vocabulary(tables_of(spark), cfg.layout.vocab)
     runs = []
     for name in ("a", "b"):
         run = train_cfg(tmp_path / name, setting, f"source.path={ADULT_DATA}")
-        runs.append(encode_to_shards(spark, read_source(spark, run.source), vocab, run))
+        runs.append(encode_to_shards(spark, tables_of(spark).read_source(run.source), vocab, run))
     a, b = runs
     assert low <= a.train_rows + a.valid_rows <= high
     assert (a.train_rows, a.valid_rows) == (b.train_rows, b.valid_rows)

@@ -12,10 +12,10 @@ import pyarrow as pa
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from embedlib.bundle import load_bundle
 from embedlib.cli import main
+from embedlib.core.bundle import load_bundle
+from embedlib.core.inference import score_rows
 from embedlib.evaluate import FIGURES, detection_metrics, plant_anomalies
-from embedlib.inference import score_rows
 
 from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, TRAIN_SETS, adult_pandas, copy_vocab
 
@@ -115,7 +115,7 @@ def test_plant_with_baselines(spark, adult_trained, capsys) -> None:  # type: ig
 @pytest.fixture()
 def labelled_run(spark, adult_trained, tmp_path: Path):  # type: ignore[no-untyped-def]
     """A copy of the trained run whose source is adult.test with planted rows and a row_id column."""
-    from embedlib.config import load_config
+    from embedlib.core.config import load_config
 
     cfg, _ = adult_trained
     frame = adult_pandas(ADULT_TEST)

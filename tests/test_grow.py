@@ -12,15 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from embedlib.bundle import load_bundle
-from embedlib.config import load_config
-from embedlib.extract import embedding_matrix
-from embedlib.indices import FIRST_INDEX
-from embedlib.tables import delta_version
-from embedlib.train import TrainError, run_train_job
-from embedlib.vocab import VocabError, load_vocabulary, run_vocab_job
+from embedlib.core.bundle import load_bundle
+from embedlib.core.config import load_config
+from embedlib.core.indices import FIRST_INDEX
+from embedlib.core.train import TrainError
+from embedlib.core.vocab import VocabError
+from embedlib.spark.extract import embedding_matrix
+from embedlib.spark.train import run_train_job
+from embedlib.spark.vocab import load_vocabulary, run_vocab_job
 
-from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, adult_pandas
+from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, adult_pandas, tables_of
 
 log = logging.getLogger(__name__)
 
@@ -63,14 +64,14 @@ def test_update_keeps_indices_and_warm_start_keeps_embeddings(spark, tmp_path: P
     first = run_vocab_job(spark, config(tmp_path, old_file))
     parent = run_train_job(spark, config(tmp_path, old_file))
     cfg = config(tmp_path, new_file)
-    version = delta_version(spark, cfg.layout.vocab)
+    version = tables_of(spark).version(cfg.layout.vocab)
     grown = run_vocab_job(spark, cfg, update=True)
 
     # a new version of the table that records what it extends; old indices never move
-    assert delta_version(spark, cfg.layout.vocab) == version + 1  # type: ignore[operator]
+    assert tables_of(spark).version(cfg.layout.vocab) == version + 1  # type: ignore[operator]
     assert grown.meta["extends"] == {"content_hash": first.content_hash, "version": version}
     assert grown.content_hash != first.content_hash
-    assert load_vocabulary(spark, cfg.layout.vocab).content_hash == grown.content_hash
+    assert load_vocabulary(tables_of(spark), cfg.layout.vocab).content_hash == grown.content_hash
     assert grown.meta["row_count"] == len(frame)
     for name in first.categorical:
         before, after = first[name], grown[name]

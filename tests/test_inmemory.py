@@ -14,8 +14,8 @@ import pytest
 from deltalake import DeltaTable
 
 import embedlib
-from embedlib.config import ConfigError, load_config
-from embedlib.vocab import SchemaError, VocabError
+from embedlib.core.config import ConfigError, load_config
+from embedlib.core.vocab import SchemaError, VocabError
 
 from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, adult_pandas
 
@@ -29,7 +29,7 @@ CATEGORICAL, NUMERIC = list(CFG.columns.categorical), list(CFG.columns.numeric)
 
 
 def test_fit_in_memory_then_score_frame_equals_the_score_job(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from embedlib.score import run_score_job
+    from embedlib.spark.score import run_score_job
 
     bundle = embedlib.fit(adult_pandas(), categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "runs"), name="mem",
                           settings={**SETTINGS, "columns.log1p": ["fnlwgt", "capital-gain", "capital-loss"]})
@@ -126,7 +126,7 @@ def test_every_pass_that_runs_the_model_is_bounded(tmp_path: Path, monkeypatch: 
     """Validation, calibration and scoring run the model on at most PASS_ROWS rows at a time (their
     logits are rows × cardinality), whatever the shard: here one shard of ~15,000 rows per split,
     which a pass taking row groups whole would run in one forward."""
-    from embedlib.model import PASS_ROWS, EmbeddingAutoencoder
+    from embedlib.core.model import PASS_ROWS, EmbeddingAutoencoder
 
     seen: list[int] = []
     original = EmbeddingAutoencoder.reconstruct
@@ -182,7 +182,7 @@ def test_fit_and_score_frame_need_no_pyspark(tmp_path: Path) -> None:
     import subprocess
     import sys
 
-    from embedlib.bundle import load_bundle
+    from embedlib.core.bundle import load_bundle
 
     rows = adult_pandas().head(3000)
     data = tmp_path / "rows.parquet"
@@ -202,7 +202,7 @@ def test_arrow_types_are_named_as_spark_reads_them() -> None:
     pyspark's own ``from_arrow_type`` names."""
     from pyspark.sql.pandas.types import from_arrow_type
 
-    from embedlib.vocab.schema import arrow_type_name
+    from embedlib.core.vocab.schema import arrow_type_name
 
     types = [pa.bool_(), pa.int8(), pa.int16(), pa.int32(), pa.int64(), pa.float32(), pa.float64(), pa.string(),
              pa.large_string(), pa.binary(), pa.date32(), pa.decimal128(12, 3), pa.timestamp("us"),

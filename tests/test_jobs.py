@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from embedlib.cli import main
-from embedlib.vocab import Vocabulary
+from embedlib.core.vocab import Vocabulary
 
-from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, ROOT, adult_args, submit_conf
+from .conftest import ADULT_CONF, ADULT_DATA, BASE_CONF, ROOT, adult_args, submit_conf, tables_of
 
 
 def test_cli_vocab_prints_summary(spark, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -47,13 +47,12 @@ def test_cli_training_error_is_a_message(spark, tmp_path: Path, caplog) -> None:
 @pytest.mark.timeout(600)
 def test_build_vocab_job_on_local_cluster_equals_local(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     # Adult as 4 Parquet files, so both executors get work
-    from embedlib.config import load_config
-    from embedlib.tables import read_source
+    from embedlib.core.config import load_config
 
     from .conftest import adult_pandas  # noqa: F401  (same data, read by Spark below)
 
     src = str(tmp_path / "adult_parquet")
-    read_source(spark, load_config([BASE_CONF, ADULT_CONF], [f"source.path={ADULT_DATA}"]).source) \
+    tables_of(spark).read_source(load_config([BASE_CONF, ADULT_CONF], [f"source.path={ADULT_DATA}"]).source) \
         .repartition(4).write.parquet(src)
     sets = ["--set", f"source.path={src}", "--set", "source.format=parquet",
             "--set", "source.options={}", "--set", "source.schema=null"]
@@ -87,9 +86,7 @@ def test_every_job_gives_the_same_tables_on_both_delta_engines(spark, tmp_path: 
     the same vocabulary, embeddings, scores and design matrix, each table read by the other engine."""
     from pyspark.sql import functions as F
 
-    from embedlib.tables import read_table
-
-    from .conftest import ENGINES, engine_set
+    from .conftest import ENGINES
 
     small = ["train.max_rows=2000", "train.epochs=1", "model.size=medium", "score.run_id=r1"]
     outs = {}
@@ -102,10 +99,10 @@ def test_every_job_gives_the_same_tables_on_both_delta_engines(spark, tmp_path: 
         assert main(["score", *args]) == 0  # the same run id again: nothing added
         outs[engine] = out / "adult-demo"
 
-    def rows(root: Path, table: str) -> list[tuple]:
+    def rows(root: Path, table: str, reader: str) -> list[tuple]:
         """The table's rows, doubles rounded, in a total order (list, map and struct columns as text);
         the bundle id aside (it hashes the training metrics, timings included)."""
-        frame = read_table(spark, str(root / table)).drop("bundle_id")
+        frame = tables_of(spark, reader).read(str(root / table)).drop("bundle_id")
         frame = frame.select([F.round(c, 9).alias(c) if t in ("double", "float") else F.col(c).cast("string")
                               .alias(c) if t.startswith(("array", "map", "struct")) else F.col(c)
                               for c, t in frame.dtypes])
@@ -113,12 +110,11 @@ def test_every_job_gives_the_same_tables_on_both_delta_engines(spark, tmp_path: 
 
     connector, delta_rs = outs["connector"], outs["delta-rs"]
     for reader in ENGINES:  # each engine reads both engines' tables
-        with engine_set(spark, reader):
-            for table in ("vocab", "embeddings", "scores", "features"):
-                assert rows(connector, table) == rows(delta_rs, table), table
-            assert read_table(spark, str(connector / "scores")).count() == 16281
-            assert read_table(spark, str(delta_rs / "score_runs")).count() == 1
-            assert read_table(spark, str(connector / "score_runs")).count() == 1
+        for table in ("vocab", "embeddings", "scores", "features"):
+            assert rows(connector, table, reader) == rows(delta_rs, table, reader), table
+        assert tables_of(spark, reader).read(str(connector / "scores")).count() == 16281
+        assert tables_of(spark, reader).read(str(delta_rs / "score_runs")).count() == 1
+        assert tables_of(spark, reader).read(str(connector / "score_runs")).count() == 1
     assert (connector / "evaluation" / "metrics.json").exists() and (delta_rs / "evaluation" / "metrics.json").exists()
 
 
@@ -147,7 +143,7 @@ def test_a_connector_built_for_another_spark_is_refused_naming_both(tmp_path: Pa
 
     import pyspark
 
-    from embedlib.spark import connector_jars
+    from embedlib.spark.session import connector_jars
 
     jars = tmp_path / "jars"
     jars.mkdir()

@@ -1,4 +1,4 @@
-"""The lazy Adam of wide embedding tables (``train.lazy_above``, :mod:`embedlib.train.lazy`)."""
+"""The lazy Adam of wide embedding tables (``train.lazy_above``, :mod:`embedlib.core.train.lazy`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from embedlib.train.lazy import LazyAdam, lazy_tables
+from embedlib.core.train.lazy import LazyAdam, lazy_tables
 
 
 def _model() -> nn.ModuleDict:

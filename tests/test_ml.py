@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from deltalake import DeltaTable
 
-from embedlib.config import ConfigError, load_config
+from embedlib.core.config import ConfigError, load_config
 
 from .conftest import ADULT_CONF, ADULT_DATA, ADULT_TEST, BASE_CONF, adult_pandas
 
@@ -42,7 +42,7 @@ def test_pipeline_fit_save_load_transform_equals_the_score_job(spark, adult_fram
     from pyspark.ml import Pipeline, PipelineModel
 
     from embedlib.ml import EmbeddingAnomalyModel
-    from embedlib.score import run_score_job
+    from embedlib.spark.score import run_score_job
 
     train, test, test_file = adult_frames
     fitted = Pipeline(stages=[_detector(tmp_path / "runs")]).fit(train)
@@ -79,8 +79,8 @@ def test_pipeline_fit_save_load_transform_equals_the_score_job(spark, adult_fram
 
 
 def test_estimator_params_and_bad_input(spark, adult_frames, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from embedlib.core.vocab import SchemaError
     from embedlib.ml import EmbeddingAnomalyDetector
-    from embedlib.vocab import SchemaError
 
     train, _, _ = adult_frames
     det = _detector(tmp_path / "runs")

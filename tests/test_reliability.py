@@ -1,7 +1,7 @@
 """Faults injected into real jobs: failed task attempts, reruns, concurrent writers,
 a training worker killed mid-epoch, jobs killed between writing files and committing.
 
-Each fault comes from ``EMBEDLIB_FAULTS`` (see :mod:`embedlib.faults`). Jobs whose
+Each fault comes from ``EMBEDLIB_FAULTS`` (see :mod:`embedlib.core.faults`). Jobs whose
 process must die, or that need their own Spark master, run as real subprocesses
 of ``embedlib``; their outputs are read back with delta-rs, without Spark.
 """
@@ -23,12 +23,12 @@ import pytest
 from deltalake import DeltaTable
 
 from embedlib.cli import main
-from embedlib.faults import ENV as FAULTS
+from embedlib.core.faults import ENV as FAULTS
+from embedlib.core.train import TrainFailure
+from embedlib.core.vocab import Vocabulary
 from embedlib.reports import train_report
-from embedlib.score import run_score_job
-from embedlib.tables import write_table
-from embedlib.train import TrainFailure, run_train_job
-from embedlib.vocab import Vocabulary
+from embedlib.spark.score import run_score_job
+from embedlib.spark.train import run_train_job
 
 from .conftest import (
     ADULT_CONF,
@@ -40,7 +40,7 @@ from .conftest import (
     cli,
     copy_run,
     copy_vocab,
-    engine_set,
+    tables_of,
     train_cfg,
 )
 
@@ -71,7 +71,7 @@ def score_args(out: Path, source: Path, run_id: str, engine: str = "auto") -> li
 
 
 def score_config(out: Path, source: Path, run_id: str, engine: str = "auto"):  # type: ignore[no-untyped-def]
-    from embedlib.config import load_config
+    from embedlib.core.config import load_config
 
     return load_config([BASE_CONF, ADULT_CONF], score_sets(out, source, run_id, engine))
 
@@ -209,8 +209,7 @@ def test_concurrent_score_runs_both_land_once(spark, adult_trained, run_dir: Pat
 
 def test_commit_conflicts_are_retried_not_lost_or_doubled(spark, tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
     """Another writer commits between our check and our commit (real delta-rs conflicts)."""
-    with engine_set(spark, "delta-rs"):
-        _conflicts_through_delta_rs(spark, tmp_path, monkeypatch, caplog)
+    _conflicts_through_delta_rs(spark, tmp_path, monkeypatch, caplog)
 
 
 def _conflicts_through_delta_rs(spark, tmp_path: Path, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
@@ -231,8 +230,8 @@ def _conflicts_through_delta_rs(spark, tmp_path: Path, monkeypatch, caplog) -> N
         return real_create(*args, **kwargs)
 
     monkeypatch.setattr(deltalake.transaction, "create_table_with_add_actions", create_first)
-    with caplog.at_level(logging.WARNING, logger="embedlib.tables"):
-        first = write_table(spark, ours, target, txn=("app", 1))
+    with caplog.at_level(logging.WARNING, logger="embedlib.spark.tables"):
+        first = tables_of(spark, "delta-rs").write(ours, target, txn=("app", 1))
     assert first.committed and sorted(DeltaTable(target).to_pandas()["x"]) == [1, 2, 3, 10, 20]
     assert "conflicted with another writer" in caplog.text
 
@@ -246,7 +245,7 @@ def _conflicts_through_delta_rs(spark, tmp_path: Path, monkeypatch, caplog) -> N
         return real_commit(self, *args, **kwargs)
 
     monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", commit_first)
-    second = write_table(spark, ours, target, txn=("app", 2))
+    second = tables_of(spark, "delta-rs").write(ours, target, txn=("app", 2))
     assert not second.committed
     assert sorted(DeltaTable(target).to_pandas()["x"]) == [1, 2, 3, 10, 10, 20, 20]
     committed = {a["path"] for a in pa.table(DeltaTable(target).get_add_actions(flatten=True)).to_pylist()}
@@ -289,7 +288,7 @@ def test_a_killed_training_worker_is_launched_again_and_resumes(spark, adult_tra
     run = train_cfg(tmp_path, "train.backend=torch_distributor", "train.num_workers=2", "train.epochs=3")
     copy_vocab(cfg, run)
     monkeypatch.setenv(FAULTS, "train.kill_rank=1:2")  # a fresh run's rank 1 is SIGKILLed halfway through epoch 2
-    with caplog.at_level(logging.WARNING, logger="embedlib.train.backends"):
+    with caplog.at_level(logging.WARNING, logger="embedlib.spark.train.backends"):
         result = run_train_job(spark, run)
     (warning,) = [r.getMessage() for r in caplog.records if "launching the 2 workers again" in r.getMessage()]
     assert "rank 1 (pid" in warning and "died without reporting an error" in warning
@@ -311,13 +310,13 @@ def test_a_worker_crashing_in_native_code_leaves_its_stack(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    from embedlib.train.checkpoint import CheckpointStore
+    from embedlib.core.train.checkpoint import CheckpointStore
 
     store = CheckpointStore(folder=str(tmp_path / "checkpoints"), reports=str(tmp_path / "reports"), fingerprint="f")
     script = (
         "import os, sys\n"
-        "from embedlib.train.backends import _reporting\n"
-        "from embedlib.train.checkpoint import CheckpointStore\n"
+        "from embedlib.spark.train.backends import _reporting\n"
+        "from embedlib.core.train.checkpoint import CheckpointStore\n"
         "class Job:\n"
         f"    store = CheckpointStore(folder={store.folder!r}, reports={store.reports!r}, fingerprint='f')\n"
         "def abort_in_native_code():\n"
@@ -332,7 +331,7 @@ def test_a_worker_crashing_in_native_code_leaves_its_stack(tmp_path: Path) -> No
 
 def test_connector_conflicts_are_retried_or_recognised_as_done() -> None:
     """The connector path's retry rule, on the exceptions it raises (forced here: a real race is rare)."""
-    from embedlib.tables.connector import with_conflict_retries
+    from embedlib.spark.tables.connector import with_conflict_retries
 
     calls: list[int] = []
 

@@ -14,12 +14,18 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from embedlib.bundle import BundleError, load_bundle
-from embedlib.config import load_config
-from embedlib.extract import embedding_matrix, embedding_table, features_frame, run_extract_job, write_npz
-from embedlib.inference import score_rows
-from embedlib.score import run_score_job, score_frame
-from embedlib.vocab import OOV_INDEX, SchemaError
+from embedlib.core.bundle import BundleError, load_bundle
+from embedlib.core.config import load_config
+from embedlib.core.inference import score_rows
+from embedlib.core.vocab import OOV_INDEX, SchemaError
+from embedlib.spark.extract import (
+    embedding_matrix,
+    embedding_table,
+    features_frame,
+    run_extract_job,
+    write_npz,
+)
+from embedlib.spark.score import run_score_job, score_frame
 
 from .conftest import (
     ADULT_CONF,
@@ -107,10 +113,10 @@ def test_detects_planted_anomalies_better_than_baselines(spark, adult_trained) -
 
     from sklearn.metrics import roc_auc_score
 
-    from embedlib.baselines import fit_mse_autoencoder, isolation_forest_scores, mse_scores
-    from embedlib.encode import Encoded, ShardSet, read_shards
+    from embedlib.core.baselines import fit_mse_autoencoder, isolation_forest_scores, mse_scores
+    from embedlib.core.encode import Encoded, ShardSet, read_shards
+    from embedlib.core.layout import read_text
     from embedlib.evaluate import plant_anomalies
-    from embedlib.layout import read_text
 
     cfg, result = adult_trained
     bundle = load_bundle(result.bundle_path)
@@ -223,7 +229,7 @@ def test_score_bad_input(spark, adult_trained, tmp_path: Path) -> None:  # type:
         run_score_job(spark, score_cfg(run, f"score.source={empty}", f"output_dir={tmp_path}"))
     assert not Path(run.layout.scores).exists()
     # a vocabulary rebuilt with other parameters: the bundle no longer matches it
-    from embedlib.vocab import run_vocab_job
+    from embedlib.spark.vocab import run_vocab_job
 
     run_vocab_job(spark, load_config([BASE_CONF, ADULT_CONF], [f"output_dir={tmp_path}", "vocab.min_count=5"]))
     with pytest.raises(BundleError, match="another vocabulary .*hash"):
@@ -294,9 +300,9 @@ def test_outputs_keep_source_columns_to_join_back(spark, adult_trained, test_row
     """No id declared: the scores hold every source column (each row readable on its own);
     a list keeps those (and the ids); a listed column named like an output column is refused;
     ``features.passthrough`` works the same way."""
-    from embedlib.extract import run_features_job
+    from embedlib.core.vocab import SchemaError
     from embedlib.reports import score_report
-    from embedlib.vocab import SchemaError
+    from embedlib.spark.extract import run_features_job
 
     cfg, _ = adult_trained
     rows = test_rows.head(300).drop(columns=["row_id"])

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from embedlib.bundle import load_bundle
-from embedlib.config import ConfigError, load_config
-from embedlib.train.sizing import SIZE_TOLERANCE, SIZES, candidates, compare_at_equal_steps, resolve_size
+from embedlib.core.bundle import load_bundle
+from embedlib.core.config import ConfigError, load_config
+from embedlib.core.train.sizing import SIZE_TOLERANCE, SIZES, candidates, compare_at_equal_steps, resolve_size
 
 from .conftest import copy_vocab, train_cfg
 
@@ -68,7 +68,7 @@ def test_trials_stopped_by_the_clock_are_compared_at_equal_steps() -> None:
 def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """Three trials on a sample, in parallel Spark tasks; the bundle has the chosen size's shape and
     the choice follows the rule (lowest validation NLL, the smaller within the tolerance)."""
-    from embedlib.train import run_train_job
+    from embedlib.spark.train import run_train_job
 
     cfg, _ = adult_trained
     run = train_cfg(tmp_path, "model.size=auto", "train.max_rows=4000", "train.epochs=3",
@@ -97,7 +97,7 @@ def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_tr
 
 def test_the_search_is_bounded_in_time(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """With a tiny model.search_seconds every trial stops after its first epoch, and says why."""
-    from embedlib.train import run_train_job
+    from embedlib.spark.train import run_train_job
 
     cfg, _ = adult_trained
     run = train_cfg(tmp_path, "model.size=auto", "train.max_rows=3000", "train.epochs=4",

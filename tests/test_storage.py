@@ -163,7 +163,7 @@ def _delta(server: S3Server, path: str):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["connector", "delta-rs"])
 def test_pipeline_on_s3(s3_runs: dict[str, S3Run], s3_server: S3Server, engine: str) -> None:
-    from embedlib.bundle import MANIFEST
+    from embedlib.core.bundle import MANIFEST
 
     run = s3_runs[engine]
     root = f"{run.output}/adult-demo"
@@ -218,8 +218,8 @@ def test_wrong_credentials_and_missing_bucket_are_named(s3_server: S3Server) -> 
 
 
 def test_delta_rs_errors_on_s3_name_the_bucket(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    from embedlib.delta import open_delta
-    from embedlib.tables import TableError
+    from embedlib.core.delta import open_delta
+    from embedlib.spark.tables import TableError
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
@@ -239,7 +239,7 @@ def test_concurrent_delta_rs_commits_on_s3_lose_nothing(s3_server: S3Server, mon
     import pyarrow as pa
     from deltalake import write_deltalake
 
-    from embedlib.storage import delta_rs_options
+    from embedlib.core.storage import delta_rs_options
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
@@ -271,7 +271,7 @@ def test_concurrent_delta_rs_commits_on_s3_lose_nothing(s3_server: S3Server, mon
 def test_settings_for_each_client(monkeypatch: pytest.MonkeyPatch) -> None:
     """One set of settings, three spellings; the session's keys win over the environment, and
     credentials never appear in the settings' repr or in the Spark (Hadoop) settings."""
-    from embedlib import storage
+    from embedlib.core import storage
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAENV")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "env-secret")
@@ -305,7 +305,7 @@ def test_bundle_round_trip_on_s3(s3_server: S3Server, monkeypatch: pytest.Monkey
     verified, also after being replaced in place; with one object changed it is refused."""
     import torch
 
-    from embedlib.bundle import MANIFEST, WEIGHTS, BundleError, load_bundle, save_bundle
+    from embedlib.core.bundle import MANIFEST, WEIGHTS, BundleError, load_bundle, save_bundle
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)

@@ -17,13 +17,13 @@ import pytest
 import yaml
 from deltalake import DeltaTable, write_deltalake
 
-from embedlib.config import load_config
-from embedlib.score import run_score_job
-from embedlib.stream import APP_PREFIX, checkpoint_of, run_score_stream, start_score_stream
-from embedlib.tables import TableError
-from embedlib.vocab import SchemaError
+from embedlib.core.config import load_config
+from embedlib.core.vocab import SchemaError
+from embedlib.spark.score import run_score_job
+from embedlib.spark.stream import APP_PREFIX, checkpoint_of, run_score_stream, start_score_stream
+from embedlib.spark.tables import TableError
 
-from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, adult_pandas, cli, engine_set
+from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, adult_pandas, cli
 
 
 @pytest.fixture(scope="module")
@@ -145,53 +145,51 @@ def test_a_new_file_with_other_columns_stops_the_stream_before_writing(  # type:
         spark, run_dir: Path, test_rows: pd.DataFrame) -> None:
     incoming = run_dir / "incoming"
     arrive(incoming, test_rows.iloc[:1000], "part-0.parquet")
-    with engine_set(spark, "delta-rs"):
-        cfg = stream_cfg(run_dir, incoming, "delta-rs")
+    cfg = stream_cfg(run_dir, incoming, "delta-rs")
+    run_score_stream(spark, cfg)
+    version = DeltaTable(str(run_dir / "adult-demo" / "scores")).version()
+    arrive(incoming, test_rows.iloc[1000:2000].drop(columns=["occupation"]), "part-1.parquet")
+    with pytest.raises(SchemaError, match=r"new file .*part-1.parquet lacks column\(s\) occupation"):
         run_score_stream(spark, cfg)
-        version = DeltaTable(str(run_dir / "adult-demo" / "scores")).version()
-        arrive(incoming, test_rows.iloc[1000:2000].drop(columns=["occupation"]), "part-1.parquet")
-        with pytest.raises(SchemaError, match=r"new file .*part-1.parquet lacks column\(s\) occupation"):
-            run_score_stream(spark, cfg)
-        as_text = test_rows.iloc[1000:2000].astype({"age": str})
-        as_text.to_parquet(incoming / "part-1.parquet", index=False)  # rewritten in place: still wrong
-        with pytest.raises(SchemaError, match="column 'age' of new file .*part-1.parquet is string, the stream "
-                                              "reads it as bigint"):
-            run_score_stream(spark, cfg)
-        assert DeltaTable(str(run_dir / "adult-demo" / "scores")).version() == version
-        assert len(scores(run_dir)) == 1000 and len(summaries(run_dir)) == 1
-        test_rows.iloc[1000:2000].to_parquet(incoming / "part-1.parquet", index=False)  # fixed in place
-        assert [r.rows for r in run_score_stream(spark, cfg)] == [1000]
-        assert len(scores(run_dir)) == 2000 and scores(run_dir)["row_id"].is_unique
+    as_text = test_rows.iloc[1000:2000].astype({"age": str})
+    as_text.to_parquet(incoming / "part-1.parquet", index=False)  # rewritten in place: still wrong
+    with pytest.raises(SchemaError, match="column 'age' of new file .*part-1.parquet is string, the stream "
+                                          "reads it as bigint"):
+        run_score_stream(spark, cfg)
+    assert DeltaTable(str(run_dir / "adult-demo" / "scores")).version() == version
+    assert len(scores(run_dir)) == 1000 and len(summaries(run_dir)) == 1
+    test_rows.iloc[1000:2000].to_parquet(incoming / "part-1.parquet", index=False)  # fixed in place
+    assert [r.rows for r in run_score_stream(spark, cfg)] == [1000]
+    assert len(scores(run_dir)) == 2000 and scores(run_dir)["row_id"].is_unique
 
 
 def test_a_delta_source_streams_through_the_connector_on_a_running_query(  # type: ignore[no-untyped-def]
         spark, run_dir: Path, test_rows: pd.DataFrame) -> None:
     source = run_dir / "source_delta"
     write_deltalake(str(source), pa.Table.from_pandas(test_rows.iloc[:3000], preserve_index=False))
-    with engine_set(spark, "connector"):
-        cfg = stream_cfg(run_dir, source, "connector", "delta", "score.stream.trigger=1 second")
-        stream = start_score_stream(spark, cfg)
-        try:
-            stream.query.processAllAvailable()
-            write_deltalake(str(source), pa.Table.from_pandas(test_rows.iloc[3000:5000], preserve_index=False),
-                            mode="append")
-            stream.query.processAllAvailable()
-            deadline = time.monotonic() + 120
-            while sum(r.rows for r in stream.runs) < 5000 and time.monotonic() < deadline:
-                time.sleep(1)
-        finally:
-            stream.query.stop()
-        assert stream.error is None
-        assert sorted(r.rows for r in stream.runs) == [2000, 3000]
-        got = scores(run_dir)
-        assert len(got) == 5000 and set(got["row_id"]) == set(range(5000))
-    with engine_set(spark, "delta-rs"), pytest.raises(TableError, match="streaming from Delta table .* needs the "
+    cfg = stream_cfg(run_dir, source, "connector", "delta", "score.stream.trigger=1 second")
+    stream = start_score_stream(spark, cfg)
+    try:
+        stream.query.processAllAvailable()
+        write_deltalake(str(source), pa.Table.from_pandas(test_rows.iloc[3000:5000], preserve_index=False),
+                        mode="append")
+        stream.query.processAllAvailable()
+        deadline = time.monotonic() + 120
+        while sum(r.rows for r in stream.runs) < 5000 and time.monotonic() < deadline:
+            time.sleep(1)
+    finally:
+        stream.query.stop()
+    assert stream.error is None
+    assert sorted(r.rows for r in stream.runs) == [2000, 3000]
+    got = scores(run_dir)
+    assert len(got) == 5000 and set(got["row_id"]) == set(range(5000))
+    with pytest.raises(TableError, match="streaming from Delta table .* needs the "
                                                                         "Spark Delta connector"):
         start_score_stream(spark, stream_cfg(run_dir, source, "delta-rs", "delta"))
 
 
 def test_stream_settings_that_cannot_hold_are_refused(spark, run_dir: Path, test_rows: pd.DataFrame) -> None:  # type: ignore[no-untyped-def]
-    from embedlib.config import ConfigError
+    from embedlib.core.config import ConfigError
 
     incoming = run_dir / "incoming"
     arrive(incoming, test_rows.iloc[:100], "part-0.parquet")
@@ -216,17 +214,16 @@ def test_a_csv_stream_checks_each_new_file_s_header(spark, run_dir: Path, test_r
         aside.rename(incoming / name)
 
     arrive_csv(test_rows.iloc[:1500], "part-0.csv")
-    with engine_set(spark, "delta-rs"):
-        # a schema of its own (Spark maps a CSV's columns by position; the header is checked by name)
-        ddl = "row_id INT, " + yaml.safe_load(ADULT_CONF.read_text())["source"]["schema"]
-        cfg = stream_cfg(run_dir, incoming, "delta-rs", "csv", "source.options={header: true}",
-                         f"source.schema={json.dumps(ddl)}")
-        assert [r.rows for r in run_score_stream(spark, cfg)] == [1500]
-        arrive_csv(test_rows.iloc[1500:2500].drop(columns=["education"]), "part-1.csv")
-        with pytest.raises(SchemaError, match=r"new file .*part-1.csv lacks column\(s\) education"):
-            run_score_stream(spark, cfg)
-        assert len(scores(run_dir)) == 1500
-        test_rows.iloc[1500:2500].to_csv(incoming / "part-1.csv", index=False)  # fixed in place
-        assert [r.rows for r in run_score_stream(spark, cfg)] == [1000]
-        got = scores(run_dir)
-        assert len(got) == 2500 and set(got["row_id"]) == set(range(2500))
+    # a schema of its own (Spark maps a CSV's columns by position; the header is checked by name)
+    ddl = "row_id INT, " + yaml.safe_load(ADULT_CONF.read_text())["source"]["schema"]
+    cfg = stream_cfg(run_dir, incoming, "delta-rs", "csv", "source.options={header: true}",
+                     f"source.schema={json.dumps(ddl)}")
+    assert [r.rows for r in run_score_stream(spark, cfg)] == [1500]
+    arrive_csv(test_rows.iloc[1500:2500].drop(columns=["education"]), "part-1.csv")
+    with pytest.raises(SchemaError, match=r"new file .*part-1.csv lacks column\(s\) education"):
+        run_score_stream(spark, cfg)
+    assert len(scores(run_dir)) == 1500
+    test_rows.iloc[1500:2500].to_csv(incoming / "part-1.csv", index=False)  # fixed in place
+    assert [r.rows for r in run_score_stream(spark, cfg)] == [1000]
+    got = scores(run_dir)
+    assert len(got) == 2500 and set(got["row_id"]) == set(range(2500))

@@ -12,18 +12,11 @@ import pytest
 from deltalake import DeltaTable
 from pyspark.testing import assertDataFrameEqual
 
-from embedlib.layout import PathError
-from embedlib.spark import delta_connector_available
-from embedlib.tables import (
-    TableError,
-    commit_metadata,
-    delta_version,
-    engine_for,
-    read_table,
-    write_table,
-)
+from embedlib.core.layout import PathError
+from embedlib.spark.session import delta_connector_available
+from embedlib.spark.tables import TableError
 
-from .conftest import ENGINES, engine_set
+from .conftest import ENGINES, tables_of
 
 ROWS = [
     (1, "a", 1.5, ["x", "y"], {"k": 1.0}, dt.datetime(2024, 1, 2, 3, 4, 5)),
@@ -40,14 +33,13 @@ def frame(spark, rows=ROWS):  # type: ignore[no-untyped-def]
 def test_the_session_has_both_engines_and_delta_engine_picks(spark) -> None:  # type: ignore[no-untyped-def]
     assert delta_connector_available(spark) is True
     for setting, name in (("auto", "connector"), ("connector", "connector"), ("delta-rs", "delta-rs")):
-        with engine_set(spark, setting):
-            assert engine_for(spark).name == name
+        assert tables_of(spark, setting).engine.name == name
 
 
 def test_delta_round_trip(spark, tmp_path: Path, delta_engine: str) -> None:  # type: ignore[no-untyped-def]
     """Written by either engine, read back by both (delta-rs's DeltaTable, and read_table)."""
     path = str(tmp_path / "t")
-    result = write_table(spark, frame(spark), path, mode="append", user_metadata={"who": "test"})
+    result = tables_of(spark, delta_engine).write(frame(spark), path, mode="append", user_metadata={"who": "test"})
     assert result.committed and result.version == 0
     table = DeltaTable(path).to_pyarrow_table()
     table = pa.table(table).sort_by("id")
@@ -58,22 +50,22 @@ def test_delta_round_trip(spark, tmp_path: Path, delta_engine: str) -> None:  # 
     assert table.column("ts").to_pylist()[0].replace(tzinfo=None) == dt.datetime(2024, 1, 2, 3, 4, 5)
     assert table.schema.field("x").type == pa.float64()
     assert pa.types.is_timestamp(table.schema.field("ts").type)
-    assert commit_metadata(spark, path) == {"who": "test"}
-    assertDataFrameEqual(read_table(spark, path), frame(spark))
+    assert tables_of(spark, delta_engine).commit_metadata(path) == {"who": "test"}
+    assertDataFrameEqual(tables_of(spark, delta_engine).read(path), frame(spark))
 
 
 def test_idempotent_append(spark, tmp_path: Path, delta_engine: str) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "t")
-    first = write_table(spark, frame(spark), path, txn=("run-a", 1))
-    again = write_table(spark, frame(spark), path, txn=("run-a", 1))
+    first = tables_of(spark, delta_engine).write(frame(spark), path, txn=("run-a", 1))
+    again = tables_of(spark, delta_engine).write(frame(spark), path, txn=("run-a", 1))
     assert first.committed and not again.committed
     assert DeltaTable(path).count() == 3
     assert DeltaTable(path).transaction_version("run-a") == 1
-    newer = write_table(spark, frame(spark), path, txn=("run-a", 2))
-    other_app = write_table(spark, frame(spark), path, txn=("run-b", 1))
+    newer = tables_of(spark, delta_engine).write(frame(spark), path, txn=("run-a", 2))
+    other_app = tables_of(spark, delta_engine).write(frame(spark), path, txn=("run-b", 1))
     assert newer.committed and other_app.committed
     assert DeltaTable(path).count() == 9
-    older = write_table(spark, frame(spark), path, txn=("run-a", 1))
+    older = tables_of(spark, delta_engine).write(frame(spark), path, txn=("run-a", 1))
     assert not older.committed and DeltaTable(path).count() == 9
     if delta_engine == "delta-rs":  # a skipped write leaves no data files behind
         data_dirs = list((tmp_path / "t" / "data").iterdir())
@@ -82,40 +74,40 @@ def test_idempotent_append(spark, tmp_path: Path, delta_engine: str) -> None:  #
 
 def test_overwrite_replaces_rows(spark, tmp_path: Path, delta_engine: str) -> None:  # type: ignore[no-untyped-def]
     path = str(tmp_path / "t")
-    write_table(spark, frame(spark), path)
-    write_table(spark, frame(spark, ROWS[:1]), path, mode="overwrite")
+    tables_of(spark, delta_engine).write(frame(spark), path)
+    tables_of(spark, delta_engine).write(frame(spark, ROWS[:1]), path, mode="overwrite")
     assert DeltaTable(path).count() == 1
-    assert delta_version(spark, path) == 1
-    assert read_table(spark, path).count() == 1
+    assert tables_of(spark, delta_engine).version(path) == 1
+    assert tables_of(spark, delta_engine).read(path).count() == 1
 
 
 def test_uncommitted_files_are_never_read(spark, tmp_path: Path, delta_engine: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "t"
-    write_table(spark, frame(spark), str(path))
+    tables_of(spark, delta_engine).write(frame(spark), str(path))
     # a job that died after writing its files but before its commit leaves this behind
     frame(spark).write.parquet(str(path / "data" / "orphan"))
-    assert read_table(spark, str(path)).count() == 3
+    assert tables_of(spark, delta_engine).read(str(path)).count() == 3
     assert DeltaTable(str(path)).count() == 3
 
 
 def test_parquet_and_csv(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     pq_path = str(tmp_path / "p")
-    write_table(spark, frame(spark), pq_path, format="parquet", mode="overwrite")
-    assertDataFrameEqual(read_table(spark, pq_path, format="parquet"), frame(spark))
+    tables_of(spark).write(frame(spark), pq_path, format="parquet", mode="overwrite")
+    assertDataFrameEqual(tables_of(spark).read(pq_path, format="parquet"), frame(spark))
     with pytest.raises(TableError, match="need format delta"):
-        write_table(spark, frame(spark), pq_path, format="parquet", txn=("a", 1))
+        tables_of(spark).write(frame(spark), pq_path, format="parquet", txn=("a", 1))
     csv = tmp_path / "c.csv"
     csv.write_text("a,b\n1,x\n2,y\n")
-    got = read_table(spark, str(csv), format="csv", options={"header": True}, schema="a INT, b STRING")
+    got = tables_of(spark).read(str(csv), format="csv", options={"header": True}, schema="a INT, b STRING")
     assert [tuple(r) for r in got.orderBy("a").collect()] == [(1, "x"), (2, "y")]
 
 
 def test_missing_paths_and_non_delta(spark, tmp_path: Path, delta_engine: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(TableError, match="does not exist"):
-        read_table(spark, str(tmp_path / "nope.csv"), format="csv")
+        tables_of(spark, delta_engine).read(str(tmp_path / "nope.csv"), format="csv")
     (tmp_path / "plain").mkdir()
     with pytest.raises(TableError, match="is not a Delta table"):
-        read_table(spark, str(tmp_path / "plain"))
+        tables_of(spark, delta_engine).read(str(tmp_path / "plain"))
 
 
 @pytest.mark.parametrize("bad", ["{tmp}/../x", "ftp://h/x", "{tmp}/t#frag", "file://host/{tmp}/t"])
@@ -123,51 +115,51 @@ def test_bad_paths_refused_before_io(spark, tmp_path: Path, bad: str) -> None:  
     target = bad.format(tmp=tmp_path)
     before = sorted(p.name for p in tmp_path.parent.iterdir())
     with pytest.raises(PathError):
-        write_table(spark, frame(spark), target)
+        tables_of(spark).write(frame(spark), target)
     with pytest.raises(PathError):
-        read_table(spark, target)
+        tables_of(spark).read(target)
     assert sorted(p.name for p in tmp_path.parent.iterdir()) == before
     assert list(tmp_path.iterdir()) == []
 
 
 def test_newer_protocol_is_refused(spark, tmp_path: Path, delta_engine: str) -> None:  # type: ignore[no-untyped-def]
     path = tmp_path / "t"
-    write_table(spark, frame(spark), str(path))
+    tables_of(spark, delta_engine).write(frame(spark), str(path))
     log = path / "_delta_log" / "00000000000000000001.json"
     log.write_text(json.dumps({"protocol": {
         "minReaderVersion": 3, "minWriterVersion": 7,
         "readerFeatures": ["embedlibFutureFeature"], "writerFeatures": ["embedlibFutureFeature"]}}) + "\n")
     with pytest.raises(TableError, match="embedlibFutureFeature"):
-        read_table(spark, str(path))
+        tables_of(spark, delta_engine).read(str(path))
 
 
 def test_append_adds_new_columns_and_refuses_changed_types(spark, tmp_path: Path, delta_engine: str) -> None:  # type: ignore[no-untyped-def]
     from pyspark.sql import functions as F
 
     path = str(tmp_path / "t")
-    write_table(spark, frame(spark), path)
+    tables_of(spark, delta_engine).write(frame(spark), path)
     # a later version of a job writes one more column (e.g. score_runs.inf_rows)
-    write_table(spark, frame(spark).withColumn("extra", F.lit(7)), path)
-    got = read_table(spark, path)
+    tables_of(spark, delta_engine).write(frame(spark).withColumn("extra", F.lit(7)), path)
+    got = tables_of(spark, delta_engine).read(path)
     assert "extra" in got.columns and got.count() == 6
     assert sorted(r["extra"] for r in got.collect() if r["extra"] is not None) == [7, 7, 7]
     with pytest.raises(TableError, match=r"column type\(s\) changed: x \(double in the table, string now\)"):
-        write_table(spark, frame(spark).withColumn("x", F.col("x").cast("string")), path)
-    assert read_table(spark, path).count() == 6
+        tables_of(spark, delta_engine).write(frame(spark).withColumn("x", F.col("x").cast("string")), path)
+    assert tables_of(spark, delta_engine).read(path).count() == 6
 
 
 def test_failed_write_leaves_no_staged_files(spark, tmp_path: Path, delta_engine: str) -> None:  # type: ignore[no-untyped-def]
     from pyspark.sql import functions as F
 
     path = tmp_path / "t"
-    write_table(spark, frame(spark), str(path))
+    tables_of(spark, delta_engine).write(frame(spark), str(path))
     staged = set(path.glob("data/*"))
     # (a column of raise_error alone has the void type, which the connector drops unevaluated)
     boom = frame(spark).withColumn("x", F.when(F.col("id") > 0, F.raise_error(F.lit("task failed on purpose")))
                                    .otherwise(F.col("x")))
     with pytest.raises(Exception, match="task failed on purpose"):
-        write_table(spark, boom, str(path))
-    assert DeltaTable(str(path)).version() == 0 and read_table(spark, str(path)).count() == 3
+        tables_of(spark, delta_engine).write(boom, str(path))
+    assert DeltaTable(str(path)).version() == 0 and tables_of(spark, delta_engine).read(str(path)).count() == 3
     if delta_engine == "delta-rs":  # its staging folder is cleaned up
         assert set(path.glob("data/*")) == staged
 
@@ -178,8 +170,8 @@ def test_table_engine_contract(spark, tmp_path: Path, engine_name: str) -> None:
     evolution on append, overwrite, the data files of a table, and reads through the log."""
     from pyspark.sql import functions as F
 
-    from embedlib.tables.connector import ConnectorEngine
-    from embedlib.tables.delta_rs import DeltaRsEngine
+    from embedlib.spark.tables.connector import ConnectorEngine
+    from embedlib.spark.tables.delta_rs import DeltaRsEngine
 
     engine = {"delta-rs": DeltaRsEngine(), "connector": ConnectorEngine()}[engine_name]
     path = str(tmp_path / "t")
@@ -217,21 +209,18 @@ def test_interop_between_engines(spark, tmp_path: Path, first: str, second: str)
     committed by one is not written again by the other; DESCRIBE HISTORY shows both commits'
     metadata; each engine reads the protocol and log versions the other wrote."""
     path = str(tmp_path / "t")
-    with engine_set(spark, first):
-        made = write_table(spark, frame(spark), path, txn=("run-a", 1), user_metadata={"by": first})
+    made = tables_of(spark, first).write(frame(spark), path, txn=("run-a", 1), user_metadata={"by": first})
     assert made.committed and made.version == 0
-    with engine_set(spark, second):
-        assertDataFrameEqual(read_table(spark, path), frame(spark))
-        assert delta_version(spark, path) == 0 and commit_metadata(spark, path) == {"by": first}
-        again = write_table(spark, frame(spark), path, txn=("run-a", 1), user_metadata={"by": second})
-        assert not again.committed and read_table(spark, path).count() == 3
-        more = write_table(spark, frame(spark, ROWS[:1]), path, txn=("run-b", 1), user_metadata={"by": second})
-        assert more.committed and more.version == 1
-    with engine_set(spark, first):
-        assert read_table(spark, path).count() == 4 and delta_version(spark, path) == 1
-        assert commit_metadata(spark, path) == {"by": second}
-        assert not write_table(spark, frame(spark), path, txn=("run-b", 1)).committed
-        assert read_table(spark, path).count() == 4
+    assertDataFrameEqual(tables_of(spark, second).read(path), frame(spark))
+    assert tables_of(spark, second).version(path) == 0 and tables_of(spark, second).commit_metadata(path) == {"by": first}
+    again = tables_of(spark, second).write(frame(spark), path, txn=("run-a", 1), user_metadata={"by": second})
+    assert not again.committed and tables_of(spark, second).read(path).count() == 3
+    more = tables_of(spark, second).write(frame(spark, ROWS[:1]), path, txn=("run-b", 1), user_metadata={"by": second})
+    assert more.committed and more.version == 1
+    assert tables_of(spark, first).read(path).count() == 4 and tables_of(spark, first).version(path) == 1
+    assert tables_of(spark, first).commit_metadata(path) == {"by": second}
+    assert not tables_of(spark, first).write(frame(spark), path, txn=("run-b", 1)).committed
+    assert tables_of(spark, first).read(path).count() == 4
     history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").orderBy("version").collect()
     assert [r["version"] for r in history] == [0, 1]
     metadata = [json.loads(r["userMetadata"]) for r in history]
@@ -247,7 +236,7 @@ def test_interop_between_engines(spark, tmp_path: Path, first: str, second: str)
 def test_connector_lists_files_only_when_raw_files_are_the_table(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """The Arrow vocab engine may read a Delta table's files only when they hold exactly its rows:
     with deletion vectors (or a partition column among those read) the connector reads it."""
-    from embedlib.tables.connector import ConnectorEngine
+    from embedlib.spark.tables.connector import ConnectorEngine
 
     engine = ConnectorEngine()
     plain, dv, parts = (str(tmp_path / n) for n in ("plain", "dv", "parts"))
@@ -265,11 +254,10 @@ def test_connector_lists_files_only_when_raw_files_are_the_table(spark, tmp_path
 def test_a_local_session_replays_a_delta_log_in_few_tasks(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     """A local session embedlib starts rebuilds a table's snapshot (the connector's log replay) in
     LOCAL_DEFAULTS' partitions, not the connector's default 50 tiny tasks."""
-    from embedlib.spark import LOCAL_DEFAULTS
+    from embedlib.spark.session import LOCAL_DEFAULTS
 
     path = str(tmp_path / "t")
-    with engine_set(spark, "connector"):
-        write_table(spark, frame(spark), path, txn=("run-a", 1))
+    tables_of(spark, "connector").write(frame(spark), path, txn=("run-a", 1))
     log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
     partitions = log.unsafeVolatileSnapshot().stateDS().rdd().getNumPartitions()
     assert partitions == int(LOCAL_DEFAULTS["spark.databricks.delta.snapshotPartitions"]) == 8

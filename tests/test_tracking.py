@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from embedlib.bundle import load_bundle
-from embedlib.config import load_config
-from embedlib.tracking import TrackingError, experiment_name, flatten_config, tracking_uri
+from embedlib.core.bundle import load_bundle
+from embedlib.core.config import load_config
+from embedlib.spark.tracking import TrackingError, experiment_name, flatten_config, tracking_uri
 
 from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, copy_vocab, train_cfg
 
@@ -20,8 +20,8 @@ from .conftest import ADULT_CONF, ADULT_TEST, BASE_CONF, copy_vocab, train_cfg
 def test_train_and_score_runs_are_logged_and_read_back(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from mlflow.tracking import MlflowClient
 
-    from embedlib.score import run_score_job
-    from embedlib.train import run_train_job
+    from embedlib.spark.score import run_score_job
+    from embedlib.spark.train import run_train_job
 
     store = tmp_path / "mlruns"
     cfg = train_cfg(
@@ -80,7 +80,7 @@ def test_train_and_score_runs_are_logged_and_read_back(spark, adult_trained, tmp
 
 
 def test_missing_mlflow_is_a_clear_error_before_any_work(spark, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from embedlib.train import run_train_job
+    from embedlib.spark.train import run_train_job
 
     monkeypatch.setitem(sys.modules, "mlflow", None)  # import mlflow now raises ImportError
     monkeypatch.setitem(sys.modules, "mlflow.tracking", None)
@@ -131,9 +131,9 @@ def test_bundle_as_an_mlflow_model_scores_like_the_job(spark, adult_trained, tmp
     import pandas as pd
     from deltalake import DeltaTable
 
-    from embedlib.bundle import BundleError
-    from embedlib.score import run_score_job
-    from embedlib.train import run_train_job
+    from embedlib.core.bundle import BundleError
+    from embedlib.spark.score import run_score_job
+    from embedlib.spark.train import run_train_job
 
     from .conftest import adult_pandas
 

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from embedlib.bundle import load_bundle
-from embedlib.config import ConfigError
-from embedlib.faults import ENV as FAULTS
-from embedlib.faults import InjectedFault
-from embedlib.train import TrainError, run_train_job
-from embedlib.vocab import SchemaError
+from embedlib.core.bundle import load_bundle
+from embedlib.core.config import ConfigError
+from embedlib.core.faults import ENV as FAULTS
+from embedlib.core.faults import InjectedFault
+from embedlib.core.train import TrainError
+from embedlib.core.vocab import SchemaError
+from embedlib.spark.train import run_train_job
 
 from .conftest import copy_vocab, train_cfg
 
@@ -65,7 +66,7 @@ def test_resume_after_injected_fault_matches_uninterrupted_run(  # type: ignore[
         run_train_job(spark, run)
     assert not Path(run.layout.bundle).exists()
     monkeypatch.delenv(FAULTS)
-    with caplog.at_level(logging.INFO, logger="embedlib.train"):
+    with caplog.at_level(logging.INFO, logger="embedlib"):
         resumed = run_train_job(spark, run)
     assert "resuming from the checkpoint of epoch 3" in caplog.text
     assert [h["epoch"] for h in resumed.metrics["history"]] == [1, 2, 3, 4, 5, 6]
@@ -99,10 +100,10 @@ def test_mse_on_embedding_output_collapses_ours_does_not(adult_trained) -> None:
     Both models start from the same seed and train on the same rows with the same
     optimizer, learning rate and batch size for the same number of epochs.
     """
-    from embedlib.baselines import EmbeddingMSEAutoencoder, embedding_spread, fit_mse_autoencoder
-    from embedlib.encode import Encoded, ShardSet, read_shards
-    from embedlib.layout import read_text
-    from embedlib.model import EmbeddingAutoencoder
+    from embedlib.core.baselines import EmbeddingMSEAutoencoder, embedding_spread, fit_mse_autoencoder
+    from embedlib.core.encode import Encoded, ShardSet, read_shards
+    from embedlib.core.layout import read_text
+    from embedlib.core.model import EmbeddingAutoencoder
 
     cfg, result = adult_trained
     bundle = load_bundle(result.bundle_path)
@@ -193,12 +194,12 @@ def test_train_loop_with_two_in_process_ranks(adult_trained, tmp_path: Path) -> 
     import dataclasses
     import threading
 
-    from embedlib.encode import ShardSet
-    from embedlib.layout import read_text
-    from embedlib.train import CheckpointStore, train_loop
-    from embedlib.train.backends import LocalBackend
-    from embedlib.train.job import make_job
-    from embedlib.vocab import Vocabulary
+    from embedlib.core.encode import ShardSet
+    from embedlib.core.layout import read_text
+    from embedlib.core.train import CheckpointStore, train_loop
+    from embedlib.core.vocab import Vocabulary
+    from embedlib.spark.train.backends import LocalBackend
+    from embedlib.spark.train.job import make_job
 
     cfg, _ = adult_trained
     vocab = Vocabulary.load_delta(cfg.layout.vocab)

@@ -9,24 +9,20 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from embedlib.config import Config, load_config
-from embedlib.tables import read_source
-from embedlib.vocab import (
+from embedlib.core.config import Config, load_config
+from embedlib.core.vocab import (
     FIRST_INDEX,
     NULL_INDEX,
     OOV_INDEX,
     SchemaError,
     VocabError,
     Vocabulary,
-    build_vocabulary,
     build_vocabulary_in_memory,
-    load_vocabulary,
     normalize_arrow,
-    run_vocab_job,
-    write_vocabulary,
 )
+from embedlib.spark.vocab import build_vocabulary, load_vocabulary, run_vocab_job, write_vocabulary
 
-from .conftest import adult_pandas
+from .conftest import adult_pandas, tables_of
 
 
 def tiny_cfg(tmp_path: Path, *sets: str) -> Config:
@@ -69,7 +65,7 @@ def test_adult_vocabulary_matches_independent_pandas_count(spark, adult_cfg: Con
 
 
 def test_adult_partitioning_does_not_change_the_table(spark, adult_cfg: Config) -> None:  # type: ignore[no-untyped-def]
-    df = read_source(spark, adult_cfg.source).cache()
+    df = tables_of(spark).read_source(adult_cfg.source).cache()
     built = [
         build_vocabulary(spark, df.repartition(n), adult_cfg, source="adult")
         for n in (1, 3, 7)
@@ -103,8 +99,8 @@ def test_lookup_convention_null_oov_and_values(spark, tmp_path: Path) -> None:  
     df = spark.createDataFrame(rows, "k STRING")
     cfg = tiny_cfg(tmp_path, "columns.categorical=[k]")
     vocab = build_vocabulary(spark, df, cfg, source="t")
-    write_vocabulary(spark, vocab, cfg.layout.vocab)
-    back = load_vocabulary(spark, cfg.layout.vocab)
+    write_vocabulary(tables_of(spark), vocab, cfg.layout.vocab)
+    back = load_vocabulary(tables_of(spark), cfg.layout.vocab)
     assert set(back["k"].values) == {"ü€ß", "", long_value}
     got = back.lookup("k", pa.array(["", "ü€ß", None, "never-seen", long_value, "ü€ß "]))
     order = {v: i + FIRST_INDEX for i, v in enumerate(vocab["k"].values)}
@@ -154,7 +150,7 @@ def test_infinite_numerics_follow_policy(spark, tmp_path: Path) -> None:  # type
 def test_all_null_and_constant_columns_build_with_warning(spark, tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     df = spark.createDataFrame([(None, "same", 4.0)] * 3, "n STRING, s STRING, c DOUBLE")
     cfg = tiny_cfg(tmp_path, "columns.categorical=[n, s]", "columns.numeric=[c]")
-    with caplog.at_level(logging.WARNING, logger="embedlib.vocab"):
+    with caplog.at_level(logging.WARNING, logger="embedlib"):
         vocab = build_vocabulary(spark, df, cfg, source="t")
     assert vocab["n"].values == () and vocab["n"].null_count == 3
     assert vocab["s"].values == ("same",)
@@ -192,7 +188,7 @@ def test_bad_input_fails_before_any_spark_job(spark, tmp_path: Path, ddl: str, s
 
 
 def run_vocab_job_on(spark, df, cfg: Config) -> None:  # type: ignore[no-untyped-def]
-    write_vocabulary(spark, build_vocabulary(spark, df, cfg, source="t"), cfg.layout.vocab)
+    write_vocabulary(tables_of(spark), build_vocabulary(spark, df, cfg, source="t"), cfg.layout.vocab)
 
 
 def test_empty_source_is_an_error_and_writes_nothing(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -204,7 +200,7 @@ def test_empty_source_is_an_error_and_writes_nothing(spark, tmp_path: Path) -> N
 
 
 def test_duplicate_declaration_is_a_config_error(tmp_path: Path) -> None:
-    from embedlib.config import ConfigError
+    from embedlib.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="declares column 'a' twice"):
         tiny_cfg(tmp_path, "columns.categorical=[a, b, a]")
@@ -215,22 +211,20 @@ def test_duplicate_declaration_is_a_config_error(tmp_path: Path) -> None:
 
 def test_arrow_and_spark_engines_give_the_same_table(spark, adult_cfg: Config, tmp_path: Path,  # type: ignore[no-untyped-def]
                                                      delta_engine: str) -> None:
-    from embedlib.tables import source_files, write_table
-
-    df = read_source(spark, adult_cfg.source)
+    df = tables_of(spark, delta_engine).read_source(adult_cfg.source)
     parquet = str(tmp_path / "adult_pq")
     df.repartition(5).write.parquet(parquet)
     delta = str(tmp_path / "adult_delta")
-    write_table(spark, df.repartition(3), delta)
+    tables_of(spark, delta_engine).write(df.repartition(3), delta)
     reference = build_vocabulary(spark, df, adult_cfg, source="adult")
     for path, fmt in ((parquet, "parquet"), (delta, "delta")):
         cfg = load_config([], [f"output_dir={tmp_path}", f"source.path={path}", f"source.format={fmt}",
                                f"columns.categorical={list(adult_cfg.columns.categorical)}",
                                f"columns.numeric={list(adult_cfg.columns.numeric)}",
                                f"columns.log1p={list(adult_cfg.columns.log1p)}"])
-        files = source_files(spark, cfg.source, cfg.feature_columns)
+        files = tables_of(spark, delta_engine).source_files(cfg.source, cfg.feature_columns)
         assert files is not None and len(files) == (5 if fmt == "parquet" else 3)
-        src = read_source(spark, cfg.source)
+        src = tables_of(spark, delta_engine).read_source(cfg.source)
         arrow = build_vocabulary(spark, src, cfg, source="adult", files=files)
         rows = build_vocabulary(spark, src, cfg.__class__(**{**cfg.__dict__, "vocab": cfg.vocab.__class__(
             **{**cfg.vocab.__dict__, "engine": "spark"})}), source="adult")
@@ -248,9 +242,8 @@ def test_arrow_engine_splits_a_large_file_by_row_groups(spark, tmp_path: Path) -
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
-    from embedlib.tables import source_files
-    from embedlib.vocab.arrow_engine import work_units
-    from embedlib.vocab.spark_engine import units_frame
+    from embedlib.core.vocab.arrow_engine import work_units
+    from embedlib.spark.vocab.spark_engine import units_frame
 
     slots = spark.sparkContext.defaultParallelism * 2
     assert work_units(["a", "b"], 4) == [("a", 0, 2), ("a", 1, 2), ("b", 0, 2), ("b", 1, 2)]
@@ -262,14 +255,14 @@ def test_arrow_engine_splits_a_large_file_by_row_groups(spark, tmp_path: Path) -
     pq.write_table(table, tmp_path / "one" / "part-0.parquet", row_group_size=1_000)  # 7 row groups, 1 file
     cfg = load_config([], [f"output_dir={tmp_path}", f"source.path={tmp_path / 'one'}", "source.format=parquet",
                            "columns.categorical=[s]", "columns.numeric=[x]", "vocab.min_count=1"])
-    files = source_files(spark, cfg.source, cfg.feature_columns)
+    files = tables_of(spark).source_files(cfg.source, cfg.feature_columns)
     assert files is not None and len(files) == 1
     units = units_frame(spark, files)  # what the engine's tasks read: one file, a part per slot, one per task
     per_task = units.groupBy(F.spark_partition_id().alias("task")).agg(F.count("*").alias("n"), F.max("parts"))
     assert sorted(tuple(r) for r in per_task.collect()) == [(k, 1, slots) for k in range(slots)]
     two = units_frame(spark, files * 2).groupBy(F.spark_partition_id()).count().collect()  # the bug's shape: 2 files
     assert len(two) == slots and {r["count"] for r in two} == {1}
-    arrow = build_vocabulary(spark, read_source(spark, cfg.source), cfg, source="t", files=files)
+    arrow = build_vocabulary(spark, tables_of(spark).read_source(cfg.source), cfg, source="t", files=files)
     in_memory = build_vocabulary_in_memory(table, cfg, source="t")  # every row group counted once
     assert arrow.to_arrow().equals(in_memory.to_arrow())
     assert arrow["s"].null_count == in_memory["s"].null_count == sum(v is None for v in table["s"].to_pylist())
@@ -284,12 +277,11 @@ def test_arrow_engine_on_tiny_edge_cases(spark, tmp_path: Path) -> None:  # type
     base = [f"output_dir={tmp_path}", f"source.path={path}", "source.format=parquet",
             "columns.categorical=[code, s]", "columns.numeric=[x]", "vocab.min_count=1",
             "vocab.trim=true", "vocab.lowercase=true"]
-    from embedlib.tables import source_files
 
     a_cfg = load_config([], base)
     s_cfg = load_config([], [*base, "vocab.engine=spark"])
-    src = read_source(spark, a_cfg.source)
-    arrow = build_vocabulary(spark, src, a_cfg, source="t", files=source_files(spark, a_cfg.source, a_cfg.feature_columns))
+    src = tables_of(spark).read_source(a_cfg.source)
+    arrow = build_vocabulary(spark, src, a_cfg, source="t", files=tables_of(spark).source_files(a_cfg.source, a_cfg.feature_columns))
     rows_v = build_vocabulary(spark, src, s_cfg, source="t")
     assert arrow.to_arrow().equals(rows_v.to_arrow())
     in_memory = build_vocabulary_in_memory(src.toArrow(), a_cfg, source="t")

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import embedlib
-from embedlib.heads import SLACK, _could_win
-from embedlib.model import (
+from embedlib.core.heads import SLACK, _could_win
+from embedlib.core.model import (
     AdaptiveHead,
     EmbeddingAutoencoder,
     ModelSpec,
@@ -173,7 +173,7 @@ def test_warm_start_from_a_bundle_written_before_buckets() -> None:
     from is normalised over all 70,000 values and gives each old cluster's values the parent's probability."""
     from types import SimpleNamespace
 
-    from embedlib.train.warm import warm_weights
+    from embedlib.core.train.warm import warm_weights
 
     spec = ModelSpec.build(["a", "b"], [50, 70_000], ["x"], adaptive_above=10_000)
     assert spec.cutoffs_of(1) == (256, 4_096) and spec.bucket_of(1) == 1_024
@@ -230,8 +230,8 @@ def wide_frame() -> pd.DataFrame:
 def small_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
     """Columns wider than 1,026 rows get a plain cluster [256, 1,024) and the rest in buckets of 256 — the
     shape of a 100,000-value column's head (clusters to 4,096, buckets of 1,024) at a size tests train."""
-    monkeypatch.setattr("embedlib.model.ADAPTIVE_CUTOFFS", (256, 1_024))
-    monkeypatch.setattr("embedlib.model.BUCKET", 256)
+    monkeypatch.setattr("embedlib.core.model.ADAPTIVE_CUTOFFS", (256, 1_024))
+    monkeypatch.setattr("embedlib.core.model.BUCKET", 256)
 
 
 @pytest.mark.parametrize("buckets", [False, True])
@@ -258,7 +258,7 @@ def test_wide_column_trains_and_scores_in_memory(wide_frame: pd.DataFrame, tmp_p
     np.testing.assert_allclose(sums, scores["anomaly_score"].to_numpy(), atol=1e-9)
     assert scores["contributions"].iloc[0]["group"] > np.median([c["group"] for c in scores["contributions"]])
     with pytest.MonkeyPatch.context() as mp:  # passes of 64 rows give the same numbers as one of 500
-        mp.setattr("embedlib.model.PASS_ROWS", 64)
+        mp.setattr("embedlib.core.model.PASS_ROWS", 64)
         assert bundle.model.pass_rows == 64
         again = bundle.score_frame(rows)
     np.testing.assert_allclose(again["anomaly_score"].to_numpy(), scores["anomaly_score"].to_numpy(), atol=1e-6)
@@ -280,10 +280,10 @@ def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: 
     falls in it (it runs on zero rows). The head has a plain cluster and a bucketed one (small_buckets), and
     the `user` table (2,502 rows, above ``train.lazy_above``) takes sparse gradients, which DDP reduces
     over gloo as indices and values, and the lazy Adam."""
-    from embedlib.bundle import load_bundle
-    from embedlib.config import load_config
-    from embedlib.train import run_train_job
-    from embedlib.vocab import run_vocab_job
+    from embedlib.core.bundle import load_bundle
+    from embedlib.core.config import load_config
+    from embedlib.spark.train import run_train_job
+    from embedlib.spark.vocab import run_vocab_job
 
     small_buckets(monkeypatch)
     wide_frame.to_parquet(tmp_path / "wide.parquet", index=False)
@@ -305,8 +305,8 @@ def test_wide_column_trains_with_ddp(spark, wide_frame: pd.DataFrame, tmp_path: 
 
 
 def test_pass_rows_bound_the_logits_of_a_wide_full_softmax() -> None:
-    from embedlib.heads import CLUSTER_LOGITS
-    from embedlib.model import PASS_LOGITS, PASS_ROWS, EmbeddingAutoencoder
+    from embedlib.core.heads import CLUSTER_LOGITS
+    from embedlib.core.model import PASS_LOGITS, PASS_ROWS, EmbeddingAutoencoder
 
     def model(adaptive_above: int | None) -> EmbeddingAutoencoder:
         return EmbeddingAutoencoder(ModelSpec.build(["c", "d"], [100_000, 40], ["x"], hidden=(16, 8), bottleneck=4,

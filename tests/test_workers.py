@@ -5,26 +5,25 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow as pa
 
-from embedlib.bundle import load_bundle
+from embedlib.core.bundle import load_bundle
 
-from .conftest import ADULT_TEST
+from .conftest import ADULT_TEST, tables_of
 
 
 def test_bundle_is_loaded_once_per_python_worker_across_many_batches(spark, adult_trained) -> None:  # type: ignore[no-untyped-def]
     from pyspark.sql.types import LongType, StructField
 
-    from embedlib.tables import read_table
-    from embedlib.workers import map_with_bundle
+    from embedlib.spark.workers import map_with_bundle
 
     cfg, result = adult_trained
     bundle = load_bundle(result.bundle_path)
-    df = read_table(spark, str(ADULT_TEST), format="csv", options=dict(cfg.source.options),
+    df = tables_of(spark).read(str(ADULT_TEST), format="csv", options=dict(cfg.source.options),
                     schema=cfg.source.schema).repartition(4)
 
     def loads(b, features: pa.Table) -> dict[str, pa.Array]:  # type: ignore[no-untyped-def]
         import os
 
-        from embedlib.workers import bundle_loads
+        from embedlib.spark.workers import bundle_loads
 
         n = features.num_rows
         return {"pid": pa.array([os.getpid()] * n, pa.int64()),
@@ -58,9 +57,9 @@ def test_a_large_bundle_is_read_from_its_path_by_each_worker_and_scores_the_same
     import numpy as np
     import pytest
 
-    from embedlib import workers
-    from embedlib.bundle import BundleError, save_bundle
-    from embedlib.score import score_frame
+    from embedlib.core.bundle import BundleError, save_bundle
+    from embedlib.spark import workers
+    from embedlib.spark.score import score_frame
     from tests.conftest import adult_pandas
 
     shared = load_bundle(adult_trained[1].bundle_path)

@@ -22,16 +22,21 @@ IsolationForest, both fitted on the run's source. It writes into
 (per-column mean nats of flagged vs unflagged rows).
 
 The figures are built on matplotlib's Agg canvas (no display, no pyplot state)
-and written as bytes through :mod:`embedlib.layout`, so the run directory may be
+and written as bytes through :mod:`embedlib.core.layout`, so the run directory may be
 remote. scikit-learn and matplotlib come with ``pip install 'embedlib[evaluate]'``.
 """
 
 from __future__ import annotations
 
-from embedlib.evaluate.job import Evaluation, run_evaluate_job
-from embedlib.evaluate.metrics import METHODS, MethodMetrics, column_means, detection_metrics, plant_anomalies
-from embedlib.evaluate.options import LABEL_FORMATS, EvaluateError, EvaluateOptions
-from embedlib.evaluate.plots import (
+from embedlib.core.evaluate.metrics import (
+    METHODS,
+    MethodMetrics,
+    column_means,
+    detection_metrics,
+    plant_anomalies,
+)
+from embedlib.core.evaluate.options import LABEL_FORMATS, EvaluateError, EvaluateOptions
+from embedlib.core.evaluate.plots import (
     FIGURES,
     contributions_figure,
     png_bytes,
@@ -39,7 +44,8 @@ from embedlib.evaluate.plots import (
     roc_figure,
     score_histogram,
 )
-from embedlib.evaluate.rows import EvalSet, baseline_scores, labelled_set, planted_set, training_rows
+from embedlib.evaluate.job import Evaluation, run_evaluate_job
+from embedlib.spark.evaluate.rows import EvalSet, baseline_scores, labelled_set, planted_set, training_rows
 
 __all__ = [
     "FIGURES",

@@ -10,21 +10,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from embedlib.evaluate.metrics import MethodMetrics, column_means, detection_metrics
-from embedlib.evaluate.options import EvaluateError, EvaluateOptions
-from embedlib.evaluate.plots import (
+from embedlib.core.evaluate.metrics import MethodMetrics, column_means, detection_metrics
+from embedlib.core.evaluate.options import EvaluateError, EvaluateOptions
+from embedlib.core.evaluate.plots import (
     contributions_figure,
     png_bytes,
     precision_recall_figure,
     roc_figure,
     score_histogram,
 )
-from embedlib.evaluate.rows import baseline_scores, labelled_set, planted_set, training_rows
+from embedlib.spark.evaluate.rows import baseline_scores, labelled_set, planted_set, training_rows
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-    from embedlib.config import Config
+    from embedlib.core.config import Config
 
 __all__ = ["Evaluation", "run_evaluate_job"]
 
@@ -63,15 +63,15 @@ def _require_extras() -> None:
 
 def run_evaluate_job(spark: SparkSession, cfg: Config, opts: EvaluateOptions) -> Evaluation:
     """Evaluate the run's bundle; write metrics and figures to ``<run>/evaluation/``."""
-    from embedlib.bundle import load_bundle
-    from embedlib.layout import write_bytes_atomic, write_text_atomic
-    from embedlib.tables import use_engine
+    from embedlib.core.bundle import load_bundle
+    from embedlib.core.layout import write_bytes_atomic, write_text_atomic
+    from embedlib.spark.tables import open_tables
 
     opts.check()
     _require_extras()
-    use_engine(spark, cfg.delta)
+    tables = open_tables(spark, cfg.delta)
     bundle = load_bundle(cfg.layout.bundle)
-    data = planted_set(spark, cfg, bundle, opts) if opts.plant is not None else labelled_set(spark, cfg, bundle, opts)
+    data = planted_set(tables, cfg, bundle, opts) if opts.plant is not None else labelled_set(tables, cfg, bundle, opts)
     positives = int(data.labels.sum())
     top_k = opts.top_k or max(positives, 1)
     # the raw NLL ("ours") and, for bundles that have it, the calibrated score, each at its own threshold;
@@ -87,7 +87,7 @@ def run_evaluate_job(spark: SparkSession, cfg: Config, opts: EvaluateOptions) ->
     if opts.baselines:
         assert data.features is not None
         log.info("fitting the baselines on the run's source")
-        train = training_rows(spark, cfg, bundle, max_rows=opts.max_rows, seed=opts.seed)
+        train = training_rows(tables, cfg, bundle, max_rows=opts.max_rows, seed=opts.seed)
         for method, (s, t) in baseline_scores(train, bundle.encoder.arrays(data.features), bundle, cfg).items():
             scores[method], thresholds[method] = s, t
     methods = tuple(

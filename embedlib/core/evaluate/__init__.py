@@ -1,0 +1,1 @@
+"""Measuring detection quality without Spark: the options, planting and metrics, the figures."""

@@ -1,0 +1,1 @@
+"""The rows ``embedlib evaluate`` scores (planted or labelled), read and scored with Spark."""
