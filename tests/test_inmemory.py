@@ -87,7 +87,7 @@ def test_fit_from_arrow_equals_fit_from_pandas_and_bad_input(tmp_path: Path) -> 
     assert a.manifest["files"]["weights.safetensors"] == b.manifest["files"]["weights.safetensors"]
     # model.size auto without Spark: the candidates train one after another in this process
     auto = embedlib.fit(frame, categorical=CATEGORICAL, numeric=NUMERIC, output_dir=str(tmp_path / "auto"),
-                        settings={**quick, "model.size": "auto", "model.search_seconds": 30})
+                        settings={**quick, "model.size": "auto", "model.search_steps": 200})
     search = auto.manifest["metrics"]["size_search"]
     assert set(search["trials"]) == {"small", "medium", "large"} and search["size"] in search["trials"]
     assert auto.manifest["metrics"]["model_size"] == search["size"]

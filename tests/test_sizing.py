@@ -9,6 +9,7 @@ import pytest
 
 from embedlib.core.bundle import load_bundle
 from embedlib.core.config import ConfigError, load_config
+from embedlib.core.train.errors import TrainError
 from embedlib.core.train.sizing import SIZE_TOLERANCE, SIZES, candidates, compare_at_equal_steps, resolve_size
 
 from .conftest import copy_vocab, train_cfg
@@ -42,6 +43,7 @@ def test_explicit_keys_win_over_every_size() -> None:
 
 @pytest.mark.parametrize(("override", "key"), [("model.size=huge", "model.size"),
                                                 ("model.search_seconds=0", "model.search_seconds"),
+                                                ("model.search_steps=0", "model.search_steps"),
                                                 ("model.search_rows=0", "model.search_rows")])
 def test_bad_size_settings_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key):
@@ -95,22 +97,30 @@ def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_tr
     assert tuple(bundle.manifest["model_config"]["hidden"]) == SIZES[expected].hidden
 
 
-def test_the_search_is_bounded_in_time(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """With a tiny model.search_seconds every trial stops after its first epoch, and says why."""
+def test_the_search_is_bounded_in_steps_and_its_clock_only_guards(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Every trial stops after model.search_steps steps, compared there, and trains the run's own
+    schedule; a clock guard the trials reach fails the run naming the keys (no choice by the clock)."""
     from embedlib.spark.train import run_train_job
 
     cfg, _ = adult_trained
-    run = train_cfg(tmp_path, "model.size=auto", "train.max_rows=3000", "train.epochs=4",
-                    "model.search_rows=1000", "model.search_seconds=0.01", "model.bottleneck=4")
+    sets = ("model.size=auto", "train.max_rows=3000", "train.epochs=4", "model.search_rows=1000",
+            "model.bottleneck=4")
+    run = train_cfg(tmp_path / "steps", *sets, "model.search_steps=150")
     copy_vocab(cfg, run)
     result = run_train_job(spark, run)
     search = result.metrics["size_search"]
     trials = search["trials"]
-    assert trials and all(t["epochs_run"] == 1 and t["stopped"] == "time" for t in trials.values())
-    # stopped by the clock: compared at the same steps (one epoch each, here)
-    assert search["compared_at_steps"] == min(t["steps"] for t in trials.values()) > 0
+    # an epoch is at least 100 steps: the first ends at 100, the second where the bound stops it
+    assert trials and all(t["steps"] == 150 and t["stopped"] == "steps" and t["epochs_run"] == 2
+                          for t in trials.values())
+    assert search["compared_at_steps"] == 150
     assert all(t["compared_loss"] == t["validation_loss"] for t in trials.values())
     assert not any(t["converged"] for t in trials.values())
     # the explicit bottleneck won in every trial and in the bundle
     assert load_bundle(result.bundle_path).spec.bottleneck == 4
-    assert result.metrics["epochs_run"] == 4  # the run itself is not bounded by the search's clock
+    assert result.metrics["epochs_run"] == 4  # the run itself is not bounded by the search
+    late = train_cfg(tmp_path / "late", *sets, "model.search_seconds=0.01")
+    copy_vocab(cfg, late)
+    with pytest.raises(TrainError, match=r"trial reached its share of model.search_seconds .* raise "
+                                         r"model.search_seconds, lower model.search_steps"):
+        run_train_job(spark, late)

@@ -147,9 +147,13 @@ class ModelConfig:
     ``size`` sets ``hidden``, ``bottleneck`` and ``max_embedding_dim`` together
     (:data:`embedlib.core.train.sizing.SIZES`): ``small``, ``medium`` or ``large``, or
     ``auto`` (the default), which trains each size on a sample of the training
-    rows (``search_rows``), as Spark tasks in parallel, within ``search_seconds``,
-    and keeps the one with the lowest validation NLL (the smaller of two within
-    1 %). Any of the three keys set explicitly wins over every size.
+    rows (``search_rows``), as Spark tasks in parallel, each for at most
+    ``search_steps`` optimizer steps (the first steps of the run it stands for: the
+    same warm-up and schedule), and keeps the one with the lowest validation NLL at
+    equal steps (the smaller of two within 1 %): the same choice on an idle or a
+    busy machine. ``search_seconds`` is the search's clock guard, not its bound: a
+    trial that reaches its share fails the run. Any of the three keys set
+    explicitly wins over every size.
 
     A categorical with more than ``adaptive_above`` embedding rows gets an adaptive
     softmax head (:class:`embedlib.core.heads.AdaptiveHead`: exact nats at a fraction of
@@ -166,7 +170,8 @@ class ModelConfig:
     mask_rate: float = 0.5
     size: ModelSize = "auto"
     search_rows: int = 50_000
-    search_seconds: float = 600.0
+    search_steps: int = 4_000
+    search_seconds: float = 3_600.0
     adaptive_above: int | None = 1_000
 
     @property

@@ -107,6 +107,8 @@ def _validate_training(cfg: Config, err: Any) -> None:
         raise err("model.masks", f"must be at least 1 or null (one mask per column), got {m.masks}")
     if m.search_rows < 1:
         raise err("model.search_rows", f"must be at least 1, got {m.search_rows}")
+    if m.search_steps < 1:
+        raise err("model.search_steps", f"must be at least 1, got {m.search_steps}")
     if not m.search_seconds > 0:
         raise err("model.search_seconds", f"must be positive, got {m.search_seconds}")
     if not 0.0 < m.mask_rate <= 1.0:

@@ -15,8 +15,9 @@ plateau``) stays until the validation NLL stops improving by
 cut by ``LR_DECAY``; the plateau after ``MAX_DECAYS`` cuts ends training — it
 *converged*. The step budget (``train.max_steps``; by default sized from the
 data, :func:`step_budget`) and ``train.epochs`` are safety caps: a run they stop
-has not converged, and says so; so is ``TrainJob.max_seconds`` (the size search's
-time bound). The best-validation weights are kept.
+has not converged, and says so; so are ``TrainJob.stop_steps`` (the size search's
+bound: the trial is the first steps of the run it stands for, warm-up and schedule
+unchanged) and ``TrainJob.max_seconds`` (its clock guard). The best-validation weights are kept.
 
 Every epoch ends with a validation pass over all ranks and a checkpoint written
 by rank 0 (the :class:`~embedlib.core.train.checkpoint.CheckpointStore`); a rerun on
@@ -82,6 +83,7 @@ class TrainJob:
     use_gpu: bool = False
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
     max_seconds: float | None = None  # stop (not converged) once an epoch ends past this many seconds
+    stop_steps: int | None = None  # stop (not converged) after this many steps, the schedule left the full run's
     progress: bool = True  # a progress bar on stderr when training alone (not in Spark tasks)
     init: Mapping[str, torch.Tensor] | None = None  # starting weights (train.warm_start); None: fresh
     lazy_above: int | None = TrainConfig.lazy_above  # wider embedding tables: sparse gradients (CPU); None: all dense
@@ -236,6 +238,9 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         if state.epoch >= max_epochs:
             state.stopped = "epochs"
             break
+        if job.stop_steps is not None and state.steps >= job.stop_steps:
+            state.stopped = "steps"
+            break
         if budget and state.steps >= budget:
             state.stopped = "budget"
             break
@@ -244,7 +249,8 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         gen = torch.Generator(device="cpu").manual_seed(job.seed * 1_000_003 + epoch * 1009 + coll.rank)
         net.train()
         total = torch.zeros(2, dtype=torch.float64)
-        todo = epoch_steps if not budget else min(epoch_steps, budget - state.steps)
+        cap = min(budget or math.inf, math.inf if job.stop_steps is None else job.stop_steps)
+        todo = epoch_steps if cap == math.inf else min(epoch_steps, int(cap) - state.steps)
         bar = _progress(todo, epoch) if show_bar else None
         for step, enc in enumerate(_epoch_batches(job, train_files, batch_size, epoch, coll.rank, passes)):
             if step >= todo:
@@ -298,7 +304,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     for hook in hooks:
         hook.remove()
     converged = state.stopped == "plateau"
-    if coll.rank == 0 and not converged and state.stopped != "time":
+    if coll.rank == 0 and not converged and state.stopped not in ("time", "steps"):
         log.warning(
             "training stopped at its %s (%d steps, %d epochs) before the validation loss stopped improving "
             "(best epoch %d of %d); the model may be under-trained: raise train.%s",

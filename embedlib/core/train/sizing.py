@@ -6,12 +6,14 @@ A *size* sets the encoder widths, the bottleneck and the embedding cap together
 ``model.size: auto`` each distinct candidate trains with the same loop and
 schedule on a sample of the encoded shards (whole training files up to
 ``model.search_rows`` rows, validation files up to a quarter of that), one Spark
-task per candidate so that they run in parallel, each stopped at its share of
-``model.search_seconds``; the lowest validation NLL wins — the unsupervised
-model-selection criterion, no labels needed — compared at equal optimizer steps
-when the clock stopped trials (:func:`compare_at_equal_steps`), except that the
-smallest size within ``SIZE_TOLERANCE`` of it is preferred (cheaper to score,
-and as good).
+task per candidate so that they run in parallel, each stopped after
+``model.search_steps`` optimizer steps (or on its plateau, before); the lowest
+validation NLL wins — the unsupervised model-selection criterion, no labels
+needed — compared at equal optimizer steps (:func:`compare_at_equal_steps`),
+except that the smallest size within ``SIZE_TOLERANCE`` of it is preferred
+(cheaper to score, and as good). Bounded in steps, the search chooses the same
+size on an idle or a busy machine; ``model.search_seconds`` is only a guard: a
+trial that reaches its share of it fails the run, naming the keys to change.
 """
 
 from __future__ import annotations
@@ -160,10 +162,10 @@ def choose_size(model: ModelConfig, shards: ShardSet, trial_job: Callable[[str, 
     active: TrialRunner = runner if runner is not None else InProcessTrials()
     slots = max(1, min(len(cands), active.slots))
     per_trial = model.search_seconds / math.ceil(len(cands) / slots)
-    jobs = [(name, replace(trial_job(name, m, sample), max_seconds=per_trial, threads=active.threads, progress=False))
-            for name, m in cands.items()]
-    log.info("model.size auto: training %s on %d rows (validation %d), %d at a time, at most %.0f s each",
-             ", ".join(cands), sample.train_rows, sample.valid_rows, slots, per_trial)
+    jobs = [(name, replace(trial_job(name, m, sample), stop_steps=model.search_steps, max_seconds=per_trial,
+                           threads=active.threads, progress=False)) for name, m in cands.items()]
+    log.info("model.size auto: training %s on %d rows (validation %d), %d at a time, %d steps each (guard: %.0f s)",
+             ", ".join(cands), sample.train_rows, sample.valid_rows, slots, model.search_steps, per_trial)
     started = time.perf_counter()
     try:
         results = dict(active.run(jobs))
@@ -172,6 +174,15 @@ def choose_size(model: ModelConfig, shards: ShardSet, trial_job: Callable[[str, 
 
         raise TrainError(f"model.size auto: a trial failed: {first_line(exc)}; set model.size to "
                          "small, medium or large to train without the search") from exc
+    late = {n: r for n, r in results.items() if r.get("stopped") == "time"}
+    if late:
+        name, r = next(iter(late.items()))
+        raise TrainError(
+            f"model.size auto: the {name} trial reached its share of model.search_seconds ({per_trial:.0f} s of "
+            f"{model.search_seconds:g} s) after {r['steps']} of model.search_steps={model.search_steps} steps; the "
+            "search is bounded in steps so that the same data and seed choose the same size on any machine, and "
+            "the clock is only its guard: raise model.search_seconds, lower model.search_steps or "
+            "model.search_rows, or set model.size to small, medium or large")
     horizon, compared = compare_at_equal_steps(results)
     best = min(compared.values())
     chosen = next(n for n in cands if compared[n] <= best + SIZE_TOLERANCE * abs(best))
@@ -187,12 +198,12 @@ def choose_size(model: ModelConfig, shards: ShardSet, trial_job: Callable[[str, 
 def compare_at_equal_steps(results: Mapping[str, Mapping[str, Any]]) -> tuple[int | None, dict[str, float]]:
     """Each trial's validation NLL to choose by, at the same number of optimizer steps.
 
-    The final run is bounded in steps, not seconds, so sizes are compared at equal steps: when the
-    clock stopped some trials, each trial counts its best NLL within the steps the least advanced of
-    those reached (``horizon``; epochs have the same length in every trial, so every trial was
-    evaluated there). A faster, smaller model's extra steps in the same seconds do not count for it.
-    A trial that converged before the horizon counts its best. Returns ``(horizon or None, NLLs)``."""
-    timed = [int(r["steps"]) for r in results.values() if r.get("stopped") == "time"]
+    Sizes are compared at equal steps: when trials were stopped short of their plateau (by
+    ``model.search_steps``, or — in bundles of earlier versions — by the clock), each trial counts its
+    best NLL within the steps the least advanced of those reached (``horizon``; epochs have the same
+    length in every trial, so every trial was evaluated there). A trial that converged before the
+    horizon counts its best. Returns ``(horizon or None, NLLs)``."""
+    timed = [int(r["steps"]) for r in results.values() if r.get("stopped") in ("steps", "time")]
     horizon = min(timed) if timed else None
     compared: dict[str, float] = {}
     for name, r in results.items():
