@@ -117,6 +117,19 @@ def test_layout_derives_every_path(tmp_path: Path) -> None:
     assert RunLayout("s3a://b/x", "r").vocab == "s3a://b/x/r/vocab"
 
 
+def test_a_run_s_paths_are_resolved_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A configuration resolves its layout once and hands the same paths down: a relative output_dir
+    does not move when the working directory changes during the run."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config([BASE_CONF], ["output_dir=runs", "name=r", "source.path=x.csv"])
+    layout = cfg.layout
+    assert cfg.layout is layout and layout.root == str(tmp_path / "runs" / "r")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert cfg.layout.scores == str(tmp_path / "runs" / "r" / "scores")
+    assert load_config([BASE_CONF], ["output_dir=runs", "name=r", "source.path=x.csv"]).layout.root == str(tmp_path / "elsewhere" / "runs" / "r")
+
+
 def test_adult_conf_loads() -> None:
     cfg = load_config([BASE_CONF, ADULT_CONF])
     assert cfg.name == "adult-demo"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -226,8 +227,7 @@ def test_arrow_and_spark_engines_give_the_same_table(spark, adult_cfg: Config, t
         assert files is not None and len(files) == (5 if fmt == "parquet" else 3)
         src = tables_of(spark, delta_engine).read_source(cfg.source)
         arrow = build_vocabulary(spark, src, cfg, source="adult", files=files)
-        rows = build_vocabulary(spark, src, cfg.__class__(**{**cfg.__dict__, "vocab": cfg.vocab.__class__(
-            **{**cfg.vocab.__dict__, "engine": "spark"})}), source="adult")
+        rows = build_vocabulary(spark, src, replace(cfg, vocab=replace(cfg.vocab, engine="spark")), source="adult")
         assert arrow.to_arrow().equals(reference.to_arrow()), fmt
         assert arrow.content_hash == rows.content_hash == reference.content_hash, fmt
         in_memory = build_vocabulary_in_memory(src.toArrow(), cfg, source="adult")  # embedlib.fit's, no Spark

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -166,8 +167,10 @@ class RunLayout:
             return join(self.root, table)
         return f"{self.output_schema}.{re.sub(r'[^A-Za-z0-9_]', '_', self.name)}_{table}"
 
-    @property
+    @cached_property
     def root(self) -> str:
+        """``<output_dir>/<name>``, resolved (a relative local folder against the working directory) and
+        checked once, when first asked: a run's paths do not move if the working directory does."""
         base = self.output_dir if has_scheme(self.output_dir) else os.path.abspath(self.output_dir)
         return check_path(join(base, self.name), what="run directory")
 

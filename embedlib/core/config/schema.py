@@ -7,6 +7,7 @@ them, never rename or drop them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -354,10 +355,10 @@ class Config:
     delta: DeltaConfig = field(default_factory=DeltaConfig)
     drift: DriftConfig = field(default_factory=DriftConfig)
 
-    @property
+    @functools.cached_property
     def layout(self) -> RunLayout:
         """Every path (or catalog table) this run reads or writes, derived from
-        ``output_dir``/``name`` and ``output_schema``."""
+        ``output_dir``/``name`` and ``output_schema`` once per configuration and handed down with it."""
         return RunLayout(self.output_dir, self.name, self.output_schema)
 
     @property
