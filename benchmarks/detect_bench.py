@@ -1,7 +1,9 @@
 """Detection quality on real tables: embedlib's default and variants beside unsupervised baselines.
 
-    .venv/bin/python benchmarks/detect_bench.py [--tables adult diamonds insteval flights mht]
-        [--seeds 0 1 2] [--rates 0.02 0.05] [--variants default nats autoencoder "first version"]
+    .venv/bin/python benchmarks/detect_bench.py [--tables adult diamonds insteval flights mht
+        computers males budgetuk star] [--seeds 0 1 2] [--rates 0.02 0.05] [--plantings 5]
+        [--variants default nats autoencoder "first version"] [--baselines iforest mse knn gbt frac
+        pyod-lunar pyod-lof pyod-knn pyod-ecod pyod-iforest pyod-autoencoder]
         [--max-eval-rows 20000] [--baseline-rows 20000] [--json out.json]
 
 Protocol (the README's, from ``shared/datasets/README.md``): per seed, the rows of a
@@ -27,6 +29,15 @@ Methods, all on the same rows in the same run:
 * GBT: "predict each column from the others" with gradient-boosted trees
   (scikit-learn's HistGradientBoosting); the row score is Σ −log p(observed) over
   categoricals (top 30 values + the rest) and Σ ½ z² of the residuals over numerics.
+* FRaC (``frac``): the FRaC-style reference of Noto et al. (2012): one HistGradientBoosting
+  model per column from all the others, each column's surprisal (−log p; Gaussian with σ from
+  out-of-fold residuals) minus its mean out-of-fold surprisal on the training rows, summed;
+* PyOD 3.x's LUNAR, LOF, KNN, ECOD, IForest and AutoEncoder (``pyod-*``) with their defaults on the
+  one-hot + standardized design (``pip install pyod``, in the ``bench`` extra).
+
+``--plantings K`` scores each split under K plantings (planting seeds s, s + 1000, …; every method
+fitted once per split): a small table's holdout has few planted rows. With ``frac`` among the
+baselines the report adds each method's paired AUROC difference to it, planting by planting.
 
 Baselines are fitted on a sample of at most ``--baseline-rows`` training rows.
 Prints one table per planted rate and the goals: embedlib's default beats every
@@ -85,6 +96,9 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
                        "train.lr_schedule=constant", "train.patience=3"], "nats"),
 }
 BASELINES = ("iforest", "mse", "knn", "gbt")
+#: The FRaC-style reference (Noto et al., 2012) and PyOD's detectors (``pip install pyod``; a benchmark
+#: extra, not a dependency of the library), on the one-hot + standardized design.
+REFERENCES = ("frac", "pyod-lunar", "pyod-lof", "pyod-knn", "pyod-ecod", "pyod-iforest", "pyod-autoencoder")
 STRONG = {"adult", "diamonds", "insteval", "flights", "mht"}  # tables whose columns have strong known dependencies
 GOAL_AUROC = 0.75
 
@@ -248,7 +262,131 @@ def fit_baseline(method: str, table: Table, train: pd.DataFrame, seed: int,
         return lambda frame: mse_scores(model, encoder.arrays(_features(table, frame)))
     if method == "gbt":
         return _gbt(table, train, seed)
+    if method == "frac":
+        return _frac(table, train, seed)
+    if method.startswith("pyod-"):
+        return _pyod(method.removeprefix("pyod-"), table, train, seed)
     raise ValueError(method)
+
+
+def _pyod(name: str, table: Table, train: pd.DataFrame, seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A PyOD 3.x detector with its defaults on the dense one-hot + standardized design (PyOD's maintainers'
+    advice for categoricals); the score is its ``decision_function`` (higher: more anomalous)."""
+    import torch
+    from pyod.models.auto_encoder import AutoEncoder
+    from pyod.models.ecod import ECOD
+    from pyod.models.iforest import IForest
+    from pyod.models.knn import KNN
+    from pyod.models.lof import LOF
+    from pyod.models.lunar import LUNAR
+
+    torch.manual_seed(seed)
+    make: dict[str, Callable[[], Any]] = {
+        "lunar": lambda: LUNAR(random_state=seed), "lof": LOF, "knn": KNN, "ecod": ECOD,
+        "iforest": lambda: IForest(random_state=seed),
+        "autoencoder": lambda: AutoEncoder(random_state=seed, verbose=0),
+    }
+    design = _Design(table, train)
+    detector = make[name]().fit(design.matrix(train).toarray().astype(np.float32))
+    return lambda frame: np.asarray(detector.decision_function(design.matrix(frame).toarray().astype(np.float32)))
+
+
+class _ColumnCodes:
+    """Each column as a number for trees: categoricals by training frequency rank (unseen, null: NaN)."""
+
+    def __init__(self, table: Table, train: pd.DataFrame) -> None:
+        self.cats, self.nums = list(table.categorical), list(table.numeric)
+        self.codes = {c: {v: i for i, v in enumerate(train[c].value_counts().index)} for c in self.cats}
+
+    def matrix(self, frame: pd.DataFrame) -> np.ndarray:
+        cols = [frame[c].map(self.codes[c]).to_numpy(dtype=float) for c in self.cats]
+        cols += [frame[c].to_numpy(dtype=float) for c in self.nums]
+        return np.column_stack(cols)
+
+    def categorical_mask(self, width: int, top: int = 250) -> list[bool]:
+        return [i < len(self.cats) and len(self.codes[self.cats[i]]) <= top for i in range(width)]
+
+
+def _frac(table: Table, train: pd.DataFrame, seed: int, folds: int = 5, top: int = 30
+          ) -> Callable[[pd.DataFrame], np.ndarray]:
+    """The FRaC-style reference (Noto et al., 2012): one gradient-boosted model per column (scikit-learn's
+    HistGradientBoosting, its defaults) predicting the column from all the others. A cell's surprisal is
+    ``−log p(value)`` for a categorical (its ``top`` values as classes; a rarer value is "the rest" times
+    its share of the rest) and the Gaussian ``−log N(residual; 0, σ)`` for a numeric, σ from the
+    out-of-fold residuals; each column's surprisal is calibrated by subtracting its mean out-of-fold
+    surprisal on the training rows (``folds``-fold), and a row's score is the sum over its columns. A
+    missing numeric adds nothing."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from sklearn.model_selection import KFold
+
+    codes = _ColumnCodes(table, train)
+    x_train = codes.matrix(train)
+    width = x_train.shape[1]
+    mask_all = codes.categorical_mask(width)
+    n_cats = len(codes.cats)
+
+    def classes_of(x: np.ndarray, j: int) -> np.ndarray:
+        y = np.nan_to_num(x[:, j], nan=-1.0)
+        return np.where((y >= 0) & (y < top), y, top)
+
+    def fit(j: int, rows: np.ndarray) -> Any:
+        keep = [i for i in range(width) if i != j]
+        mask = [mask_all[i] for i in keep]
+        if j < n_cats:
+            model = HistGradientBoostingClassifier(categorical_features=mask, random_state=seed)
+            return model.fit(x_train[rows][:, keep], classes_of(x_train[rows], j))
+        ok = rows[~np.isnan(x_train[rows, j])]
+        model = HistGradientBoostingRegressor(categorical_features=mask, random_state=seed)
+        return model.fit(x_train[ok][:, keep], x_train[ok, j])
+
+    shares = {c: _other_shares(train[c], top) for c in codes.cats}
+
+    def surprisal(j: int, model: Any, x: np.ndarray, values: pd.Series, sigma: float) -> np.ndarray:
+        keep = [i for i in range(width) if i != j]
+        if j < n_cats:
+            proba = model.predict_proba(x[:, keep])
+            index = {v: k for k, v in enumerate(model.classes_)}
+            col = classes_of(x, j).astype(int)
+            pos = np.array([index.get(v, -1) for v in col])
+            p = np.where(pos >= 0, proba[np.arange(len(col)), np.maximum(pos, 0)], 0.0)
+            share = np.array([shares[codes.cats[j]].get(v, 0.0) if k == top else 1.0 for k, v in zip(col, values)])
+            return -np.log(np.clip(p * share, 1e-12, 1.0))
+        y = x[:, j]
+        out = np.zeros(len(y))
+        ok = ~np.isnan(y)
+        if ok.any():
+            r = y[ok] - model.predict(x[ok][:, keep])
+            out[ok] = 0.5 * np.log(2 * np.pi * sigma**2) + 0.5 * (r / sigma) ** 2
+        return out
+
+    parts = list(KFold(folds, shuffle=True, random_state=seed).split(x_train))
+    columns: list[tuple[int, Any, float, float]] = []  # (column, model on every row, σ, mean OOF surprisal)
+    for j, c in enumerate(codes.cats + codes.nums):
+        oof = np.zeros(len(train))
+        resid: list[np.ndarray] = []
+        fold_models = [(fit(j, fit_rows), held) for fit_rows, held in parts]
+        sigma = 1.0
+        if j >= n_cats:
+            keep = [i for i in range(width) if i != j]
+            for model, held in fold_models:
+                y = x_train[held, j]
+                ok = ~np.isnan(y)
+                resid.append(y[ok] - model.predict(x_train[held][ok][:, keep]))
+            spread = float(np.std(np.concatenate(resid))) if resid else 0.0
+            sigma = spread if spread > 0 else 1e-6
+        for model, held in fold_models:
+            oof[held] = surprisal(j, model, x_train[held], train[c].iloc[held], sigma)
+        columns.append((j, fit(j, np.arange(len(train))), sigma, float(oof.mean())))
+
+    def score(frame: pd.DataFrame) -> np.ndarray:
+        x = codes.matrix(frame)
+        total = np.zeros(len(frame))
+        for j, model, sigma, mean in columns:
+            name = (codes.cats + codes.nums)[j]
+            total += surprisal(j, model, x, frame[name], sigma) - mean
+        return total
+
+    return score
 
 
 def _gbt(table: Table, train: pd.DataFrame, seed: int, top: int = 30) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -326,7 +464,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rates", nargs="+", type=float, default=[0.02, 0.05])
     parser.add_argument("--variants", nargs="+", default=["default", "nats", "autoencoder", "first version"],
                         choices=list(VARIANTS))
-    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=list(BASELINES))
+    parser.add_argument("--baselines", nargs="*", default=list(BASELINES), choices=[*BASELINES, *REFERENCES])
+    parser.add_argument("--plantings", type=int, default=1,
+                        help="plantings per split and rate (planting seeds seed, seed + 1000, …; every method "
+                             "fitted once per split): a small table's holdout has few planted rows")
     parser.add_argument("--max-eval-rows", type=int, default=20_000)
     parser.add_argument("--baseline-rows", type=int, default=20_000)
     parser.add_argument("--json", help="also write every figure to this file")
@@ -368,9 +509,9 @@ def main(argv: list[str] | None = None) -> None:
                     started = time.perf_counter()
                     scorers[method] = (fit_baseline(method, table, sample, seed, any_bundle),
                                        time.perf_counter() - started)
-                for rate in args.rates:
+                for rate, planting in [(r, k) for r in args.rates for k in range(args.plantings)]:
                     planted, labels = plant_anomalies(test, [*table.categorical, *table.numeric],
-                                                      fraction=rate, seed=seed)
+                                                      fraction=rate, seed=seed + 1000 * planting)
                     for method, (scorer, fit_seconds) in scorers.items():
                         started = time.perf_counter()
                         scores = np.nan_to_num(np.asarray(scorer(planted), dtype=float), nan=0.0, posinf=1e300)
@@ -379,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
                         cell.auroc.append(auroc)
                         cell.auprc.append(auprc)
                         cell.seconds.append(fit_seconds + time.perf_counter() - started)
-                    log.info("%s seed %d rate %.2f: %s", name, seed, rate, ", ".join(
+                    log.info("%s seed %d rate %.2f planting %d: %s", name, seed, rate, planting, ", ".join(
                         f"{m} {cells[(name, rate, m)].auroc[-1]:.3f}/{cells[(name, rate, m)].auprc[-1]:.3f}"
                         f" ({cells[(name, rate, m)].seconds[-1]:.0f}s)" for m in methods))
                 if args.json:  # what is measured so far survives an interrupted run
@@ -394,16 +535,22 @@ def _fmt(values: list[float], digits: int = 3) -> str:
 
 def _report(args: argparse.Namespace, methods: list[str], cells: dict[tuple[str, float, str], Cell],
             training: dict[tuple[str, str], list[dict[str, Any]]]) -> None:
-    print(f"seeds {args.seeds}; at most {args.max_eval_rows:,} held-out rows evaluated; baselines fitted on at most "
-          f"{args.baseline_rows:,} training rows\n")
+    print(f"seeds {args.seeds}, {args.plantings} planting(s) each; at most {args.max_eval_rows:,} held-out rows "
+          f"evaluated; baselines fitted on at most {args.baseline_rows:,} training rows\n")
+    paired = "frac" in methods
     for rate in args.rates:
         print(f"### planted {rate:.0%}\n")
-        print("| table | method | AUROC | AUPRC | seconds |")
-        print("|---|---|---|---|---|")
+        print("| table | method | AUROC | AUPRC | seconds |" + (" AUROC − frac (paired) |" if paired else ""))
+        print("|---|---|---|---|---|" + ("---|" if paired else ""))
         for name in args.tables:
             for method in methods:
                 cell = cells[(name, rate, method)]
-                print(f"| {name} | {method} | {_fmt(cell.auroc)} | {_fmt(cell.auprc)} | {np.mean(cell.seconds):.1f} |")
+                diff = ""
+                if paired:
+                    d = np.array(cell.auroc) - np.array(cells[(name, rate, "frac")].auroc)
+                    diff = f" {np.mean(d):+.3f} ± {np.std(d):.3f} |"
+                print(f"| {name} | {method} | {_fmt(cell.auroc)} | {_fmt(cell.auprc)} | {np.mean(cell.seconds):.1f} |"
+                      + diff)
         print()
     print("### training (mean over seeds)\n")
     print("| table | variant | size (seeds) | steps | epochs | best epoch | validation NLL | converged |")
