@@ -50,7 +50,7 @@ class TrainState:
     steps: int = 0  # optimizer steps taken
     decays: int = 0  # learning-rate cuts on plateaus so far
     plateau_ref: float = math.inf  # the loss an epoch must beat by train.min_improvement
-    stopped: str = ""  # "", "plateau" (converged), "budget", "epochs" or "time"
+    stopped: str = ""  # "", "plateau" (converged), "budget", "epochs", "steps" or "time"
 
 
 @dataclass(frozen=True)

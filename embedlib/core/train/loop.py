@@ -249,8 +249,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         gen = torch.Generator(device="cpu").manual_seed(job.seed * 1_000_003 + epoch * 1009 + coll.rank)
         net.train()
         total = torch.zeros(2, dtype=torch.float64)
-        cap = min(budget or math.inf, math.inf if job.stop_steps is None else job.stop_steps)
-        todo = epoch_steps if cap == math.inf else min(epoch_steps, int(cap) - state.steps)
+        todo = min([epoch_steps, *(limit - state.steps for limit in (budget, job.stop_steps) if limit)])
         bar = _progress(todo, epoch) if show_bar else None
         for step, enc in enumerate(_epoch_batches(job, train_files, batch_size, epoch, coll.rank, passes)):
             if step >= todo:

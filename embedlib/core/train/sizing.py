@@ -199,7 +199,7 @@ def compare_at_equal_steps(results: Mapping[str, Mapping[str, Any]]) -> tuple[in
     """Each trial's validation NLL to choose by, at the same number of optimizer steps.
 
     Sizes are compared at equal steps: when trials were stopped short of their plateau (by
-    ``model.search_steps``, or — in bundles of earlier versions — by the clock), each trial counts its
+    ``model.search_steps``; a trial the clock stopped counts the same way), each trial counts its
     best NLL within the steps the least advanced of those reached (``horizon``; epochs have the same
     length in every trial, so every trial was evaluated there). A trial that converged before the
     horizon counts its best. Returns ``(horizon or None, NLLs)``."""
