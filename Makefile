@@ -53,6 +53,7 @@ typecheck: setup
 
 bench: setup
 	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m pip install --quiet --no-deps deepod==0.4.1  # pins torch<1.13.1; runs on ours
 	$(PY) benchmarks/detect_bench.py
 
 # dist/embedlib-<version>-py3-none-any.whl, for spark-submit --py-files and Databricks

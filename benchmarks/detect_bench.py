@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/detect_bench.py [--tables adult diamonds insteval flights mht
         computers males budgetuk star] [--seeds 0 1 2] [--rates 0.02 0.05] [--plantings 5]
         [--variants default nats autoencoder "first version"] [--baselines iforest mse knn gbt frac
-        pyod-lunar pyod-lof pyod-knn pyod-ecod pyod-iforest pyod-autoencoder]
+        pyod-lunar pyod-lof pyod-knn pyod-ecod pyod-iforest pyod-autoencoder deepod-neutral deepod-icl]
         [--max-eval-rows 20000] [--baseline-rows 20000] [--json out.json]
 
 Protocol (the README's, from ``shared/datasets/README.md``): per seed, the rows of a
@@ -33,7 +33,9 @@ Methods, all on the same rows in the same run:
   model per column from all the others, each column's surprisal (−log p; Gaussian with σ from
   out-of-fold residuals) minus its mean out-of-fold surprisal on the training rows, summed;
 * PyOD 3.x's LUNAR, LOF, KNN, ECOD, IForest and AutoEncoder (``pyod-*``) with their defaults on the
-  one-hot + standardized design (``pip install pyod``, in the ``bench`` extra).
+  one-hot + standardized design (``pip install pyod``, in the ``bench`` extra);
+* DeepOD 0.4.1's NeuTraL and ICL (``deepod-*``) on the same design (``make bench`` installs ``deepod``
+  with ``--no-deps``: it pins an old torch, and runs on the project's).
 
 ``--plantings K`` scores each split under K plantings (planting seeds s, s + 1000, …; every method
 fitted once per split): a small table's holdout has few planted rows. With ``frac`` among the
@@ -91,6 +93,12 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
     # where the adaptive head puts its rarest values in buckets; against the full softmax on the same vocabulary
     "medium, every value": (["model.size=medium", "vocab.min_count=1"], None),
     "medium, every value, full softmax": (["model.size=medium", "vocab.min_count=1", "model.adaptive_above=null"], None),
+    # each numeric's density (model.numeric_head), measured against each other
+    "unit head": (["model.numeric_head=unit"], None),
+    "gaussian head": (["model.numeric_head=gaussian"], None),
+    "mixture head": (["model.numeric_head=mixture"], None),
+    "small, gaussian head": (["model.size=small", "model.numeric_head=gaussian"], None),
+    "small, mixture head": (["model.size=small", "model.numeric_head=mixture"], None),
     "first version": (["model.kind=autoencoder", "model.hidden=[64,32]", "model.bottleneck=8",
                        "train.max_steps=0", "train.epochs=20", "train.learning_rate=0.001",
                        "train.lr_schedule=constant", "train.patience=3"], "nats"),
@@ -98,7 +106,8 @@ VARIANTS: dict[str, tuple[list[str], str | None]] = {
 BASELINES = ("iforest", "mse", "knn", "gbt")
 #: The FRaC-style reference (Noto et al., 2012) and PyOD's detectors (``pip install pyod``; a benchmark
 #: extra, not a dependency of the library), on the one-hot + standardized design.
-REFERENCES = ("frac", "pyod-lunar", "pyod-lof", "pyod-knn", "pyod-ecod", "pyod-iforest", "pyod-autoencoder")
+REFERENCES = ("frac", "pyod-lunar", "pyod-lof", "pyod-knn", "pyod-ecod", "pyod-iforest", "pyod-autoencoder",
+              "deepod-neutral", "deepod-icl")
 STRONG = {"adult", "diamonds", "insteval", "flights", "mht"}  # tables whose columns have strong known dependencies
 GOAL_AUROC = 0.75
 
@@ -266,7 +275,26 @@ def fit_baseline(method: str, table: Table, train: pd.DataFrame, seed: int,
         return _frac(table, train, seed)
     if method.startswith("pyod-"):
         return _pyod(method.removeprefix("pyod-"), table, train, seed)
+    if method.startswith("deepod-"):
+        return _deepod(method.removeprefix("deepod-"), table, train, seed)
     raise ValueError(method)
+
+
+def _deepod(name: str, table: Table, train: pd.DataFrame, seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
+    """DeepOD 0.4.1's NeuTraL (learned transformations, contrastive) or ICL (internal contrastive learning)
+    with their defaults on the dense one-hot + standardized design, on the CPU; the score is its
+    ``decision_function`` (higher: more anomalous). DeepOD pins torch < 1.13.1: ``make bench`` installs it
+    with ``--no-deps`` beside the project's torch (its other requirements are already there)."""
+    from deepod.models.tabular import ICL, NeuTraL
+
+    make: dict[str, Callable[[], Any]] = {
+        "neutral": lambda: NeuTraL(device="cpu", verbose=0, random_state=seed),
+        "icl": lambda: ICL(device="cpu", verbose=0, random_state=seed),
+    }
+    design = _Design(table, train)
+    detector = make[name]()
+    detector.fit(design.matrix(train).toarray().astype(np.float32))
+    return lambda frame: np.asarray(detector.decision_function(design.matrix(frame).toarray().astype(np.float32)))
 
 
 def _pyod(name: str, table: Table, train: pd.DataFrame, seed: int) -> Callable[[pd.DataFrame], np.ndarray]:
@@ -333,7 +361,9 @@ def _frac(table: Table, train: pd.DataFrame, seed: int, folds: int = 5, top: int
         keep = [i for i in range(width) if i != j]
         mask = [mask_all[i] for i in keep]
         if j < n_cats:
-            model = HistGradientBoostingClassifier(categorical_features=mask, random_state=seed)
+            # no early stopping: its stratified hold-out fails on a class with one row (sklearn's default
+            # for up to 10,000 rows anyway, so the small tables' figures are unchanged)
+            model = HistGradientBoostingClassifier(categorical_features=mask, random_state=seed, early_stopping=False)
             return model.fit(x_train[rows][:, keep], classes_of(x_train[rows], j))
         ok = rows[~np.isnan(x_train[rows, j])]
         model = HistGradientBoostingRegressor(categorical_features=mask, random_state=seed)

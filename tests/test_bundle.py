@@ -95,12 +95,13 @@ def test_scores_add_up_and_match_the_loss(adult_trained) -> None:  # type: ignor
     scored = score_rows(bundle, rows)
     assert scored.score.shape == (500,)
     np.testing.assert_allclose(scored.contributions.sum(axis=1), scored.score, rtol=0, atol=1e-9)
-    assert (scored.contributions >= 0).all()
+    n_cat = len(bundle.spec.categorical)
+    assert (scored.contributions[:, :n_cat] >= 0).all()  # −log of a probability
+    assert np.isfinite(scored.contributions).all()  # a numeric's −log density: below 0 where it is sharp and right
     # mean score on held-out rows is of the order of the validation loss
     assert 0.5 < scored.score.mean() / result.metrics["validation_loss"] < 2.0
     assert ((scored.expected_prob > 0) & (scored.expected_prob <= 1)).all()
     # the arg-max is at least as likely as the observed value (to float32 precision)
-    n_cat = len(bundle.spec.categorical)
     observed_prob = np.exp(-scored.contributions[:, :n_cat])
     assert (observed_prob <= scored.expected_prob + 1e-6).all()
 

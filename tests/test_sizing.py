@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -67,11 +68,18 @@ def test_trials_stopped_by_the_clock_are_compared_at_equal_steps() -> None:
 
 
 @pytest.mark.timeout(900)
-def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_trained, tmp_path: Path, monkeypatch,  # type: ignore[no-untyped-def]
+                                                                 caplog) -> None:
     """Three trials on a sample, in parallel Spark tasks; the bundle has the chosen size's shape and
-    the choice follows the rule (lowest validation NLL, the smaller within the tolerance)."""
+    the choice follows the rule (lowest validation NLL, the smaller within the tolerance); while they run,
+    the driver's progress lines say each trial's steps (from its checkpoints)."""
+    import logging
+
+    from embedlib.core.train import sizing
     from embedlib.spark.train import run_train_job
 
+    monkeypatch.setattr(sizing, "PROGRESS_SECONDS", 0.5)
+    caplog.set_level(logging.INFO, logger="embedlib.core.train.sizing")
     cfg, _ = adult_trained
     run = train_cfg(tmp_path, "model.size=auto", "train.max_rows=4000", "train.epochs=3",
                     "model.search_rows=1500")
@@ -95,6 +103,10 @@ def test_auto_trains_each_size_as_spark_tasks_and_keeps_the_best(spark, adult_tr
     assert bundle.spec.bottleneck == SIZES[expected].bottleneck
     assert bundle.manifest["model_config"]["size"] == expected
     assert tuple(bundle.manifest["model_config"]["hidden"]) == SIZES[expected].hidden
+    progress = [re.fullmatch(r"model.size auto: small (\d+), medium (\d+), large (\d+) of 4000 steps \(\d+ s\)",
+                             r.getMessage()) for r in caplog.records]
+    reached = [tuple(int(g) for g in m.groups()) for m in progress if m]
+    assert reached and max(map(max, reached)) >= 100, [r.getMessage() for r in caplog.records]
 
 
 def test_the_search_is_bounded_in_steps_and_its_clock_only_guards(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

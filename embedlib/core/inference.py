@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from embedlib.core.model import AdaptiveHead, WideOutput, column_nll, top_of
+from embedlib.core.model import AdaptiveHead, WideOutput, column_nll, numeric_mean, top_of
 
 if TYPE_CHECKING:
     from embedlib.core.calibration import Calibration
@@ -158,7 +158,7 @@ def _pass(bundle: ScoringBundle, enc: Encoded, rows: slice, with_code: bool) -> 
         expected = torch.stack([t[0] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.long)
         prob = torch.stack([t[1] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.float64)
         wide = [out for out in outputs if isinstance(out, WideOutput)]
-    return contrib, pred, expected, prob, code, *(out.hidden for out in wide), *(out.kept_top() for out in wide)
+    return contrib, numeric_mean(pred, num.shape[1]), expected, prob, code, *(out.hidden for out in wide), *(out.kept_top() for out in wide)
 
 
 def _unstandardize(z: np.ndarray, mean: float, scale: float, log1p: bool) -> np.ndarray:

@@ -2,12 +2,23 @@
 
 The training target comes from the row itself: the model reconstructs each
 categorical's *index* with a softmax over its vocabulary (cross-entropy) and each
-standardized numeric with a unit-variance Gaussian. The loss and the anomaly
-score are the same quantity, the row's negative log-likelihood in nats::
+standardized numeric with a density (``model.numeric_head``, :data:`NUMERIC_HEADS`).
+The loss and the anomaly score are the same quantity, the row's negative
+log-likelihood in nats::
 
-    score(row) = Σ_categorical −log p(observed index) + Σ_numeric ½ (x − x̂)²
+    score(row) = Σ_categorical −log p(observed index) + Σ_numeric −log p(x)
 
-(the Gaussian's constant ½·log 2π is left out; a missing numeric contributes 0).
+with, per numeric cell (the Gaussian's constant ½·log 2π left out; a missing numeric
+contributes 0):
+
+* ``unit`` — a unit-variance Gaussian around the prediction: ``½ (x − μ)²`` (bundles
+  before ``numeric_head``);
+* ``gaussian`` — a heteroscedastic Gaussian: the cell's own spread too,
+  ``½ ((x − μ)/σ)² + log σ`` (``σ ≥ SIGMA_FLOOR``): a relation that holds almost exactly
+  says so, and breaking it costs many nats;
+* ``mixture`` — ``MIXTURE`` Gaussians with their weights:
+  ``−log Σ_k π_k exp(−½ ((x − μ_k)/σ_k)²) / σ_k`` (several modes, skew).
+
 :func:`column_nll` returns the per-column terms; their sum is the score exactly.
 
 Reconstructing the concatenated embedding vectors with MSE instead is the trap
@@ -35,6 +46,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from embedlib.core.densities import MIXTURE, NUMERIC_HEADS, SIGMA_FLOOR, numeric_mean, numeric_nll
 from embedlib.core.heads import (
     ADAPTIVE_CUTOFFS,
     BUCKET,
@@ -50,6 +62,10 @@ from embedlib.core.indices import OOV_INDEX
 
 __all__ = [
     "ADAPTIVE_CUTOFFS",
+    "MIXTURE",
+    "NUMERIC_HEADS",
+    "SIGMA_FLOOR",
+    "numeric_mean",
     "PASS_LOGITS",
     "PASS_ROWS",
     "AdaptiveHead",
@@ -85,6 +101,7 @@ class ModelSpec:
     cutoffs: tuple[tuple[int, ...], ...] = ()  # per categorical: its adaptive head's cluster bounds, () full softmax
     #: per categorical: the bucket size of its adaptive head's last cluster, 0 one softmax (bundles before buckets)
     buckets: tuple[int, ...] = ()
+    numeric_head: str = "unit"  # a key of NUMERIC_HEADS; bundles from before model.numeric_head are "unit"
 
     @classmethod
     def build(
@@ -100,6 +117,7 @@ class ModelSpec:
         kind: str = "autoencoder",
         masks: int | None = None,
         adaptive_above: int | None = None,
+        numeric_head: str = "unit",
     ) -> ModelSpec:
         overrides = dict(embedding_dims or {})
         dims = tuple(
@@ -120,6 +138,7 @@ class ModelSpec:
             masks=0 if kind != "masked" else max(1, min(masks or width, width)),
             cutoffs=tuple(cutoffs),
             buckets=tuple(BUCKET if len(c) == len(ADAPTIVE_CUTOFFS) else 0 for c in cutoffs),
+            numeric_head=numeric_head,
         )
 
     @property
@@ -138,6 +157,11 @@ class ModelSpec:
     def bucket_of(self, i: int) -> int:
         """The bucket size of categorical ``i``'s adaptive head's last cluster; 0 for one softmax."""
         return self.buckets[i] if self.buckets else 0
+
+    @property
+    def numeric_params(self) -> int:
+        """The numeric head's outputs per numeric column (:data:`NUMERIC_HEADS`)."""
+        return NUMERIC_HEADS[self.numeric_head]
 
     def mask_groups(self) -> list[list[int]]:
         """The scoring masks of the masked kind: the columns each of the ``K`` passes hides."""
@@ -184,7 +208,7 @@ class EmbeddingAutoencoder(nn.Module):
         back = tuple(reversed(spec.hidden))
         self.decoder = mlp((spec.bottleneck, *back))
         self.cat_heads = nn.ModuleList(head_for(back[-1], n, spec.cutoffs_of(i), spec.bucket_of(i)) for i, n in enumerate(spec.cardinalities))
-        self.num_head = nn.Linear(back[-1], n_num) if n_num else None
+        self.num_head = nn.Linear(back[-1], n_num * spec.numeric_params) if n_num else None
         #: per mask group, its columns' first-layer input positions and mask-flag positions (fixed by the spec)
         self.group_inputs = self._group_inputs() if spec.masked else []
 
@@ -215,7 +239,9 @@ class EmbeddingAutoencoder(nn.Module):
     def forward(
         self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor, mask: torch.Tensor | None = None
     ) -> tuple[list[HeadOutput], torch.Tensor, torch.Tensor]:
-        """Returns (each categorical's head output, numeric predictions, bottleneck code)."""
+        """Returns (each categorical's head output, the numeric head's output, bottleneck code).
+        The numeric head's output is ``[rows, numerics × parameters]`` (:data:`NUMERIC_HEADS`);
+        :func:`numeric_mean` reads the predictions from it."""
         code = self.encode(cat, num, missing, mask)
         hidden = self.decoder(code)
         logits = [head(hidden) for head in self.cat_heads]
@@ -244,7 +270,7 @@ class EmbeddingAutoencoder(nn.Module):
     def reconstruct(
         self, cat: torch.Tensor, num: torch.Tensor, missing: torch.Tensor
     ) -> tuple[list[HeadOutput], torch.Tensor]:
-        """What scoring compares each cell with: (each categorical's head output, numeric predictions).
+        """What scoring compares each cell with: (each categorical's head output, the numeric head's output).
 
         The autoencoder: one pass, every cell visible. The masked kind: one pass per
         mask group, each column's output taken from the pass that hides it.
@@ -254,7 +280,8 @@ class EmbeddingAutoencoder(nn.Module):
             return logits, pred
         n_cat = len(self.spec.categorical)
         out_logits: list[HeadOutput | None] = [None] * n_cat
-        out_pred = num.new_zeros(num.shape)
+        n_num = num.shape[1]
+        out_pred = num.new_zeros((num.shape[0], n_num * self.spec.numeric_params))
         # The first layer is linear: with every cell shown once (``base``), hiding a group is
         # subtracting what its inputs added and adding its mask flags' weights. The rest of the
         # network runs per group; each head runs only in the pass that hides its column.
@@ -269,7 +296,7 @@ class EmbeddingAutoencoder(nn.Module):
             for j in group:
                 if j < n_cat:
                     out_logits[j] = self.cat_heads[j](hidden)
-            numeric = [j - n_cat for j in group if j >= n_cat]
+            numeric = [p * n_num + j - n_cat for p in range(self.spec.numeric_params) for j in group if j >= n_cat]
             if numeric and self.num_head is not None:
                 out_pred[:, numeric] = self.num_head(hidden)[:, numeric]
         assert all(lg is not None for lg in out_logits)
@@ -287,8 +314,8 @@ def column_nll(
     """Per-row, per-column negative log-likelihood in nats, shape ``[rows, columns]``.
 
     Categoricals: ``−log softmax(logits)[observed index]`` (an adaptive head: its exact
-    ``−log p(observed)``); numerics:
-    ``½ (x − x̂)²`` where observed, 0 where missing. ``.sum(1)`` is the row score.
+    ``−log p(observed)``); numerics: :func:`numeric_nll` of the numeric head's output ``pred``
+    (its density, 0 where missing). ``.sum(1)`` is the row score.
     ``hidden_cells`` (the masked kind's training mask, 1 = hidden): a wide column's NLL is computed on
     its hidden cells only and is 0 on the others, which :func:`masked_loss` multiplies by 0 — the same
     loss and gradients without its head's cost on the rows that do not count.
@@ -300,8 +327,7 @@ def column_nll(
     ]
     cols = torch.stack(parts, dim=1) if parts else num.new_zeros((num.shape[0], 0))
     if num.shape[1]:
-        sq = 0.5 * (num - pred) ** 2 * (1.0 - missing)
-        cols = torch.cat([cols, sq], dim=1)
+        cols = torch.cat([cols, numeric_nll(pred, num, missing)], dim=1)
     return cols
 
 

@@ -39,6 +39,7 @@ SourceFormat = Literal["delta", "parquet", "csv"]
 InfPolicy = Literal["error", "null"]
 VocabEngine = Literal["auto", "spark", "arrow"]
 ModelKind = Literal["masked", "autoencoder"]
+NumericHead = Literal["unit", "gaussian", "mixture"]
 ModelSize = Literal["auto", "small", "medium", "large"]
 LrSchedule = Literal["plateau", "constant"]
 RankBy = Literal["calibrated", "nats"]
@@ -159,6 +160,10 @@ class ModelConfig:
     A categorical with more than ``adaptive_above`` embedding rows gets an adaptive
     softmax head (:class:`embedlib.core.heads.AdaptiveHead`: exact nats at a fraction of
     a full softmax's cost); null: a full softmax for every column.
+
+    ``numeric_head``: each standardized numeric's density (:mod:`embedlib.core.model`):
+    ``gaussian`` learns each cell's mean and spread, ``mixture`` three weighted Gaussians,
+    ``unit`` a unit-variance Gaussian around the prediction (the first versions').
     """
 
     max_embedding_dim: int | None = None
@@ -174,6 +179,7 @@ class ModelConfig:
     search_steps: int = 4_000
     search_seconds: float = 3_600.0
     adaptive_above: int | None = 1_000
+    numeric_head: NumericHead = "mixture"
 
     @property
     def shape_set(self) -> bool:

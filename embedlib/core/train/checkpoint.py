@@ -121,6 +121,27 @@ class CheckpointStore:
         opt.load_state_dict({"state": state_dict, "param_groups": meta["param_groups"]})
         return TrainState(**meta["state"]), best
 
+    def adopt(self, other: CheckpointStore) -> bool:
+        """Make ``other``'s latest checkpoint this store's (its files copied, under this fingerprint), so that
+        a run of the same job resumes where ``other`` stopped: the size search's winner, trained on every
+        training row, is the first steps of the run it stands for. False when ``other`` has none or this
+        store already has its own (a rerun resumes from that)."""
+        latest = other._latest()
+        if latest is None or self._latest() is not None:
+            return False
+        name = latest["name"]
+        meta = json.loads(read_text(join(other.folder, f"{name}.json")) or "{}")
+        write_bytes_atomic(join(self.folder, f"{name}.safetensors"), read_bytes(join(other.folder, f"{name}.safetensors")))
+        write_text_atomic(join(self.folder, f"{name}.json"), json.dumps({**meta, "fingerprint": self.fingerprint}, indent=1))
+        write_text_atomic(join(self.folder, LATEST), json.dumps({"name": name, "fingerprint": self.fingerprint}))
+        return True
+
+    def latest_steps(self) -> int:
+        """The optimizer steps of the latest checkpoint (0: none yet): a run's progress, from any process."""
+        latest = self._latest()
+        meta = read_text(join(self.folder, f"{latest['name']}.json")) if latest else None
+        return int(json.loads(meta)["state"]["steps"]) if meta else 0
+
     def latest_epoch(self) -> int:
         """The epoch of the latest checkpoint (0: none yet)."""
         latest = self._latest()

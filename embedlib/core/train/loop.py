@@ -32,7 +32,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from embedlib.core.config.schema import TrainConfig
-from embedlib.core.encode import Encoded, Encoder, ShardSet, read_shards
+from embedlib.core.encode import Encoded, Encoder, ShardSet
 from embedlib.core.faults import InjectedFault, fault, kill_self
 from embedlib.core.model import (
     EmbeddingAutoencoder,
@@ -51,6 +51,7 @@ from embedlib.core.model import (
     masked_loss,
     random_mask,
 )
+from embedlib.core.train.batches import ShardReader, epoch_batches, file_rows, shard_rows
 from embedlib.core.train.checkpoint import CheckpointStore, TrainState
 from embedlib.core.train.collective import Collective, allreduce_min
 from embedlib.core.train.errors import TrainError
@@ -110,52 +111,6 @@ def _set_seed(seed: int) -> None:
     np.random.seed(seed % (2**32))
 
 
-def _batches(
-    files: Sequence[str], encoder: Encoder, batch_size: int, buffer_rows: int, rng: np.random.Generator
-) -> Iterator[Encoded]:
-    """Stream ``files`` in a random order, shuffling within a buffer of rows."""
-    pending: list[Encoded] = []
-    held = 0
-
-    def drain(final: bool) -> Iterator[Encoded]:
-        nonlocal pending, held
-        if not pending:
-            return
-        cat = np.concatenate([p.cat for p in pending])
-        num = np.concatenate([p.num for p in pending])
-        miss = np.concatenate([p.missing for p in pending])
-        order = rng.permutation(len(cat))
-        cat, num, miss = cat[order], num[order], miss[order]
-        stop = len(cat) if final else len(cat) - len(cat) % batch_size
-        for start in range(0, stop, batch_size):
-            yield Encoded(cat[start : start + batch_size], num[start : start + batch_size], miss[start : start + batch_size])
-        pending = [Encoded(cat[stop:], num[stop:], miss[stop:])] if stop < len(cat) else []
-        held = len(cat) - stop
-
-    for idx in rng.permutation(len(files)):
-        for chunk in read_shards([files[int(idx)]], encoder):
-            pending.append(chunk)
-            held += len(chunk)
-            if held >= buffer_rows:
-                yield from drain(final=False)
-    yield from drain(final=True)
-
-
-def file_rows(path: str) -> int:
-    """Rows in one encoded shard (from its Parquet footer)."""
-    import pyarrow.parquet as pq
-
-    from embedlib.core.layout import filesystem
-
-    fs, inner = filesystem(path)
-    with fs.open_input_file(inner) as handle:
-        return int(pq.ParquetFile(handle).metadata.num_rows)
-
-
-def _rows(files: Sequence[str]) -> int:
-    return sum(file_rows(path) for path in files)
-
-
 def tensors(enc: Encoded, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return (
         torch.from_numpy(enc.cat).to(device),
@@ -165,14 +120,17 @@ def tensors(enc: Encoded, device: torch.device) -> tuple[torch.Tensor, torch.Ten
 
 
 def evaluate(
-    model: EmbeddingAutoencoder, files: Sequence[str], encoder: Encoder, device: torch.device
+    model: EmbeddingAutoencoder, files: Sequence[str], encoder: Encoder, device: torch.device,
+    reader: ShardReader | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """Sum of per-column NLL over ``files`` and the row count (no corruption)."""
+    """Sum of per-column NLL over ``files`` (read with ``reader``, made with the model's ``pass_rows``;
+    default: read afresh) and the row count (no corruption)."""
     model.eval()
     sums = torch.zeros(len(model.spec.columns), dtype=torch.float64)
     rows = 0
+    read = reader if reader is not None else ShardReader(encoder, (), 0, rows=model.pass_rows)
     with torch.inference_mode():
-        for enc in read_shards(files, encoder, rows=model.pass_rows):
+        for enc in read.all(files):
             cat, num, miss = tensors(enc, device)
             logits, pred = model.reconstruct(cat, num, miss)
             sums += column_nll(logits, pred, cat, num, miss).double().sum(0).cpu()
@@ -219,7 +177,9 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     batch_size = max(1, job.batch_size // coll.world_size)
     train_files = job.shards.files_for("train", coll.rank, coll.world_size)
     valid_files = job.shards.files_for("valid", coll.rank, coll.world_size)
-    per_pass = _steps_per_pass(coll, _rows(train_files), batch_size)
+    per_pass = _steps_per_pass(coll, shard_rows(train_files), batch_size)
+    train_reader = ShardReader(job.encoder, train_files, job.shuffle_buffer)
+    valid_reader = ShardReader(job.encoder, valid_files, job.shuffle_buffer, rows=model.pass_rows)
     budget = step_budget(per_pass) if job.max_steps is None else job.max_steps
     passes = max(1, math.ceil(MIN_EPOCH_STEPS / per_pass))
     epoch_steps = min(per_pass * passes, MAX_EPOCH_STEPS)
@@ -251,7 +211,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         total = torch.zeros(2, dtype=torch.float64)
         todo = min([epoch_steps, *(limit - state.steps for limit in (budget, job.stop_steps) if limit)])
         bar = _progress(todo, epoch) if show_bar else None
-        for step, enc in enumerate(_epoch_batches(job, train_files, batch_size, epoch, coll.rank, passes)):
+        for step, enc in enumerate(epoch_batches(train_files, train_reader, batch_size, job.shuffle_buffer, (job.seed, epoch, coll.rank), passes)):
             if step >= todo:
                 break
             if step == kill_step and epoch + 1 == int(kill_epoch):
@@ -270,7 +230,7 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
             bar.close()
         stepping.flush()  # the wide tables' rows the epoch's last steps did not read: the weights are the dense Adam's
         total = coll.allreduce_sum(total)
-        sums, rows = evaluate(model, valid_files, job.encoder, device)
+        sums, rows = evaluate(model, valid_files, job.encoder, device, valid_reader)
         reduced = coll.allreduce_sum(torch.cat([sums, torch.tensor([float(rows)], dtype=torch.float64)]))
         val_rows = max(reduced[-1].item(), 1.0)
         per_col = (reduced[:-1] / val_rows).tolist()
@@ -344,14 +304,6 @@ def _steps_per_pass(coll: Collective, my_rows: int, batch_size: int) -> int:
         )
     # every rank runs the same number of steps (DDP/Horovod need it)
     return allreduce_min(coll, my_rows // batch_size)
-
-
-def _epoch_batches(job: TrainJob, files: Sequence[str], batch_size: int, epoch: int, rank: int,
-                   passes: int) -> Iterator[Encoded]:
-    """The batches of one epoch: ``passes`` passes, each over a fresh shuffle of the files."""
-    for p in range(passes):
-        rng = np.random.default_rng([job.seed, epoch, rank] + ([p] if p else []))
-        yield from _batches(files, job.encoder, batch_size, job.shuffle_buffer, rng)
 
 
 def _learning_rate(job: TrainJob, state: TrainState, warmup: int) -> float:

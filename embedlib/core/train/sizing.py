@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -55,6 +56,8 @@ SIZES: Mapping[str, Size] = {
 }
 #: A smaller size whose validation NLL is within this fraction (of |best|) of the best is kept.
 SIZE_TOLERANCE = 0.01
+#: Seconds between two progress lines of the search.
+PROGRESS_SECONDS = 10.0
 #: The size used when there is nothing to choose by (no validation rows).
 FALLBACK = "medium"
 
@@ -96,16 +99,18 @@ class SizeChoice:
     sample_rows: int = 0
     seconds: float = 0.0
     compared_at_steps: int | None = None  # the trials' NLLs compared at this many steps (None: at their end)
+    whole: bool = False  # the trials trained on every training and validation row (not a sample)
 
     def to_metrics(self) -> dict[str, Any]:
         return {"size": self.size, "trials": {k: dict(v) for k, v in self.trials.items()},
-                "sample_rows": self.sample_rows, "seconds": self.seconds, "compared_at_steps": self.compared_at_steps}
+                "sample_rows": self.sample_rows, "seconds": self.seconds, "compared_at_steps": self.compared_at_steps,
+                "whole": self.whole}
 
 
 def sample_shards(shards: ShardSet, rows: int) -> ShardSet:
     """The first whole training files holding at least ``rows`` rows, and validation files
     holding at least a quarter of that (every file when the split is smaller)."""
-    from embedlib.core.train.loop import file_rows
+    from embedlib.core.train.batches import file_rows
 
     def take(files: tuple[str, ...], want: int) -> tuple[tuple[str, ...], int]:
         chosen: list[str] = []
@@ -168,7 +173,8 @@ def choose_size(model: ModelConfig, shards: ShardSet, trial_job: Callable[[str, 
              ", ".join(cands), sample.train_rows, sample.valid_rows, slots, model.search_steps, per_trial)
     started = time.perf_counter()
     try:
-        results = dict(active.run(jobs))
+        with _Progress(jobs, model.search_steps):
+            results = dict(active.run(jobs))
     except Exception as exc:
         from embedlib.core.errors import first_line
 
@@ -192,7 +198,37 @@ def choose_size(model: ModelConfig, shards: ShardSet, trial_job: Callable[[str, 
         f", compared at {horizon} steps" if horizon is not None else "", chosen, seconds)
     trials = {n: {**{k: v for k, v in r.items() if k != "history"}, "compared_loss": compared[n]}
               for n, r in results.items()}
-    return SizeChoice(chosen, cands[chosen], trials, sample.train_rows, seconds, horizon)
+    whole = (sample.train_files, sample.valid_files) == (shards.train_files, shards.valid_files)
+    return SizeChoice(chosen, cands[chosen], trials, sample.train_rows, seconds, horizon, whole)
+
+
+class _Progress:
+    """A progress line while the trials run: every ``PROGRESS_SECONDS``, the steps each trial's latest
+    checkpoint (written every epoch, wherever the trial runs) has reached."""
+
+    def __init__(self, jobs: list[tuple[str, TrainJob]], steps: int) -> None:
+        self.jobs, self.steps = jobs, steps
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._report, name="embedlib-size-progress", daemon=True)
+
+    def __enter__(self) -> _Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.thread.join()
+
+    def _report(self) -> None:
+        started = time.perf_counter()
+        while not self.done.wait(PROGRESS_SECONDS):
+            try:
+                reached = [(name, job.store.latest_steps()) for name, job in self.jobs]
+            except Exception as exc:  # a checkpoint being replaced, storage briefly unreachable: say so, go on
+                log.debug("model.size auto: progress unreadable (%s)", exc)
+                continue
+            log.info("model.size auto: %s of %d steps (%.0f s)", ", ".join(f"{n} {s}" for n, s in reached),
+                     self.steps, time.perf_counter() - started)
 
 
 def compare_at_equal_steps(results: Mapping[str, Mapping[str, Any]]) -> tuple[int | None, dict[str, float]]:

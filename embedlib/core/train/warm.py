@@ -71,6 +71,7 @@ def parent_model_config(parent: Bundle, vocab: Vocabulary, model: ModelConfig, c
         max_embedding_dim=max(spec.embedding_dims, default=1),
         embedding_dims=dict(zip(spec.categorical, spec.embedding_dims, strict=True)),
         kind=spec.kind,  # type: ignore[arg-type]
+        numeric_head=spec.numeric_head,  # type: ignore[arg-type]
         masks=saved.get("masks", model.masks), adaptive_above=saved.get("adaptive_above", model.adaptive_above),
     )
 

@@ -69,6 +69,7 @@ def spec_for(vocab: Vocabulary, cfg: Config) -> ModelSpec:
         kind=m.kind,
         masks=m.masks,
         adaptive_above=m.adaptive_above,
+        numeric_head=m.numeric_head,
     )
 
 
@@ -178,11 +179,18 @@ def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, 
         SparkTrials.of(spark) if spark is not None else None)
     cfg = replace(cfg, model=size.model)
     job = make_job(cfg, vocab, shards, backend, parent=parent)
+    # a winner trained on every row, in a world of one, is the first steps of this run: go on from there
+    continued = (size.whole and backend.workers == 1 and parent is None
+                 and job.store.adopt(CheckpointStore(join(layout.size_trials, size.size), "", "")))
+    if continued:
+        log.info("continuing the %s trial of the size search (%d steps; it trained on every row)", size.size,
+                 job.store.latest_steps())
     started = time.perf_counter()
     metrics = backend.run(train_loop, job)
     metrics = {**metrics, "backend": backend.name, "train_seconds": round(time.perf_counter() - started, 2),
                "train_rows": shards.train_rows, "validation_rows": shards.valid_rows, "model_size": size.size,
-               "parent_bundle_id": parent.bundle_id if parent is not None else None}
+               "parent_bundle_id": parent.bundle_id if parent is not None else None,
+               "continued_trial": size.size if continued else None}
     if size.trials:
         metrics["size_search"] = size.to_metrics()
     model = best_model(job)
