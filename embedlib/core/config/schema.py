@@ -179,7 +179,7 @@ class ModelConfig:
     search_steps: int = 4_000
     search_seconds: float = 3_600.0
     adaptive_above: int | None = 1_000
-    numeric_head: NumericHead = "mixture"
+    numeric_head: NumericHead = "unit"
 
     @property
     def shape_set(self) -> bool:
