@@ -276,7 +276,8 @@ def test_bundle_json_stores_no_session_settings(adult_trained) -> None:  # type:
     manifest = json.loads((Path(result.bundle_path) / MANIFEST).read_text())
     assert "spark" not in manifest and set(manifest["model_config"]) == {
         "max_embedding_dim", "embedding_dims", "hidden", "bottleneck", "corruption", "kind", "masks", "mask_rate",
-        "size", "search_rows", "search_steps", "search_seconds", "adaptive_above"}
+        "size", "search_rows", "search_steps", "search_seconds", "adaptive_above", "numeric_head"}
     # the shape actually trained, resolved from model.size (the training tests pin medium)
     assert manifest["model_config"]["size"] == "medium" and manifest["model_config"]["hidden"] == [128, 64]
+    assert manifest["model_config"]["numeric_head"] == "unit" == manifest["model"]["numeric_head"]
     assert manifest["source_types"]["native-country"] == "string"
