@@ -16,7 +16,7 @@ land in the same split and shard as their original. Then, on the same shards and
 the same model (``EmbeddingAutoencoder(spec)``), it times:
 
 * ``train_loop(SingleProcess(device), job)`` — embedlib's loop as the local
-  backend runs it: streams the shards through ``_batches`` (shuffle buffer,
+  backend runs it: streams the shards through ``core.train.batches.epoch_batches`` (shuffle buffer,
   ``read_shards``), corrupts on the CPU, trains, and every epoch also runs a
   validation pass over the validation shards and writes a checkpoint. The wall
   time counts all of that. The loop's ``evaluate`` and ``CheckpointStore.save`` are

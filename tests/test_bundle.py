@@ -159,3 +159,19 @@ def test_pickled_weights_never_run(adult_trained, tmp_path: Path) -> None:  # ty
     with pytest.raises(BundleError, match=f"{WEIGHTS} does not fit"):
         load_bundle(str(copy))
     assert not marker.exists()
+
+
+def test_a_numeric_head_this_version_does_not_know_is_named(adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """A bundle written by a newer embedlib (a numeric head this version lacks, its id consistent) is refused
+    with the key and the way out, not a KeyError."""
+    from embedlib.core.bundle import _bundle_id
+
+    _, result = adult_trained
+    newer = tmp_path / "newer"
+    shutil.copytree(result.bundle_path, newer)
+    manifest = json.loads((newer / MANIFEST).read_text())
+    manifest["model"]["numeric_head"] = "spline"
+    manifest["bundle_id"] = _bundle_id(manifest)
+    (newer / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="numeric_head is 'spline', not one of unit, gaussian, mixture: .*newer embedlib"):
+        load_bundle(str(newer))

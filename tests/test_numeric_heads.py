@@ -12,16 +12,8 @@ import pytest
 import torch
 
 import embedlib
-from embedlib.core.densities import log_sigma_of
-from embedlib.core.model import (
-    NUMERIC_HEADS,
-    SIGMA_FLOOR,
-    EmbeddingAutoencoder,
-    ModelSpec,
-    column_nll,
-    numeric_mean,
-    numeric_nll,
-)
+from embedlib.core.densities import NUMERIC_HEADS, SIGMA_FLOOR, log_sigma_of, numeric_mean, numeric_nll
+from embedlib.core.model import EmbeddingAutoencoder, ModelSpec, column_nll
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 

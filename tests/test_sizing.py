@@ -138,15 +138,18 @@ def test_the_search_is_bounded_in_steps_and_its_clock_only_guards(spark, adult_t
         run_train_job(spark, late)
 
 
-def test_a_winner_trained_on_every_row_is_the_start_of_the_run(tmp_path: Path) -> None:
+def test_a_winner_trained_on_every_row_is_the_start_of_the_run(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
     """On a table within model.search_rows the trials train on every row, so the winning trial is the first
     steps of the run it stands for: the run goes on from its last checkpoint (the same epochs in its history,
     then more) instead of training them again. In memory, ~10 s (three 200-step trials, 200 steps more)."""
+    import logging
+
     import numpy as np
     import pandas as pd
 
     import embedlib
 
+    caplog.set_level(logging.INFO, logger="embedlib")
     rng = np.random.default_rng(0)
     kind = rng.choice(["a", "b", "c"], 1200)
     frame = pd.DataFrame({"kind": kind, "x": rng.normal(size=1200)})
@@ -161,5 +164,8 @@ def test_a_winner_trained_on_every_row_is_the_start_of_the_run(tmp_path: Path) -
     history = metrics["history"]
     steps = [h["steps"] for h in history]  # epochs of 102 steps (34 passes of 3): the trial's second ends at 200
     assert len(steps) == 4 and steps[1] == 200 and steps[-1] == 400, steps
+    # the run did not train those epochs again: it resumed from the trial's checkpoint after its second epoch
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith("resuming from the checkpoint of epoch 2 ") for m in said), said
     # the run's first two epochs are the trial's: its validation loss where the search compared it
     assert min(h["validation_loss"] for h in history[:2]) == pytest.approx(trial["validation_loss"], abs=0)

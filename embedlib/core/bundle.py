@@ -331,7 +331,10 @@ def bundle_from_files(files: Mapping[str, bytes], path: str) -> Bundle:
             f"bundle {path}: {VOCAB} has content hash {vocab.content_hash}, {MANIFEST} expects "
             f"{manifest['vocab_hash']}"
         )
-    spec = ModelSpec.from_dict(manifest["model"])
+    try:
+        spec = ModelSpec.from_dict(manifest["model"])
+    except ValueError as exc:
+        raise BundleError(f"bundle {path}: {exc}") from exc
     model = EmbeddingAutoencoder(spec)
     try:
         state = load(files[WEIGHTS])

@@ -21,7 +21,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from embedlib.core.model import AdaptiveHead, WideOutput, column_nll, numeric_mean, top_of
+from embedlib.core.densities import numeric_mean
+from embedlib.core.model import AdaptiveHead, WideOutput, column_nll, top_of
 
 if TYPE_CHECKING:
     from embedlib.core.calibration import Calibration

@@ -46,7 +46,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from embedlib.core.densities import MIXTURE, NUMERIC_HEADS, SIGMA_FLOOR, numeric_mean, numeric_nll
+from embedlib.core.densities import NUMERIC_HEADS, numeric_nll
 from embedlib.core.heads import (
     ADAPTIVE_CUTOFFS,
     BUCKET,
@@ -62,10 +62,6 @@ from embedlib.core.indices import OOV_INDEX
 
 __all__ = [
     "ADAPTIVE_CUTOFFS",
-    "MIXTURE",
-    "NUMERIC_HEADS",
-    "SIGMA_FLOOR",
-    "numeric_mean",
     "PASS_LOGITS",
     "PASS_ROWS",
     "AdaptiveHead",
@@ -175,6 +171,10 @@ class ModelSpec:
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         values["cutoffs"] = tuple(tuple(c) for c in values.get("cutoffs", ()))
+        head = values.get("numeric_head", "unit")
+        if head not in NUMERIC_HEADS:
+            raise ValueError(f"the model's numeric_head is {head!r}, not one of {', '.join(NUMERIC_HEADS)}: the bundle "
+                             "was written by a newer embedlib; score it with that version or retrain")
         return cls(**values)  # keys a bundle lacks (written before them) take their defaults
 
 
@@ -241,7 +241,7 @@ class EmbeddingAutoencoder(nn.Module):
     ) -> tuple[list[HeadOutput], torch.Tensor, torch.Tensor]:
         """Returns (each categorical's head output, the numeric head's output, bottleneck code).
         The numeric head's output is ``[rows, numerics × parameters]`` (:data:`NUMERIC_HEADS`);
-        :func:`numeric_mean` reads the predictions from it."""
+        :func:`embedlib.core.densities.numeric_mean` reads the predictions from it."""
         code = self.encode(cat, num, missing, mask)
         hidden = self.decoder(code)
         logits = [head(hidden) for head in self.cat_heads]

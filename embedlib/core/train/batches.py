@@ -61,13 +61,14 @@ def shard_rows(files: Sequence[str]) -> int:
 
 
 class ShardReader:
-    """Reads encoded shard files; when they hold at most ``keep_rows`` rows in all, each file is read
-    once and its arrays kept (a small table's pass is a few steps: re-reading its files every pass
-    cost more than the steps). The same arrays in the same order either way, so the same model."""
+    """Reads encoded shard files (each row group whole, or ``rows`` rows at a time); with ``keep`` (the
+    loop's choice for files of at most ``train.shuffle_buffer`` rows in all) each file is read once and its
+    arrays kept: a small table's pass is a few steps, and re-reading its files every pass cost more than
+    the steps. The same arrays in the same order either way, so the same model."""
 
-    def __init__(self, encoder: Encoder, files: Sequence[str], keep_rows: int, rows: int | None = None) -> None:
+    def __init__(self, encoder: Encoder, keep: bool = False, rows: int | None = None) -> None:
         self.encoder, self.rows = encoder, rows
-        self.kept: dict[str, list[Encoded]] | None = {} if shard_rows(files) <= keep_rows else None
+        self.kept: dict[str, list[Encoded]] | None = {} if keep else None
 
     def __call__(self, path: str) -> Iterable[Encoded]:
         if self.kept is None:

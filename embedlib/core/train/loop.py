@@ -51,13 +51,13 @@ from embedlib.core.model import (
     masked_loss,
     random_mask,
 )
-from embedlib.core.train.batches import ShardReader, epoch_batches, file_rows, shard_rows
+from embedlib.core.train.batches import ShardReader, epoch_batches, shard_rows
 from embedlib.core.train.checkpoint import CheckpointStore, TrainState
 from embedlib.core.train.collective import Collective, allreduce_min
 from embedlib.core.train.errors import TrainError
 from embedlib.core.train.lazy import LazyAdam, lazy_tables
 
-__all__ = ["TrainJob", "evaluate", "file_rows", "step_budget", "tensors", "train_loop"]
+__all__ = ["TrainJob", "evaluate", "step_budget", "tensors", "train_loop"]
 
 log = logging.getLogger(__name__)
 
@@ -124,11 +124,11 @@ def evaluate(
     reader: ShardReader | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Sum of per-column NLL over ``files`` (read with ``reader``, made with the model's ``pass_rows``;
-    default: read afresh) and the row count (no corruption)."""
+    default: streamed afresh) and the row count (no corruption)."""
     model.eval()
     sums = torch.zeros(len(model.spec.columns), dtype=torch.float64)
     rows = 0
-    read = reader if reader is not None else ShardReader(encoder, (), 0, rows=model.pass_rows)
+    read = reader if reader is not None else ShardReader(encoder, rows=model.pass_rows)
     with torch.inference_mode():
         for enc in read.all(files):
             cat, num, miss = tensors(enc, device)
@@ -177,9 +177,10 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
     batch_size = max(1, job.batch_size // coll.world_size)
     train_files = job.shards.files_for("train", coll.rank, coll.world_size)
     valid_files = job.shards.files_for("valid", coll.rank, coll.world_size)
-    per_pass = _steps_per_pass(coll, shard_rows(train_files), batch_size)
-    train_reader = ShardReader(job.encoder, train_files, job.shuffle_buffer)
-    valid_reader = ShardReader(job.encoder, valid_files, job.shuffle_buffer, rows=model.pass_rows)
+    train_rows = shard_rows(train_files)
+    per_pass = _steps_per_pass(coll, train_rows, batch_size)
+    train_reader = ShardReader(job.encoder, keep=train_rows <= job.shuffle_buffer)
+    valid_reader = ShardReader(job.encoder, keep=shard_rows(valid_files) <= job.shuffle_buffer, rows=model.pass_rows)
     budget = step_budget(per_pass) if job.max_steps is None else job.max_steps
     passes = max(1, math.ceil(MIN_EPOCH_STEPS / per_pass))
     epoch_steps = min(per_pass * passes, MAX_EPOCH_STEPS)

@@ -174,14 +174,17 @@ def train_on_shards(spark: SparkSession | None, cfg: Config, vocab: Vocabulary, 
     from embedlib.spark.tracking import log_training
 
     layout = cfg.layout
+    def trial_folder(name: str) -> str:
+        return join(layout.size_trials, name)
+
     size = choose_size(cfg.model, shards, lambda name, model, sample: make_job(
-        replace(cfg, model=model), vocab, sample, backend, folder=join(layout.size_trials, name)),
+        replace(cfg, model=model), vocab, sample, backend, folder=trial_folder(name)),
         SparkTrials.of(spark) if spark is not None else None)
     cfg = replace(cfg, model=size.model)
     job = make_job(cfg, vocab, shards, backend, parent=parent)
     # a winner trained on every row, in a world of one, is the first steps of this run: go on from there
     continued = (size.whole and backend.workers == 1 and parent is None
-                 and job.store.adopt(CheckpointStore(join(layout.size_trials, size.size), "", "")))
+                 and job.store.adopt(CheckpointStore(trial_folder(size.size), "", "")))
     if continued:
         log.info("continuing the %s trial of the size search (%d steps; it trained on every row)", size.size,
                  job.store.latest_steps())
