@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 import torch
 
 from embedlib.core.calibration import Calibration
+from embedlib.core.devices import resolve_device
 from embedlib.core.encode import Encoder
 from embedlib.core.layout import filesystem
 from embedlib.core.model import EmbeddingAutoencoder, ModelSpec
@@ -211,6 +212,13 @@ class Bundle:
     @functools.cached_property
     def encoder(self) -> Encoder:
         return Encoder.for_vocab(self.vocab)
+
+    def to(self, device: str | torch.device = "auto") -> Bundle:
+        """Move the model to ``device`` (``score.device``'s values: ``auto`` is CUDA where present;
+        or a ``torch.device``) and return this bundle: scoring then runs there, the results come back
+        to the host."""
+        self.model.to(device if isinstance(device, torch.device) else resolve_device(device, "score.device"))
+        return self
 
     @property
     def threshold(self) -> float:

@@ -22,6 +22,7 @@ import pyarrow as pa
 import torch
 
 from embedlib.core.densities import numeric_mean
+from embedlib.core.devices import model_device, to_device
 from embedlib.core.model import AdaptiveHead, WideOutput, column_nll, top_of
 
 if TYPE_CHECKING:
@@ -82,8 +83,8 @@ class ScoreResult:
         if out is None:
             return self.expected[rows, column], self.expected_prob[rows, column]
         with torch.inference_mode():
-            index, prob = top_of(out.rows(torch.from_numpy(np.asarray(rows, dtype=np.int64))))
-        return index.numpy().astype(np.int64), prob.numpy().astype(np.float64)
+            index, prob = top_of(out.rows(torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(out.hidden.device)))
+        return index.cpu().numpy().astype(np.int64), prob.cpu().numpy().astype(np.float64)
 
     @property
     def ranking(self) -> np.ndarray:
@@ -113,6 +114,7 @@ def score_encoded(bundle: ScoringBundle, enc: Encoded, *, rank_by: str | None = 
     step = bundle.model.pass_rows
     parts = [_pass(bundle, enc, slice(start, start + step), with_code) for start in range(0, max(rows, 1), step)]
     contrib, pred, expected, expected_prob, code, *kept = (torch.cat(tensors) for tensors in zip(*parts))
+    contrib, pred, expected, expected_prob, code = (t.cpu() for t in (contrib, pred, expected, expected_prob, code))
     wide_columns = [i for i, head in enumerate(bundle.model.cat_heads) if isinstance(head, AdaptiveHead)]
     wide = {i: WideOutput(cast(AdaptiveHead, bundle.model.cat_heads[i]), kept[k], kept[len(wide_columns) + k])
             for k, i in enumerate(wide_columns)}
@@ -144,20 +146,23 @@ def _pass(bundle: ScoringBundle, enc: Encoded, rows: slice, with_code: bool) -> 
     """One pass over ``rows`` of ``enc``: contributions, numeric predictions, each categorical's
     arg-max and its probability (−1, NaN for a wide column), the code, then each wide column's hidden
     state and then each one's :attr:`~embedlib.core.heads.WideOutput.head_top` (its arg-max, for the rows
-    that need it, later)."""
+    that need it, later), on the model's device (:func:`~embedlib.core.devices.model_device`; the
+    wide columns' outputs stay there)."""
     model = bundle.model
+    device = model_device(model)
     with torch.inference_mode():
-        cat = torch.from_numpy(enc.cat[rows])
-        num = torch.from_numpy(enc.num[rows])
-        missing = torch.from_numpy(enc.missing[rows])
+        cat = to_device(torch.from_numpy(enc.cat[rows]), device)
+        num = to_device(torch.from_numpy(enc.num[rows]), device)
+        missing = to_device(torch.from_numpy(enc.missing[rows]), device)
         outputs, pred = model.reconstruct(cat, num, missing)
         code = model.encode(cat, num, missing) if with_code else num.new_zeros((cat.shape[0], 0))
         contrib = column_nll(outputs, pred, cat, num, missing).double()
         n = cat.shape[0]
-        unknown = (torch.full((n,), -1, dtype=torch.long), torch.full((n,), float("nan"), dtype=torch.float64))
+        unknown = (torch.full((n,), -1, dtype=torch.long, device=device),
+                   torch.full((n,), float("nan"), dtype=torch.float64, device=device))
         tops = [unknown if isinstance(out, WideOutput) else top_of(out) for out in outputs]
-        expected = torch.stack([t[0] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.long)
-        prob = torch.stack([t[1] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.float64)
+        expected = torch.stack([t[0] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.long, device=device)
+        prob = torch.stack([t[1] for t in tops], dim=1) if tops else torch.zeros((n, 0), dtype=torch.float64, device=device)
         wide = [out for out in outputs if isinstance(out, WideOutput)]
     return contrib, numeric_mean(pred, num.shape[1]), expected, prob, code, *(out.hidden for out in wide), *(out.kept_top() for out in wide)
 

@@ -111,8 +111,9 @@ def score_frame(
     counts: bool = False,
     batch_size: int | None = None,
     rank_by: str | None = None,
+    device: str = "auto",
 ) -> DataFrame:
-    """The scored DataFrame (lazy). ``rank_by`` (default: the bundle's) decides
+    """The scored DataFrame (lazy). ``device`` (``score.device``): where each worker runs the model. ``rank_by`` (default: the bundle's) decides
     ``is_anomaly`` and the reasons' order; ``threshold`` defaults to the bundle's
     for that ranking. With ``counts`` the frame has one more column,
     :data:`embedlib.spark.workers.COUNTS_COLUMN`: each task's summary counts (see :func:`build_output`) on its
@@ -131,7 +132,7 @@ def score_frame(
         rank_by=rank_by,
     )
     return map_with_bundle(spark, df, bundle, ids=ids, table=table, transform=transform,
-                           fields=output_fields(emit_code), counts=counts)
+                           fields=output_fields(emit_code), counts=counts, device=device)
 
 
 # ----------------------------------------------------------------------------- job
@@ -221,7 +222,7 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
         frame = score_frame(
             spark, df, bundle, ids=ids, threshold=scoring.threshold, top_reasons=cfg.score.top_reasons,
             emit_code=cfg.score.emit_code, table=source_name, counts=True, batch_size=cfg.score.batch_size,
-            rank_by=scoring.rank_by,
+            rank_by=scoring.rank_by, device=cfg.score.device,
         )
         obs = Observation(name)
         return frame.observe(obs, *metrics).drop(COUNTS_COLUMN), obs

@@ -52,7 +52,7 @@ FEATURE_COLUMN = "__f{}"
 #: server takes messages of up to 128 MiB by default (``spark.connect.grpc.maxInboundMessageSize``).
 INLINE_BUNDLE_BYTES = 64 << 20
 
-_BUNDLES: dict[str, Bundle] = {}
+_BUNDLES: dict[tuple[str, str], Bundle] = {}
 _LOADS: Counter[str] = Counter()
 _LOCK = threading.Lock()
 
@@ -69,22 +69,25 @@ def bundle_files_or_path(bundle: Bundle, limit: int | None = None) -> Mapping[st
     return read_bundle_files(bundle.path) if size <= limit else bundle.path
 
 
-def cached_bundle(bundle_id: str, files: Mapping[str, bytes] | str) -> Bundle:
+def cached_bundle(bundle_id: str, files: Mapping[str, bytes] | str, device: str = "cpu") -> Bundle:
     """The loaded bundle for ``bundle_id``, loaded (and verified) once per Python process, from its
-    files' bytes or (a str) its path."""
-    bundle = _BUNDLES.get(bundle_id)
+    files' bytes or (a str) its path, its model on ``device`` (``score.device``: ``auto``, ``cpu``,
+    ``cuda``; :meth:`~embedlib.core.bundle.Bundle.to`)."""
+    key = (bundle_id, device)
+    bundle = _BUNDLES.get(key)
     if bundle is None:
         _limit_threads()
         with _LOCK:
-            bundle = _BUNDLES.get(bundle_id)
+            bundle = _BUNDLES.get(key)
             if bundle is None:
                 where = files if isinstance(files, str) else f"<bundle {bundle_id}>"
                 bundle = bundle_from_files(read_bundle_files(files) if isinstance(files, str) else files, where)
                 if bundle.bundle_id != bundle_id:
                     raise BundleError(f"the bundle at {where} is {bundle.bundle_id}, but this job scores with "
                                       f"{bundle_id}: it was replaced while the job ran; run the job again")
+                bundle.to(device)
                 _BUNDLES.clear()  # one model per worker is plenty; drop older runs'
-                _BUNDLES[bundle_id] = bundle
+                _BUNDLES[key] = bundle
                 _LOADS[bundle_id] += 1
     return bundle
 
@@ -127,9 +130,11 @@ class BundleBatches:
     #: With ``counts``, the transform also gets ``counts=`` (a :class:`CountSum`) and the task's sum goes
     #: out in :data:`COUNTS_COLUMN` of its last row (null on every other row).
     counts: bool = False
+    #: Where the model runs on the worker (``score.device``).
+    device: str = "cpu"
 
     def __call__(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        bundle = cached_bundle(self.bundle_id, self.files)
+        bundle = cached_bundle(self.bundle_id, self.files, self.device)
         sink = CountSum() if self.counts else None
         pending: pa.RecordBatch | None = None
         for n, batch in enumerate(batches):
@@ -231,9 +236,10 @@ def map_with_bundle(
     transform: Transform,
     fields: list[Any],
     counts: bool = False,
+    device: str = "cpu",
 ) -> DataFrame:
     """Check ``df`` against the bundle and map every batch with ``transform`` (the bundle travels
-    with the function, :func:`bundle_files_or_path`).
+    with the function, :func:`bundle_files_or_path`; its model runs on ``device`` in each worker).
 
     ``fields`` are the Spark ``StructField``s of the transform's columns; the
     result has the id columns first and ``bundle_id`` last (then, with ``counts``,
@@ -257,6 +263,7 @@ def map_with_bundle(
         features=spec.columns,
         transform=transform,
         counts=counts,
+        device=device,
     )
     tail = [StructField("bundle_id", StringType())]
     if counts:

@@ -43,6 +43,8 @@ NumericHead = Literal["unit", "gaussian", "mixture"]
 ModelSize = Literal["auto", "small", "medium", "large"]
 LrSchedule = Literal["plateau", "constant"]
 RankBy = Literal["calibrated", "nats"]
+Precision = Literal["fp32", "bf16"]  # embedlib.core.devices.PRECISIONS
+ScoreDevice = Literal["auto", "cpu", "cuda"]  # embedlib.core.devices.DEVICES
 #: ``score.passthrough`` / ``features.passthrough``: source columns an output keeps beside its own.
 Passthrough = tuple[str, ...] | Literal["all"] | None
 DeltaEngine = Literal["auto", "connector", "delta-rs"]
@@ -221,11 +223,18 @@ class TrainConfig:
     ``horovod``) is launched again after a worker died without reporting an error
     (killed, out of memory, its executor lost, a crash in native code); every
     launch resumes from the last checkpoint. A worker's Python error is not retried.
+
+    ``use_gpu``: ``auto`` trains on CUDA where the workers see it (the driver's device for a local
+    run, ``spark.executor.resource.gpu.amount`` for executors); ``true`` where none is seen is an
+    error. ``precision``: ``bf16`` runs each training step's forward pass under bf16 autocast
+    (:func:`embedlib.core.devices.autocast`: the matrix products in bf16, the losses in fp32; on the
+    CPU too, where torch supports it); validation and scoring stay fp32.
     """
 
     backend: Backend = "auto"
     num_workers: int = 2
     use_gpu: bool | Literal["auto"] = "auto"
+    precision: Precision = "fp32"
     local_mode: bool | Literal["auto"] = "auto"
     epochs: int | None = None
     batch_size: int = 512
@@ -268,6 +277,10 @@ class ScoreConfig:
     ``rank_by``: ``calibrated`` ranks and flags rows by the calibrated score
     (each column's nats turned into how rare they are on normal rows, summed) —
     ``nats`` by the raw negative log-likelihood. Both are written either way.
+
+    ``device``: where each Python worker runs the model: ``auto`` (CUDA where the worker sees a
+    device, else the CPU), ``cpu`` or ``cuda`` (an error where none is seen). The bundle is moved
+    there once per worker; rows go through pinned memory (:mod:`embedlib.core.devices`).
     """
 
     source: str | SourceConfig | None = None
@@ -282,6 +295,7 @@ class ScoreConfig:
     emit_code: bool = False
     batch_size: int = 10_000
     rank_by: RankBy = "calibrated"
+    device: ScoreDevice = "auto"
     stream: StreamConfig = field(default_factory=StreamConfig)
 
 

@@ -41,8 +41,10 @@ import torch
 from torch import nn
 
 from embedlib.core.config.schema import TrainConfig
+from embedlib.core.devices import autocast, to_device
 from embedlib.core.encode import Encoded, Encoder, ShardSet
 from embedlib.core.faults import InjectedFault, fault, kill_self
+from embedlib.core.heads import HeadOutput, WideOutput
 from embedlib.core.model import (
     EmbeddingAutoencoder,
     ModelSpec,
@@ -82,6 +84,7 @@ class TrainJob:
     min_improvement: float = 0.002
     mask_rate: float = 0.5  # masked kind: each row hides cells at a rate ~ U(0, mask_rate)
     use_gpu: bool = False
+    precision: str = "fp32"  # "bf16": the forward pass of each step under bf16 autocast (devices.autocast)
     threads: int = 0  # torch intra-op threads per worker; 0 keeps torch's default
     max_seconds: float | None = None  # stop (not converged) once an epoch ends past this many seconds
     stop_steps: int | None = None  # stop (not converged) after this many steps, the schedule left the full run's
@@ -209,7 +212,8 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
         started = time.perf_counter()
         gen = torch.Generator(device="cpu").manual_seed(job.seed * 1_000_003 + epoch * 1009 + coll.rank)
         net.train()
-        total = torch.zeros(2, dtype=torch.float64)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)  # summed where the loss is: no sync a step
+        loss_rows = 0
         todo = min([epoch_steps, *(limit - state.steps for limit in (budget, job.stop_steps) if limit)])
         bar = _progress(todo, epoch) if show_bar else None
         for step, enc in enumerate(epoch_batches(train_files, train_reader, batch_size, job.shuffle_buffer, (job.seed, epoch, coll.rank), passes)):
@@ -224,13 +228,14 @@ def train_loop(coll: Collective, job: TrainJob) -> dict[str, Any]:
             loss.backward()
             opt.step()
             state.steps += 1
-            total += torch.tensor([loss.item() * len(enc), len(enc)], dtype=torch.float64)
+            loss_sum += loss.detach().double() * len(enc)
+            loss_rows += len(enc)
             if bar is not None:
                 bar.update(1)
         if bar is not None:
             bar.close()
         stepping.flush()  # the wide tables' rows the epoch's last steps did not read: the weights are the dense Adam's
-        total = coll.allreduce_sum(total)
+        total = coll.allreduce_sum(torch.tensor([loss_sum.item(), float(loss_rows)], dtype=torch.float64))
         sums, rows = evaluate(model, valid_files, job.encoder, device, valid_reader)
         reduced = coll.allreduce_sum(torch.cat([sums, torch.tensor([float(rows)], dtype=torch.float64)]))
         val_rows = max(reduced[-1].item(), 1.0)
@@ -320,12 +325,21 @@ def _step_loss(net: torch.nn.Module, job: TrainJob, enc: Encoded, gen: torch.Gen
     cat, num, miss = tensors(enc, cpu)
     ccat, cnum = corrupt(cat, num, miss, job.spec.cardinalities, job.corruption, gen)
     mask = random_mask(len(enc), len(job.spec.columns), job.mask_rate, gen) if job.spec.masked else None
-    cat, num, miss = cat.to(device), num.to(device), miss.to(device)
-    mask = None if mask is None else mask.to(device)
-    logits, pred, _ = net(ccat.to(device), cnum.to(device), miss, mask)
+    cat, num, miss = to_device(cat, device), to_device(num, device), to_device(miss, device)
+    mask = None if mask is None else to_device(mask, device)
+    with autocast(device, job.precision):
+        logits, pred, _ = net(to_device(ccat, device), to_device(cnum, device), miss, mask)
+    if job.precision != "fp32":  # the losses (and the adaptive heads' clusters) in fp32
+        logits, pred = [_fp32(out) for out in logits], pred.float()
     if mask is None:
         return column_nll(logits, pred, cat, num, miss).sum(1).mean()
     return masked_loss(column_nll(logits, pred, cat, num, miss, hidden_cells=mask), mask)
+
+
+def _fp32(out: HeadOutput) -> HeadOutput:
+    if isinstance(out, WideOutput):
+        return WideOutput(out.head, out.hidden.float(), out.head_top)
+    return out.float()
 
 
 def _judge(job: TrainJob, state: TrainState, val_loss: float) -> None:

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 
 from embedlib.core.connect import is_connect
+from embedlib.core.devices import DeviceError, resolve_device
 from embedlib.core.errors import first_line
 from embedlib.core.train.collective import Collective, HorovodCollective, SingleProcess, TorchDistributed
 from embedlib.core.train.errors import TrainError, TrainFailure
@@ -252,12 +253,12 @@ def _worker_logging(backend: str, rank: Any, job: TrainJob) -> None:
 
 
 def _device(use_gpu: bool, local_rank: int = 0) -> torch.device:
-    if not use_gpu:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise TrainError("train.use_gpu is true but this worker sees no CUDA device")
-    device = torch.device("cuda", local_rank % torch.cuda.device_count())
-    torch.cuda.set_device(device)
+    try:
+        device = resolve_device(use_gpu, "train.use_gpu", local_rank)
+    except DeviceError as exc:
+        raise TrainError(f"{exc} (this worker)") from None
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     return device
 
 

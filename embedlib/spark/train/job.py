@@ -244,6 +244,7 @@ def make_job(cfg: Config, vocab: Vocabulary, shards: ShardSet, backend: Backend,
         min_improvement=t.min_improvement,
         mask_rate=cfg.model.mask_rate,
         lazy_above=t.lazy_above,
+        precision=t.precision,
         init=warm_weights(parent, spec, t.seed) if parent is not None else None,
     )
 
@@ -275,6 +276,7 @@ def _job_fingerprint(spec: ModelSpec, shards: ShardSet, cfg: Config, backend: Ba
         "world": backend.workers,
         "backend": backend.name,
         "parent": parent,
+        **({"precision": t.precision} if t.precision != "fp32" else {}),  # fp32 runs keep their fingerprints
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
