@@ -85,7 +85,9 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
     oov = {c: r for c, r in run.oov_rate.items() if r > 0}
     if oov:
         lines.append("out-of-vocabulary rate: " + ", ".join(f"{c} {100 * r:.3f}%" for c, r in oov.items()))
-    scores = open_tables(spark, cfg.delta).read(run.output).where(F.col("bundle_id") == run.bundle_id)
+    scores = open_tables(spark, cfg.delta).read(run.output)
+    scores = scores.where(F.col("run_id") == run.run_id) if "run_id" in scores.columns \
+        else scores.where(F.col("bundle_id") == run.bundle_id)  # a table written before run_id
     order = "calibrated_score" if run.rank_by == "calibrated" else "anomaly_score"
     rows = scores.orderBy(F.col(order).desc()).limit(top).collect()
     lines.append(f"top {len(rows)} rows (by {order}):")
@@ -98,7 +100,7 @@ def score_report(spark: SparkSession, run: ScoreRun, cfg: Config, top: int = 10)
         values = [f"{c}={row[c]}" for c in passed if c not in cfg.columns.id]
         if values:
             lines.append("    row: " + ", ".join(values))
-        for reason in row["reasons"]:
+        for reason in row["reasons"] or []:  # null on a row without detail (score.detail)
             lines.append("      " + format_reason(reason, row["calibrated_contributions"]))
     if run.tracking_run_id:
         lines.append(f"MLflow run {run.tracking_run_id}")

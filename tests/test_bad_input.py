@@ -355,7 +355,7 @@ def test_unicode_and_long_values_score_and_print(spark, tiny_run, tmp_path: Path
                          "code": np.int64(1), "x": 5.0, "c": 4.0})
     rows.to_parquet(tmp_path / "special.parquet", index=False)
     args = ["score", *(a for s in sets for a in ("--set", s)), "--set", f"score.source={tmp_path / 'special.parquet'}",
-            "--set", "score.top_reasons=4", "--set", "score.run_id=special"]
+            "--set", "score.top_reasons=4", "--set", "score.run_id=special", "--set", "score.detail=all"]
     assert main(args) == 0
     report = capsys.readouterr().out
     table = [r for r in pa.table(DeltaTable(cfg.layout.scores).to_pyarrow_table()).to_pylist() if r["row_id"] >= 1000]

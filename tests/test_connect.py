@@ -101,8 +101,10 @@ def test_score_job_over_connect_equals_classic(spark, connect_url: str, adult_tr
     np.testing.assert_allclose(remote["anomaly_score"], classic["anomaly_score"], rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(remote["calibrated_score"], classic["calibrated_score"], rtol=1e-9, atol=1e-9)
     assert remote["is_anomaly"].tolist() == classic["is_anomaly"].tolist()
-    assert [[r["column"] for r in rs] for rs in remote["reasons"]] == \
-        [[r["column"] for r in rs] for rs in classic["reasons"]]
+    # score.detail: flagged (the default): the flagged rows' reasons, nulls on the others, as classic's
+    assert [None if rs is None else [r["column"] for r in rs] for rs in remote["reasons"]] == \
+        [None if rs is None else [r["column"] for r in rs] for rs in classic["reasons"]]
+    assert remote["reasons"].notna().tolist() == remote["is_anomaly"].tolist()
     assert "__embedlib_counts" not in remote.columns
     # the summary's counts came from each task's last row (there is no accumulator over Connect)
     columns = ["rows", "anomalies", "null_rate", "oov_rate", "bin_counts"]

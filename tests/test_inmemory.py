@@ -63,8 +63,11 @@ def test_fit_in_memory_then_score_frame_equals_the_score_job(spark, tmp_path: Pa
         np.testing.assert_allclose(mem[col].to_numpy(), job[col].to_numpy(), rtol=0, atol=1e-9)
     assert mem["is_anomaly"].tolist() == job["is_anomaly"].tolist()
     assert (job["bundle_id"] == bundle.bundle_id).all() and (mem["bundle_id"] == bundle.bundle_id).all()
-    mem_reasons = [[(r["column"], r["value"], r["expected"]) for r in rs] for rs in mem["reasons"]]
-    job_reasons = [[(r["column"], r["value"], r["expected"]) for r in rs] for rs in job["reasons"]]
+    # the job's default detail (flagged): the flagged rows' reasons are score_frame's, the others' null
+    flagged = job["is_anomaly"].to_numpy()
+    assert 0 < flagged.sum() < len(job) and job["reasons"].isna().tolist() == (~flagged).tolist()
+    mem_reasons = [[(r["column"], r["value"], r["expected"]) for r in rs] for rs in mem["reasons"][flagged]]
+    job_reasons = [[(r["column"], r["value"], r["expected"]) for r in rs] for rs in job["reasons"][flagged]]
     assert mem_reasons == job_reasons
 
     # ranked by nats, with no reasons: the other threshold, empty lists
@@ -211,3 +214,34 @@ def test_arrow_types_are_named_as_spark_reads_them() -> None:
     for t in types:
         assert arrow_type_name(t) == from_arrow_type(t).simpleString(), t
     assert arrow_type_name(pa.dictionary(pa.int8(), pa.string())) == "string"
+
+
+def test_score_detail_keeps_every_score_and_drops_the_detail_of_other_rows(tmp_path: Path) -> None:
+    """``score.detail`` (build_output's ``detail``): ``flagged`` gives the flagged rows exactly the
+    contributions and reasons ``all`` gives them and nulls to the others, ``none`` nulls to every row;
+    the scores and flags are the same in each (a 150-step fit, ~2 s)."""
+    rng = np.random.default_rng(3)
+    kind = rng.integers(0, 5, 1500)
+    frame = pd.DataFrame({"kind": [f"k{k}" for k in kind], "shop": [f"s{k}" for k in kind],
+                          "price": kind * 10.0 + rng.normal(0, 1, 1500)})
+    bundle = embedlib.fit(frame, categorical=["kind", "shop"], numeric=["price"], output_dir=str(tmp_path),
+                          settings={"model.size": "small", "train.max_steps": 150, "train.patience": 0})
+    rows = frame.head(200).copy()
+    rows.loc[:9, "shop"] = "s4"  # ten broken pairs among normal rows
+    rows.loc[:9, "kind"] = "k0"
+    every, flagged, none = (bundle.score_frame(rows, detail=d) for d in ("all", "flagged", "none"))
+    for got in (flagged, none):
+        for col in ("anomaly_score", "calibrated_score", "is_anomaly"):
+            assert got[col].tolist() == every[col].tolist()
+    hit = every["is_anomaly"].to_numpy()
+    assert 0 < hit.sum() < len(rows)
+    for col in ("contributions", "calibrated_contributions", "reasons"):
+        assert flagged[col].isna().tolist() == (~hit).tolist() and none[col].isna().all()
+        assert [_plain(v) for v in flagged[col][hit]] == [_plain(v) for v in every[col][hit]]
+    with pytest.raises(ValueError, match="score.detail='some'"):
+        bundle.score_frame(rows, detail="some")
+
+
+def _plain(value: object) -> object:
+    """A reasons cell (an array of dicts in pandas) as a list; anything else as it is."""
+    return list(value) if isinstance(value, np.ndarray) else value

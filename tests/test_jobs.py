@@ -101,8 +101,9 @@ def test_every_job_gives_the_same_tables_on_both_delta_engines(spark, tmp_path: 
 
     def rows(root: Path, table: str, reader: str) -> list[tuple]:
         """The table's rows, doubles rounded, in a total order (list, map and struct columns as text);
-        the bundle id aside (it hashes the training metrics, timings included)."""
-        frame = tables_of(spark, reader).read(str(root / table)).drop("bundle_id")
+        the bundle id aside (it hashes the training metrics, timings included), and so the run's id (it
+        holds the bundle id) and time."""
+        frame = tables_of(spark, reader).read(str(root / table)).drop("bundle_id", "run_id", "scored_at")
         frame = frame.select([F.round(c, 9).alias(c) if t in ("double", "float") else F.col(c).cast("string")
                               .alias(c) if t.startswith(("array", "map", "struct")) else F.col(c)
                               for c, t in frame.dtypes])
@@ -113,6 +114,9 @@ def test_every_job_gives_the_same_tables_on_both_delta_engines(spark, tmp_path: 
         for table in ("vocab", "embeddings", "scores", "features"):
             assert rows(connector, table, reader) == rows(delta_rs, table, reader), table
         assert tables_of(spark, reader).read(str(connector / "scores")).count() == 16281
+        for root in (connector, delta_rs):  # the run's columns, typed alike whoever wrote and reads them
+            types = dict(tables_of(spark, reader).read(str(root / "scores")).dtypes)
+            assert (types["run_id"], types["scored_at"]) == ("string", "timestamp"), (root, reader)
         assert tables_of(spark, reader).read(str(delta_rs / "score_runs")).count() == 1
         assert tables_of(spark, reader).read(str(connector / "score_runs")).count() == 1
     assert (connector / "evaluation" / "metrics.json").exists() and (delta_rs / "evaluation" / "metrics.json").exists()

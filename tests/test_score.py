@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import shutil
 import subprocess
@@ -198,9 +199,19 @@ def test_score_job_is_idempotent_and_atomic(spark, adult_trained, tmp_path: Path
     replaced = run_score_job(spark, score_cfg(cfg, "score.run_id=manual-3", "score.mode=overwrite"))
     assert replaced.written and DeltaTable(out).count() == 16281
     table = pa.table(DeltaTable(out).to_pyarrow_table())
-    # no id declared: every source column first (score.passthrough's default), then the scores
+    # no id declared: every source column first (score.passthrough's default), then the scores, the run
     assert table.column_names == [*adult_pandas(ADULT_TEST).columns, "anomaly_score", "is_anomaly", "contributions",
-                                  "reasons", "calibrated_score", "calibrated_contributions", "bundle_id"]
+                                  "reasons", "calibrated_score", "calibrated_contributions", "bundle_id",
+                                  "run_id", "scored_at"]
+    assert set(table.column("run_id").to_pylist()) == {"manual-3"}
+    assert pa.types.is_timestamp(table.schema.field("scored_at").type)
+    scored_at = table.column("scored_at").to_pylist()
+    assert len(set(scored_at)) == 1 and scored_at[0].replace(tzinfo=None) >= dt.datetime(2026, 1, 1)
+    # score.detail: flagged (the default): the detail of the flagged rows only, nulls on the others
+    flags = np.asarray(table.column("is_anomaly").to_pylist())
+    assert 0 < flags.sum() < len(flags)
+    for col in ("contributions", "calibrated_contributions", "reasons"):
+        assert (~np.asarray(table.column(col).is_null().to_pylist()) == flags).all(), col
     runs = pa.table(DeltaTable(run.layout.score_runs).to_pyarrow_table()).to_pylist()
     assert [r["run_id"] for r in runs].count(first.run_id) == 1 and len(runs) == 3
     summary = runs[0]
@@ -338,3 +349,43 @@ def test_outputs_keep_source_columns_to_join_back(spark, adult_trained, test_row
 
 def feats_sets(tmp_path: Path) -> list[str]:
     return [f"features.source.path={tmp_path / 'rows.parquet'}", "features.source.format=parquet"]
+
+
+def test_an_append_to_a_scores_table_written_before_run_id_adds_the_run_columns(  # type: ignore[no-untyped-def]
+        spark, adult_trained, tmp_path: Path, delta_engine: str) -> None:
+    """A daily job's table written by an embedlib without ``run_id``/``scored_at`` (and with every row's
+    detail) takes the new rows through either Delta engine: the two columns are added, the old rows
+    hold nulls there, nothing of theirs changes (two score runs of 500 rows, ~2-7 s per engine)."""
+    import pyarrow.compute as pc
+    from deltalake import write_deltalake
+
+    from .conftest import ADULT_DATA, copy_run
+
+    cfg, _ = adult_trained
+    copy_run(cfg, tmp_path / "run")
+    rows = adult_pandas(ADULT_TEST).head(500)
+    rows.insert(0, "row_id", np.arange(len(rows), dtype=np.int64))
+    rows.to_parquet(tmp_path / "rows.parquet", index=False)
+    out = tmp_path / "scores"
+
+    def run(run_id: str, *sets: str) -> None:
+        run_score_job(spark, load_config([BASE_CONF, ADULT_CONF], [
+            f"output_dir={tmp_path / 'run'}", f"source.path={ADULT_DATA}", f"score.source={tmp_path / 'rows.parquet'}",
+            "source.format=parquet", "source.schema=null", "columns.id=[row_id]", f"score.run_id={run_id}",
+            f"score.output={out}", f"delta.engine={delta_engine}", *sets]))
+
+    run("before", "score.detail=all")
+    old = DeltaTable(str(out)).to_pyarrow_table().drop_columns(["run_id", "scored_at"])
+    shutil.rmtree(out)
+    write_deltalake(str(out), old)  # as an embedlib of 2026-12-07 wrote it
+    run("after")
+    table = pa.table(DeltaTable(str(out)).to_pyarrow_table()).sort_by([("run_id", "ascending"), ("row_id", "ascending")])
+    assert table.num_rows == 1000 and table.column_names[-2:] == ["run_id", "scored_at"]
+    runs = table.column("run_id").to_pylist()
+    assert runs.count("after") == 500 and runs.count(None) == 500
+    before = table.filter(pc.is_null(table.column("run_id")))
+    assert before.drop_columns(["run_id", "scored_at"]).sort_by("row_id").equals(old.sort_by("row_id"))
+    assert before.column("scored_at").null_count == 500 and before.column("reasons").null_count == 0
+    after = table.filter(pc.equal(table.column("run_id"), "after"))
+    assert after.column("scored_at").null_count == 0
+    assert after.column("anomaly_score").to_pylist() == before.sort_by("row_id").column("anomaly_score").to_pylist()

@@ -93,8 +93,10 @@ def test_files_arriving_in_steps_are_scored_once_as_the_batch_job_scores_them(  
     assert len(both) == len(test_rows)
     assert np.allclose(both["anomaly_score"], both["anomaly_score_batch"], atol=1e-9, rtol=0)
     assert (both["is_anomaly"] == both["is_anomaly_batch"]).all()
-    assert [[r["column"] for r in rs] for rs in both["reasons"]] == \
-        [[r["column"] for r in rs] for rs in both["reasons_batch"]]
+    assert [None if rs is None else [r["column"] for r in rs] for rs in both["reasons"]] == \
+        [None if rs is None else [r["column"] for r in rs] for rs in both["reasons_batch"]]
+    assert both["reasons"].notna().tolist() == both["is_anomaly"].tolist()  # score.detail: flagged
+    assert (both["run_id"].str.startswith(f"stream-{query_id}-")).all()  # each micro-batch's own run id
 
     # nothing new: no micro-batch, no commit
     version = table.version()

@@ -255,12 +255,14 @@ class Bundle:
         )
 
     def score_frame(self, frame: pd.DataFrame, *, rank_by: str | None = None, top_reasons: int = 3,
-                    emit_code: bool = False) -> pd.DataFrame:
+                    emit_code: bool = False, detail: str = "all") -> pd.DataFrame:
         """The score job's columns for each row of a pandas DataFrame, without Spark, indexed like
-        ``frame`` (:func:`embedlib.core.output.score_pandas`)."""
+        ``frame`` (:func:`embedlib.core.output.score_pandas`; ``detail`` as ``score.detail``, every row's
+        by default here)."""
         from embedlib.core.output import score_pandas
 
-        return score_pandas(self, frame, rank_by=rank_by, top_reasons=top_reasons, emit_code=emit_code)
+        return score_pandas(self, frame, rank_by=rank_by, top_reasons=top_reasons, emit_code=emit_code,
+                            detail=detail)
 
     @property
     def source_types(self) -> dict[str, str]:

@@ -32,7 +32,7 @@ from embedlib.core.inference import ScoringBundle, score_rows
 from embedlib.core.vocab.model import SchemaError
 from embedlib.core.vocab.schema import check_columns
 
-__all__ = ["OUTPUT_COLUMNS", "REASON_TYPE", "as_table", "build_output", "output_names", "score_pandas"]
+__all__ = ["DETAILS", "OUTPUT_COLUMNS", "REASON_TYPE", "RUN_COLUMNS", "as_table", "build_output", "output_names", "score_pandas"]
 
 REASON_TYPE = pa.struct(
     [
@@ -54,8 +54,14 @@ def build_output(
     emit_code: bool,
     counts: Any = None,
     rank_by: str | None = None,
+    detail: str = "all",
 ) -> dict[str, pa.Array]:
     """Score raw feature columns (named as in the bundle) into the output arrays.
+
+    ``detail`` (``score.detail``, :data:`DETAILS`): which rows get ``contributions``,
+    ``calibrated_contributions`` and ``reasons`` — ``all`` every row, ``flagged`` the rows with
+    ``is_anomaly`` (the others hold nulls: nothing is computed or written for them), ``none`` no row.
+    Every row is scored in full whatever the detail: the scores, the flag and the counts are the same.
 
     ``is_anomaly`` and the order of ``reasons`` follow ``rank_by`` (default: the
     bundle's). ``counts`` (anything with ``add``: a task's :class:`embedlib.spark.workers.CountSum`) gets the
@@ -68,42 +74,52 @@ def build_output(
     rows, width = result.contributions.shape
     n_cat = len(spec.categorical)
 
+    if detail not in DETAILS:
+        raise ValueError(f"score.detail={detail!r}: use one of {', '.join(DETAILS)}")
     out: dict[str, pa.Array] = {}
     out["anomaly_score"] = pa.array(result.score, pa.float64())
-    out["is_anomaly"] = pa.array(result.ranking > threshold, pa.bool_())
-    offsets = pa.array(np.arange(rows + 1, dtype=np.int32) * width)
-    keys = names.take(np.tile(np.arange(width), rows))
+    flagged = result.ranking > threshold
+    out["is_anomaly"] = pa.array(flagged, pa.bool_())
+    shown = flagged if detail == "flagged" else np.full(rows, detail == "all")
+    sel = np.flatnonzero(shown)  # the rows that get their detail, in order
+    hidden = None if len(sel) == rows else pa.array(~shown)  # null rows (no validity buffer when none)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.where(shown, width, 0))]).astype(np.int32))
+    keys = names.take(np.tile(np.arange(width), len(sel)))
+
+    def of_shown(a: np.ndarray) -> np.ndarray:
+        return a if hidden is None else a[sel]
+
     out["contributions"] = pa.MapArray.from_arrays(
-        offsets, keys, pa.array(result.contributions.reshape(-1), pa.float64())
+        offsets, keys, pa.array(of_shown(result.contributions).reshape(-1), pa.float64()), mask=hidden
     )
 
     k = min(top_reasons, width)
-    top = np.argsort(-result.ranking_contributions, axis=1, kind="stable")[:, :k]
-    row_idx = np.repeat(np.arange(rows), k)
+    top = np.argsort(-of_shown(result.ranking_contributions), axis=1, kind="stable")[:, :k]
+    row_idx = np.repeat(sel, k)
     col_idx = top.reshape(-1)
     values = np.empty(len(col_idx), dtype=object)
     expected = np.empty(len(col_idx), dtype=object)
     probability = np.full(len(col_idx), np.nan)
     for c in np.unique(col_idx):
         hit = col_idx == c
-        sel = row_idx[hit]
+        at = row_idx[hit]
         name = spec.columns[c]
         if c < n_cat:
             cv = bundle.vocab[name]
-            taken = features.column(name).take(pa.array(sel))  # the rows shown only
+            taken = features.column(name).take(pa.array(at))  # the rows shown only
             raw = taken.to_numpy(zero_copy_only=False)
             null = pc.is_null(taken, nan_is_null=True).to_numpy(zero_copy_only=False)  # None or NaN
-            shown = np.where(null | (result.observed[sel, c] == NULL_INDEX), "<null>", raw.astype(str))
-            values[hit] = shown
-            index, prob = result.expected_of(c, sel)
+            shown_values = np.where(null | (result.observed[at, c] == NULL_INDEX), "<null>", raw.astype(str))
+            values[hit] = shown_values
+            index, prob = result.expected_of(c, at)
             expected[hit] = cv.labels()[index]
             probability[hit] = prob
         else:
             j = c - n_cat
-            raw_x = _as_float(features.column(name).take(pa.array(sel)))  # the rows shown only
+            raw_x = _as_float(features.column(name).take(pa.array(at)))  # the rows shown only
             # formatted from Python floats (.tolist()): 3× faster than numpy scalars (score_bench --profile)
             values[hit] = ["<null>" if not math.isfinite(x) else f"{x:.6g}" for x in raw_x.tolist()]
-            expected[hit] = [f"{x:.6g}" for x in result.expected_num[sel, j].tolist()]
+            expected[hit] = [f"{x:.6g}" for x in result.expected_num[at, j].tolist()]
     reasons = pa.StructArray.from_arrays(
         [
             names.take(pa.array(col_idx, pa.int64())),
@@ -114,11 +130,12 @@ def build_output(
         ],
         fields=list(REASON_TYPE),
     )
-    out["reasons"] = pa.ListArray.from_arrays(pa.array(np.arange(rows + 1, dtype=np.int32) * k), reasons)
+    reason_offsets = pa.array(np.concatenate([[0], np.cumsum(np.where(shown, k, 0))]).astype(np.int32))
+    out["reasons"] = pa.ListArray.from_arrays(reason_offsets, reasons, mask=hidden)
     if result.calibrated is not None and result.calibrated_score is not None:
         out["calibrated_score"] = pa.array(result.calibrated_score, pa.float64())
         out["calibrated_contributions"] = pa.MapArray.from_arrays(
-            offsets, keys, pa.array(result.calibrated.reshape(-1), pa.float64())
+            offsets, keys, pa.array(of_shown(result.calibrated).reshape(-1), pa.float64()), mask=hidden
         )
     else:  # a bundle written before calibration
         out["calibrated_score"] = pa.nulls(rows, pa.float64())
@@ -147,15 +164,22 @@ def _as_float(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(pc.cast(values, pa.float64()).to_numpy(zero_copy_only=False), dtype=np.float64)
 
 
+#: What ``score.detail`` takes: which rows get ``contributions``, ``calibrated_contributions`` and ``reasons``.
+DETAILS = ("flagged", "all", "none")
+
 #: The columns :func:`build_output` writes, in order (``code`` with ``emit_code`` only).
 OUTPUT_COLUMNS = ("anomaly_score", "is_anomaly", "contributions", "reasons", "calibrated_score",
                   "calibrated_contributions", "code")
 
 
+#: The columns the score job adds after ``bundle_id``: the run that wrote the row, and when (UTC).
+RUN_COLUMNS = ("run_id", "scored_at")
+
+
 def output_names() -> frozenset[str]:
-    """Every column name a scores table can hold besides the passed-through ones (with ``code``
-    and ``bundle_id``): a source column of one of these names is not passed through."""
-    return frozenset(OUTPUT_COLUMNS) | {"bundle_id"}
+    """Every column name a scores table can hold besides the passed-through ones (with ``code``,
+    ``bundle_id``, ``run_id`` and ``scored_at``): a source column of one of these names is not passed through."""
+    return frozenset(OUTPUT_COLUMNS) | {"bundle_id", *RUN_COLUMNS}
 
 
 def as_table(data: pd.DataFrame | pa.Table | pa.RecordBatch, columns: Sequence[str], who: str) -> pa.Table:
@@ -188,11 +212,12 @@ def as_table(data: pd.DataFrame | pa.Table | pa.RecordBatch, columns: Sequence[s
 
 
 def score_pandas(bundle: ScoringBundle, frame: pd.DataFrame, *, rank_by: str | None = None, top_reasons: int = 3,
-                 emit_code: bool = False) -> pd.DataFrame:
+                 emit_code: bool = False, detail: str = "all") -> pd.DataFrame:
     """The score job's columns for each row of ``frame`` (``anomaly_score``, ``is_anomaly``,
     ``contributions`` as dicts, ``reasons`` as lists of dicts, ``calibrated_score``,
     ``calibrated_contributions``, ``code`` with ``emit_code``, ``bundle_id``), indexed like
-    ``frame`` so that ``frame.join(scores)`` puts them side by side."""
+    ``frame`` so that ``frame.join(scores)`` puts them side by side. ``detail``: as ``score.detail``
+    (:func:`build_output`), every row's by default here (the score job's default is ``flagged``)."""
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"score_frame: expected a pandas DataFrame, got {type(frame).__name__}")
     spec = bundle.spec
@@ -203,7 +228,7 @@ def score_pandas(bundle: ScoringBundle, frame: pd.DataFrame, *, rank_by: str | N
     threshold = bundle.threshold_for(ranking)
     # one call: score_encoded runs the model the bundle's pass_rows at a time (bounded memory)
     out = build_output(bundle, table, threshold=threshold, top_reasons=top_reasons, emit_code=emit_code,
-                       rank_by=ranking)
+                       rank_by=ranking, detail=detail)
     out["bundle_id"] = pa.array([bundle.bundle_id] * table.num_rows, pa.string())
     scores = pa.table(out).to_pandas(maps_as_pydicts="strict")
     scores.index = frame.index

@@ -10,7 +10,10 @@ any Spark job); the bundle travels with the function (:mod:`embedlib.spark.worke
 lookup), scored in one forward pass, and returned as an Arrow batch with:
 
 ``<id columns>, anomaly_score, is_anomaly, contributions, reasons, calibrated_score,
-calibrated_contributions, [code], bundle_id``
+calibrated_contributions, [code], bundle_id`` — and in the score job's table ``run_id, scored_at`` (the
+run that wrote the row, and when). ``score.detail`` says which rows carry ``contributions``,
+``calibrated_contributions`` and ``reasons`` (``flagged`` by default: the rows with ``is_anomaly``;
+the others hold nulls).
 
 ``anomaly_score`` is the row's negative log-likelihood in nats and
 ``contributions`` (column → nats) adds up to it. ``calibrated_contributions``
@@ -112,8 +115,10 @@ def score_frame(
     batch_size: int | None = None,
     rank_by: str | None = None,
     device: str = "auto",
+    detail: str = "all",
 ) -> DataFrame:
-    """The scored DataFrame (lazy). ``device`` (``score.device``): where each worker runs the model. ``rank_by`` (default: the bundle's) decides
+    """The scored DataFrame (lazy). ``device`` (``score.device``): where each worker runs the model;
+    ``detail`` (``score.detail``): which rows get contributions and reasons (:func:`build_output`). ``rank_by`` (default: the bundle's) decides
     ``is_anomaly`` and the reasons' order; ``threshold`` defaults to the bundle's
     for that ranking. With ``counts`` the frame has one more column,
     :data:`embedlib.spark.workers.COUNTS_COLUMN`: each task's summary counts (see :func:`build_output`) on its
@@ -130,6 +135,7 @@ def score_frame(
         top_reasons=top_reasons,
         emit_code=emit_code,
         rank_by=rank_by,
+        detail=detail,
     )
     return map_with_bundle(spark, df, bundle, ids=ids, table=table, transform=transform,
                            fields=output_fields(emit_code), counts=counts, device=device)
@@ -214,7 +220,8 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
 
     tables = scoring.tables(spark)
     layout, output, bundle, source_name = cfg.layout, cfg.scores_output, scoring.bundle, scoring.source.name
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    started_at = now.isoformat(timespec="seconds")
     columns = bundle.spec.columns
     shape = CountLayout(len(columns), len(bundle.spec.categorical))
 
@@ -222,10 +229,12 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
         frame = score_frame(
             spark, df, bundle, ids=ids, threshold=scoring.threshold, top_reasons=cfg.score.top_reasons,
             emit_code=cfg.score.emit_code, table=source_name, counts=True, batch_size=cfg.score.batch_size,
-            rank_by=scoring.rank_by, device=cfg.score.device,
+            rank_by=scoring.rank_by, device=cfg.score.device, detail=cfg.score.detail,
         )
         obs = Observation(name)
-        return frame.observe(obs, *metrics).drop(COUNTS_COLUMN), obs
+        # the run's identity in every row: constants the JVM adds, nothing crosses from Python
+        run = [F.lit(run_id).alias("run_id"), F.lit(now).cast("timestamp").alias("scored_at")]
+        return frame.observe(obs, *metrics).drop(COUNTS_COLUMN).select("*", *run), obs
 
     metrics = [
         F.count(F.lit(1)).alias("rows"),

@@ -45,6 +45,7 @@ LrSchedule = Literal["plateau", "constant"]
 RankBy = Literal["calibrated", "nats"]
 Precision = Literal["fp32", "bf16"]  # embedlib.core.devices.PRECISIONS
 ScoreDevice = Literal["auto", "cpu", "cuda"]  # embedlib.core.devices.DEVICES
+ScoreDetail = Literal["flagged", "all", "none"]  # embedlib.core.output.DETAILS
 #: ``score.passthrough`` / ``features.passthrough``: source columns an output keeps beside its own.
 Passthrough = tuple[str, ...] | Literal["all"] | None
 DeltaEngine = Literal["auto", "connector", "delta-rs"]
@@ -278,6 +279,11 @@ class ScoreConfig:
     (each column's nats turned into how rare they are on normal rows, summed) —
     ``nats`` by the raw negative log-likelihood. Both are written either way.
 
+    ``detail``: which rows of the scores table carry ``contributions``, ``calibrated_contributions``
+    and ``reasons``: ``flagged`` (the default) the rows with ``is_anomaly`` (the others hold nulls),
+    ``all`` every row, ``none`` no row. Every row is scored in full whatever the detail; every row gets
+    its ids, the scores, ``is_anomaly``, ``bundle_id``, ``run_id`` and ``scored_at``.
+
     ``device``: where each Python worker runs the model: ``auto`` (CUDA where the worker sees a
     device, else the CPU), ``cpu`` or ``cuda`` (an error where none is seen). The bundle is moved
     there once per worker; rows go through pinned memory (:mod:`embedlib.core.devices`).
@@ -296,6 +302,7 @@ class ScoreConfig:
     batch_size: int = 10_000
     rank_by: RankBy = "calibrated"
     device: ScoreDevice = "auto"
+    detail: ScoreDetail = "flagged"
     stream: StreamConfig = field(default_factory=StreamConfig)
 
 
@@ -409,7 +416,8 @@ class Config:
 _SECRET_KEY = re.compile(r"(key|secret|token|password|passwd|credential|sas|auth)", re.I)
 
 #: Columns the score and features jobs write themselves; an id column may not take these names.
-OUTPUT_COLUMNS = frozenset({"anomaly_score", "is_anomaly", "contributions", "reasons", "code", "bundle_id"})
+OUTPUT_COLUMNS = frozenset({"anomaly_score", "is_anomaly", "contributions", "reasons", "code", "bundle_id",
+                            "calibrated_score", "calibrated_contributions", "run_id", "scored_at"})
 
 
 def redact(conf: Mapping[str, Any]) -> dict[str, Any]:
