@@ -4,6 +4,7 @@
                                                [--delta-engines connector delta-rs]
                                                [--batch-size 10000] [--udf-rows 20000]
                                                [--ceiling-rows 1000000] [--profile 25] [--summary]
+                                               [--details flagged all none]
 
 Reference model: 10 categoricals of ~100 values each (skewed, 1 % nulls) and 20
 numerics (1 % nulls), plus an ``id`` column. For each size in ``--rows`` the table is
@@ -14,13 +15,17 @@ table, the first 20,000 ids), embedlib builds the vocabulary (``build_vocabulary
 spark engine; every value is seen there); an *untrained* ``EmbeddingAutoencoder`` of the
 default kind and ``--size``'s shape (large by default: the costliest ``model.size: auto`` can
 pick; torch seeded) goes into a bundle with
-``save_bundle``, which is loaded back with ``load_bundle``. Training quality does not
-change the work done per row, so throughput does not depend on it.
+``save_bundle``, which is loaded back with ``load_bundle``; its threshold is the 0.99 quantile of
+the warm-up rows' ranking (as training sets ``score.threshold_quantile``), so ~1 % of rows are
+flagged, the rows ``score.detail: flagged`` writes the detail of. Training quality does not
+change the work done per row, so throughput does not depend on it. The timed job uses the first of
+``--details`` (default: flagged, the job's default); each other detail is one more job, printed
+with its rows/s and the bytes per scored row in the table's data files.
 
 Then, in one process, for each size (all figures wall-clock, ``time.perf_counter``):
 
 1. **score job**: ``spark.read.parquet`` → ``score_frame(spark, df, bundle, ids=("id",))``
-   → ``open_tables(spark).write(frame, <tmp>, mode="overwrite")`` (Spark writes the Parquet
+   → ``tables(spark).write(frame, <tmp>, mode="overwrite")`` (Spark writes the Parquet
    files, the driver commits them as one Delta transaction through delta-rs, or the
    Delta connector where the session has it) — what the score job does, minus its
    ``Observation`` summary metrics. Timed end to end. Before each size an untimed
@@ -78,6 +83,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 N_CAT = 10
@@ -289,22 +295,32 @@ def make_bundle(spark: Any, data: str, folder: str, name: str, extra: list[str] 
     save_bundle(path, model=model, vocab=vocab, threshold=100.0, threshold_quantile=0.99, metrics={},
                 model_config={}, calibration=calibration, rank_by=cfg.score.rank_by,
                 thresholds={cfg.score.rank_by: 100.0})
-    return load_bundle(path)
+    # the threshold as training sets it (score.threshold_quantile of the rows' ranking): ~1 % flagged,
+    # the share score.detail: flagged writes the detail of
+    import numpy as np
+
+    from embedlib.core.inference import score_rows
+
+    ranking = score_rows(load_bundle(path), pq.read_table(data.replace("file://", ""))).ranking
+    threshold = float(np.quantile(ranking, 0.99))
+    save_bundle(f"{path}-q", model=model, vocab=vocab, threshold=threshold, threshold_quantile=0.99, metrics={},
+                model_config={}, calibration=calibration, rank_by=cfg.score.rank_by,
+                thresholds={cfg.score.rank_by: threshold})
+    return load_bundle(f"{path}-q")
 
 
 # ------------------------------------------------------------------------- methods
 
 
-def score_job(spark: Any, bundle: Any, data: str, out: str, keep_all: bool = False) -> None:
+def score_job(spark: Any, bundle: Any, data: str, out: str, keep_all: bool = False, detail: str = "flagged") -> None:
     """What the score job does: read, ``score_frame``, one Delta commit. The id column is passed
     through (``score.passthrough`` with an id declared), or with ``keep_all`` every source column
-    (its default when no id is declared)."""
+    (its default when no id is declared); ``detail`` is ``score.detail`` (the job's default, flagged)."""
     from embedlib.spark.score import score_frame
-    from embedlib.spark.tables import open_tables
 
     df = spark.read.parquet(data)
-    frame = score_frame(spark, df, bundle, ids=tuple(df.columns) if keep_all else ("id",))
-    open_tables(spark).write(frame, out, mode="overwrite")
+    frame = score_frame(spark, df, bundle, ids=tuple(df.columns) if keep_all else ("id",), detail=detail)
+    tables(spark).write(frame, out, mode="overwrite")
 
 
 def score_job_with_summary(spark: Any, bundle: Any, data: str, out: str) -> None:
@@ -316,9 +332,27 @@ def score_job_with_summary(spark: Any, bundle: Any, data: str, out: str) -> None
 
     cfg = load_config([], [f"source.path={data}", "source.format=parquet", f"columns.categorical={CATS}",
                            f"columns.numeric={NUMS}", "columns.id=[id]", f"output_dir={out}", "name=bench"])
-    scoring = Scoring(bundle, cfg.source, bundle.rank_by, bundle.threshold)
+    scoring = Scoring(bundle, cfg.source, bundle.rank_by, bundle.threshold, tables(spark).engine)
     score_into(spark, cfg, scoring, spark.read.parquet(data), ("id",), "bench", ("score-bench", 1),
                time.perf_counter())
+
+
+#: The Delta engine the jobs write through (``--delta-engines``; ``delta.engine``), set as the run goes.
+ENGINE = ["auto"]
+
+
+def tables(spark: Any) -> Any:
+    """The session's tables through :data:`ENGINE` (what a job with that ``delta.engine`` opens)."""
+    from embedlib.core.config import DeltaConfig
+    from embedlib.spark.tables import open_tables
+
+    return open_tables(spark, DeltaConfig(engine=ENGINE[0]))  # type: ignore[arg-type]
+
+
+def data_bytes(folder: str) -> int:
+    """Bytes of a Delta table's data files (its log aside)."""
+    root = Path(folder.replace("file://", ""))
+    return sum(p.stat().st_size for p in root.rglob("*.parquet") if "_delta_log" not in p.parts)
 
 
 def load_batches(bundle: Any, data: str, rows: int, batch_size: int) -> list[Any]:
@@ -430,7 +464,6 @@ def udf_job(spark: Any, bundle: Any, scorer: Callable[..., float], data: str, ou
     from pyspark.sql import functions as F
     from pyspark.sql.types import DoubleType
 
-    from embedlib.spark.tables import open_tables
 
     fn = F.udf(scorer, DoubleType(), useArrow=False)
     spec = bundle.spec
@@ -439,16 +472,15 @@ def udf_job(spark: Any, bundle: Any, scorer: Callable[..., float], data: str, ou
     if where is not None:
         source = source.where(where)
     frame = source.select("id", fn(*args).alias("anomaly_score"))
-    open_tables(spark).write(frame, out, mode="overwrite")
+    tables(spark).write(frame, out, mode="overwrite")
 
 
 def _max_score_diff(spark: Any, job_out: str, udf_out: str) -> tuple[int, float]:
     from pyspark.sql import functions as F
 
-    from embedlib.spark.tables import open_tables
 
-    udf = open_tables(spark).read(udf_out).withColumnRenamed("anomaly_score", "u")
-    job = open_tables(spark).read(job_out).select("id", "anomaly_score")
+    udf = tables(spark).read(udf_out).withColumnRenamed("anomaly_score", "u")
+    job = tables(spark).read(job_out).select("id", "anomaly_score")
     row = udf.join(job, "id").agg(F.count(F.lit(1)).alias("n"),
                                   F.max(F.abs(F.col("u") - F.col("anomaly_score"))).alias("d")).first()
     return int(row["n"]), float(row["d"] if row["d"] is not None else float("nan"))
@@ -483,6 +515,8 @@ def main(argv: list[str] | None = None) -> None:
                              "of score.passthrough when no id is declared) beside the id only")
     parser.add_argument("--summary", action="store_true",
                         help="also time the score job with its run summary (score_into, as `embedlib score` runs)")
+    parser.add_argument("--details", nargs="+", default=["flagged", "all", "none"], choices=["flagged", "all", "none"],
+                        help="score.detail of the timed job (the first) and of one more job each (rows/s, bytes per row)")
     parser.add_argument("--batch-size", type=int, default=10_000, help="rows per Arrow batch (job and ceiling)")
     parser.add_argument("--udf-rows", type=int, default=20_000, help="rows scored by the row-at-a-time UDF")
     parser.add_argument("--ceiling-rows", type=int, default=1_000_000,
@@ -498,7 +532,6 @@ def main(argv: list[str] | None = None) -> None:
     from embedlib.core.inference import score_rows
     from embedlib.core.output import build_output
     from embedlib.spark.session import delta_connector_available, get_session
-    from embedlib.spark.tables import open_tables
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = get_session(
@@ -516,13 +549,13 @@ def main(argv: list[str] | None = None) -> None:
     partitions: dict[int, int] = {}
     by_engine: dict[int, dict[str, Result]] = {}
     kept_all: dict[int, Result] = {}  # --passthrough-all
+    by_detail: dict[int, dict[str, tuple[Result, int]]] = {}  # --details: the job and its bytes on disk
     with_summary: dict[int, Result] = {}  # --summary
+    summary_bytes: dict[int, int] = {}  # --summary: its table's data files (run_id and scored_at included)
     cpu: dict[int, CpuSplit] = {}
     busy: dict[int, list[Result]] = {}  # the ceiling with every core busy
     profiles: dict[int, str] = {}  # --profile
-    from embedlib.spark.session import ENGINE_CONF
-
-    spark.conf.set(ENGINE_CONF, args.delta_engines[0])
+    ENGINE[0] = args.delta_engines[0]
     with tempfile.TemporaryDirectory(prefix="score-bench-") as tmp:
         _log(f"generating warm-up data and the bundle ({min(sizes[0], WARMUP_ROWS):,} rows)")
         warm = f"{tmp}/warmup.parquet"
@@ -548,14 +581,23 @@ def main(argv: list[str] | None = None) -> None:
 
             _log(f"{n:,} rows: score job")
             score_job(spark, bundle, warm, f"{tmp}/warmup-out-{n}")
-            cpu[n] = timed_cpu(functools.partial(score_job, spark, bundle, data, f"{tmp}/scores-{n}"), cores)
+            cpu[n] = timed_cpu(functools.partial(score_job, spark, bundle, data, f"{tmp}/scores-{n}",
+                                                 detail=args.details[0]), cores)
             out.append(Result("score job: score_frame -> Delta", n, cpu[n].wall, cores))
             memory.sample()
+            by_detail[n] = {args.details[0]: (out[-1], data_bytes(f"{tmp}/scores-{n}"))}
+            for detail in args.details[1:]:
+                _log(f"{n:,} rows: score job, score.detail {detail}")
+                start = time.perf_counter()
+                score_job(spark, bundle, data, f"{tmp}/scores-{detail}-{n}", detail=detail)
+                by_detail[n][detail] = (Result(f"score job, detail {detail}", n, time.perf_counter() - start, cores),
+                                        data_bytes(f"{tmp}/scores-{detail}-{n}"))
             if args.summary:
                 _log(f"{n:,} rows: score job with its run summary")
                 start = time.perf_counter()
                 score_job_with_summary(spark, bundle, data, f"{tmp}/runs-{n}")
                 with_summary[n] = Result("score job with its run summary", n, time.perf_counter() - start, cores)
+                summary_bytes[n] = data_bytes(f"{tmp}/runs-{n}/bench/scores")
             if args.passthrough_all:
                 _log(f"{n:,} rows: score job, every source column passed through")
                 start = time.perf_counter()
@@ -564,13 +606,13 @@ def main(argv: list[str] | None = None) -> None:
             by_engine[n] = {args.delta_engines[0]: out[-1]}
             for engine in args.delta_engines[1:]:
                 _log(f"{n:,} rows: score job through {engine}")
-                spark.conf.set(ENGINE_CONF, engine)
+                ENGINE[0] = engine
                 start = time.perf_counter()
                 score_job(spark, bundle, data, f"{tmp}/scores-{engine}-{n}")
                 by_engine[n][engine] = Result(f"score job -> Delta via {engine}", n, time.perf_counter() - start,
                                               cores)
-                spark.conf.set(ENGINE_CONF, args.delta_engines[0])
-            written = open_tables(spark).read(f"{tmp}/scores-{n}").count()
+                ENGINE[0] = args.delta_engines[0]
+            written = tables(spark).read(f"{tmp}/scores-{n}").count()
             if written != n:
                 raise RuntimeError(f"the score job wrote {written:,} rows of {n:,}")
 
@@ -578,7 +620,8 @@ def main(argv: list[str] | None = None) -> None:
             _log(f"{n:,} rows: ceiling on {m:,} rows")
             batches = load_batches(bundle, data, m, args.batch_size)
             secs = time_batches(
-                lambda t: build_output(bundle, t, threshold=threshold, top_reasons=3, emit_code=False), batches)
+                lambda t: build_output(bundle, t, threshold=threshold, top_reasons=3, emit_code=False,
+                                       detail=args.details[0]), batches)
             out.append(Result("ceiling: build_output, 1 thread", m, secs, 1))
             secs = time_batches(lambda b: score_rows(bundle, b), batches)
             out.append(Result("  of which score_rows", m, secs, 1))
@@ -654,6 +697,11 @@ def main(argv: list[str] | None = None) -> None:
         job, ceiling, _, _, first_job, first_ceiling = out
         w(f"{n:>11,}  score job {first_job.rate / job.rate:.2f}x, ceiling {first_ceiling.rate / ceiling.rate:.2f}x"
           f"  (goal: <= {GOAL_COST:.0f}x)\n")
+    w(f"\nscore.detail (the first is the job above; {', '.join(args.details)}): rows/s, and bytes per scored row "
+      "in the table's data files (id + scores + flag + bundle_id + whatever detail):\n")
+    for n, details in by_detail.items():
+        w(f"{n:>11,}  " + "   ".join(f"{d}: {r.rate:,.0f} rows/s, {b / n:.1f} B/row" for d, (r, b) in details.items())
+          + "\n")
     w("\nthe score job by Delta engine (the same bundle and data, one commit each):\n")
     for n, engines in by_engine.items():
         w(f"{n:>11,}  " + "   ".join(f"{e}: {r.seconds:.2f} s, {r.rate:,.0f} rows/s" for e, r in engines.items())
@@ -671,7 +719,8 @@ def main(argv: list[str] | None = None) -> None:
           "the job above:\n")
         for n, r in with_summary.items():
             job = results[n][0]
-            w(f"{n:>11,}  without {job.rate:,.0f} rows/s   with the summary {r.rate:,.0f} rows/s ({r.rate / job.rate:.2f}x)\n")
+            w(f"{n:>11,}  without {job.rate:,.0f} rows/s   with the summary {r.rate:,.0f} rows/s ({r.rate / job.rate:.2f}x);"
+              f"  {summary_bytes[n] / n:.1f} B/row on disk with run_id and scored_at\n")
     if kept_all:
         w(f"\nscore.passthrough: the id only vs every one of the {1 + N_CAT + N_NUM} source columns passed through "
           "(the default when no id is declared):\n")
