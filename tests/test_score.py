@@ -389,3 +389,43 @@ def test_an_append_to_a_scores_table_written_before_run_id_adds_the_run_columns(
     after = table.filter(pc.equal(table.column("run_id"), "after"))
     assert after.column("scored_at").null_count == 0
     assert after.column("anomaly_score").to_pylist() == before.sort_by("row_id").column("anomaly_score").to_pylist()
+
+
+def test_score_mode_merge_keeps_the_latest_score_of_each_row(  # type: ignore[no-untyped-def]
+        spark, adult_trained, tmp_path: Path, delta_engine: str) -> None:
+    """``score.mode: merge`` upserts on ``columns.id`` through either engine: a second run over rows
+    200..599 (rows 200..399 changed) replaces rows 200..399, adds 400..599, keeps 0..199; its rerun
+    changes nothing (three score runs of 400 rows, ~10 s per engine)."""
+    from embedlib.core.config import ConfigError
+
+    from .conftest import ADULT_DATA, copy_run
+
+    cfg, result = adult_trained
+    copy_run(cfg, tmp_path / "run")
+    rows = adult_pandas(ADULT_TEST).head(600)
+    rows.insert(0, "row_id", np.arange(len(rows), dtype=np.int64))
+    first, second = rows.iloc[:400].copy(), rows.iloc[200:].copy()
+    second.loc[second["row_id"] < 400, "age"] += 30  # the same entities, new values
+    out = tmp_path / "latest"
+
+    def run(run_id: str, frame: pd.DataFrame, *sets: str):  # type: ignore[no-untyped-def]
+        frame.to_parquet(tmp_path / f"{run_id}.parquet", index=False)
+        return run_score_job(spark, load_config([BASE_CONF, ADULT_CONF], [
+            f"output_dir={tmp_path / 'run'}", f"source.path={ADULT_DATA}", f"score.source={tmp_path / run_id}.parquet",
+            "source.format=parquet", "source.schema=null", "columns.id=[row_id]", f"score.run_id={run_id}",
+            f"score.output={out}", "score.mode=merge", f"delta.engine={delta_engine}", *sets]))
+
+    assert run("m1", first).written and DeltaTable(str(out)).count() == 400
+    assert run("m2", second).written
+    version = DeltaTable(str(out)).version()
+    assert not run("m2", second).written and DeltaTable(str(out)).version() == version  # a rerun: nothing
+    table = DeltaTable(str(out)).to_pandas().sort_values("row_id").reset_index(drop=True)
+    assert table["row_id"].tolist() == list(range(600))  # one row per id
+    assert (table["run_id"] == np.where(table["row_id"] < 200, "m1", "m2")).all()
+    bundle = load_bundle(result.bundle_path)
+    scores = {name: score_rows(bundle, pa.Table.from_pandas(frame, preserve_index=False)).score
+              for name, frame in (("m1", first), ("m2", second))}
+    np.testing.assert_allclose(table["anomaly_score"].to_numpy(), np.concatenate([scores["m1"][:200], scores["m2"]]),
+                               rtol=0, atol=1e-9)  # 0..199 as m1 scored them, 200..599 as m2 did
+    with pytest.raises(ConfigError, match="score.mode.*columns.id is empty"):
+        load_config([BASE_CONF, ADULT_CONF], ["columns.id=[]", "score.mode=merge"])

@@ -244,7 +244,7 @@ def score_into(spark: SparkSession, cfg: Config, scoring: Scoring, df: DataFrame
     ]
     scored, obs = observed(f"score-{run_id}")
     result = tables.write(
-        scored, output, mode=cfg.score.mode, txn=txn,
+        scored, output, mode=cfg.score.mode, txn=txn, keys=cfg.columns.id,
         user_metadata={"run_id": run_id, "bundle_id": bundle.bundle_id, "source": source_name},
     )
     if not result.committed:

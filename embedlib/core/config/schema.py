@@ -279,6 +279,11 @@ class ScoreConfig:
     (each column's nats turned into how rare they are on normal rows, summed) —
     ``nats`` by the raw negative log-likelihood. Both are written either way.
 
+    ``mode``: ``append`` (each run adds its rows; a rerun of a run id adds nothing), ``overwrite``
+    (the run's rows replace the table), ``merge`` (an upsert on ``columns.id``: a row whose ids are in
+    the table replaces that row, the others are added — the latest score of each entity; Delta
+    ``MERGE`` through the connector, ``merge`` in delta-rs; a rerun of a run id changes nothing).
+
     ``detail``: which rows of the scores table carry ``contributions``, ``calibrated_contributions``
     and ``reasons``: ``flagged`` (the default) the rows with ``is_anomaly`` (the others hold nulls),
     ``all`` every row, ``none`` no row. Every row is scored in full whatever the detail; every row gets
@@ -293,7 +298,7 @@ class ScoreConfig:
     output: str | None = None
     passthrough: Passthrough = None
     model: str | None = None
-    mode: Literal["append", "overwrite"] = "append"
+    mode: Literal["append", "overwrite", "merge"] = "append"
     run_id: str | None = None
     threshold_quantile: float = 0.99
     threshold: float | None = None

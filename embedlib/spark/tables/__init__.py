@@ -232,19 +232,26 @@ class Tables:
 
     def write(self, df: DataFrame, target: str, *, format: Literal["delta", "parquet"] = "delta",
               mode: WriteMode = "append", txn: tuple[str, int] | None = None,
-              user_metadata: Mapping[str, Any] | None = None, catalog: bool | None = None) -> WriteResult:
+              user_metadata: Mapping[str, Any] | None = None, catalog: bool | None = None,
+              keys: Sequence[str] = ()) -> WriteResult:
         """Write ``df`` to a path or catalog table as one atomic commit.
 
-        ``txn=(app_id, version)`` makes a Delta append idempotent: if the table has
+        ``txn=(app_id, version)`` makes a Delta write idempotent: if the table has
         already recorded ``version`` (or a later one) for ``app_id``, nothing is written.
+        ``mode="merge"`` upserts on ``keys`` (Delta only: ``MERGE`` through the connector, ``merge``
+        in delta-rs): a row whose keys equal a table row's replaces it, the others are inserted (a
+        null key matches nothing), new columns are added; a missing table is created.
         ``user_metadata`` is stored as JSON in the commit (``userMetadata``).
         ``catalog=True`` makes ``target`` a catalog table name instead of a path;
         ``None`` (the default) takes a three-part name ``catalog.schema.table`` as a
         catalog table and anything else as a path. Delta catalog tables need the
         Spark Delta connector (:meth:`check_writable` says so before any work).
         """
-        if mode not in ("append", "overwrite"):
-            raise TableError(f"{target}: write mode must be append or overwrite, got {mode!r}")
+        if mode not in ("append", "overwrite", "merge"):
+            raise TableError(f"{target}: write mode must be append, overwrite or merge, got {mode!r}")
+        if mode == "merge" and (format != "delta" or not keys):
+            raise TableError(f"{target}: mode merge upserts on key columns into a Delta table; "
+                             f"got format {format} and keys {list(keys)}")
         table = is_catalog_table(target) if catalog is None else catalog
         if table and not is_table_name(target):
             raise TableError(f"{target!r} is not a table name like catalog.schema.table")
@@ -261,7 +268,7 @@ class Tables:
         if table:
             self.require_connector(target)
         return self.engine.write(self.spark, df, target, mode=mode, txn=txn, user_metadata=user_metadata,
-                                 catalog=table)
+                                 catalog=table, keys=keys)
 
 
 def reader_options(format: str, options: Mapping[str, Any] | None) -> dict[str, str]:

@@ -20,7 +20,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from embedlib.core import storage
@@ -29,7 +29,14 @@ from embedlib.core.errors import first_line
 from embedlib.core.faults import fault, kill_self
 from embedlib.core.layout import filesystem, join, local_path, staging_folder
 from embedlib.spark.session import plain_strings
-from embedlib.spark.tables.engine import TableEngine, TableError, WriteMode, WriteResult, check_appended_types
+from embedlib.spark.tables.engine import (
+    TableEngine,
+    TableError,
+    WriteMode,
+    WriteResult,
+    check_appended_types,
+    merge_condition,
+)
 from embedlib.spark.tables.files import delete_folder, list_status
 
 if TYPE_CHECKING:
@@ -101,10 +108,14 @@ class DeltaRsEngine(TableEngine):
 
     def write(self, spark: SparkSession, df: DataFrame, target: str, *, mode: WriteMode,
               txn: tuple[str, int] | None, user_metadata: Mapping[str, Any] | None,
-              catalog: bool) -> WriteResult:
+              catalog: bool, keys: Sequence[str] = ()) -> WriteResult:
         if catalog:
             raise TableError(f"catalog table {target} needs the Spark Delta connector, which this session lacks")
         meta = json.dumps(dict(user_metadata), sort_keys=True) if user_metadata else None
+        if mode == "merge":
+            if is_delta_table(local_path(target) or target):
+                return _merge(spark, df, target, keys, txn, meta)
+            mode = "append"  # the first run creates the table
         return _write(spark, df, target, mode, txn, meta)
 
 
@@ -196,6 +207,52 @@ def _write(
                         target, first_line(exc), attempt, COMMIT_ATTEMPTS)
             time.sleep(random.uniform(0.05, 0.2) * attempt)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _merge(spark: SparkSession, df: DataFrame, target: str, keys: Sequence[str], txn: tuple[str, int] | None,
+           meta: str | None) -> WriteResult:
+    """delta-rs's ``merge`` on ``keys`` as one commit carrying ``txn``: ``df`` is written once to a
+    staging folder by Spark (its observed metrics come from that run), streamed from there into the
+    merge with the table's types, and the folder is removed."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+    from deltalake.transaction import CommitProperties, Transaction
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    location = local_path(target) or target
+    existing = delta_table(location)
+    if txn is not None:
+        done = existing.transaction_version(txn[0])
+        if done is not None and done >= txn[1]:
+            log.info("%s: app %s version %d already committed; nothing written", target, *txn)
+            return WriteResult(target, False, existing.version())
+    schema = pa.schema([f.with_nullable(True) for f in to_arrow_schema(df.schema, timezone="UTC")])
+    table = pa.schema(existing.schema().to_arrow())
+    check_appended_types(target, [(f.name, str(table.field(f.name).type), str(f.type)) for f in schema
+                                  if f.name in table.names and not table.field(f.name).type.equals(f.type)])
+    _, stage = staging_folder(target)
+    try:
+        df.write.mode("error").parquet(stage)
+        fs, inner = filesystem(stage)
+        scanner = ds.dataset(inner, format="parquet", filesystem=fs).scanner()
+        source = pa.RecordBatchReader.from_batches(schema, (b.select(schema.names).cast(schema)
+                                                            for b in scanner.to_batches()))
+        props = CommitProperties(custom_metadata={"userMetadata": meta} if meta is not None else None,
+                                 app_transactions=[Transaction(txn[0], txn[1])] if txn is not None else None,
+                                 max_commit_retries=20)
+        try:
+            existing.merge(source, merge_condition(keys), source_alias="s", target_alias="t", merge_schema=True,
+                           commit_properties=props).when_matched_update_all().when_not_matched_insert_all().execute()
+        except Exception as exc:
+            if "multiple" in str(exc).lower() and "source" in str(exc).lower():
+                raise TableError(f"cannot merge into {target}: several rows of this run share the key "
+                                 f"({', '.join(keys)}) of one row of the table; make the id columns unique "
+                                 "in the source, or use mode append") from exc
+            reason = storage.explain(exc, location) or first_line(exc)
+            raise TableError(f"Delta merge into {target} failed: {reason}") from exc
+    finally:
+        _discard_stage(spark, stage)
+    return WriteResult(target, True, delta_table(location).version())
 
 
 def _add_new_columns(dt: Any, arrow_schema: Any, target: str) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -11,9 +11,14 @@ from embedlib.core.errors import TableError
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
 
-__all__ = ["WRITE_ID", "TableEngine", "TableError", "WriteMode", "WriteResult", "check_appended_types"]
+__all__ = ["TXN_KEY", "WRITE_ID", "TableEngine", "TableError", "WriteMode", "WriteResult", "check_appended_types",
+           "merge_condition"]
 
-WriteMode = Literal["append", "overwrite"]
+WriteMode = Literal["append", "overwrite", "merge"]
+
+#: The ``userMetadata`` key of a merge's app transaction (``<app id>:<version>``): a MERGE cannot carry
+#: Delta's own ``txnAppId``/``txnVersion`` through the connector, so a rerun finds it in the history.
+TXN_KEY = "embedlib_txn"
 
 #: The ``userMetadata`` key of a connector write's id (how a skipped app transaction is told
 #: apart); :func:`embedlib.spark.tables.commit_metadata` leaves it out.
@@ -52,9 +57,17 @@ class TableEngine(Protocol):
 
     def write(self, spark: SparkSession, df: DataFrame, target: str, *, mode: WriteMode,
               txn: tuple[str, int] | None, user_metadata: Mapping[str, Any] | None,
-              catalog: bool) -> WriteResult:
-        """One atomic commit; with ``txn`` an append already recorded is skipped."""
+              catalog: bool, keys: Sequence[str] = ()) -> WriteResult:
+        """One atomic commit; with ``txn`` a write already recorded is skipped. ``merge`` upserts on
+        ``keys`` (a row whose keys match a table row replaces it, others are inserted; a missing table
+        is created); ``append`` and ``overwrite`` ignore ``keys``."""
         ...
+
+
+def merge_condition(keys: Sequence[str], target: str = "t", source: str = "s") -> str:
+    """The ON clause of an upsert on ``keys`` (a null key matches nothing: the row is inserted), in
+    the SQL both the connector and delta-rs read."""
+    return " AND ".join(f"{target}.`{k}` = {source}.`{k}`" for k in keys)
 
 
 def check_appended_types(target: str, changed: list[tuple[str, str, str]]) -> None:
