@@ -9,6 +9,7 @@ the built wheel's entry points, and through embedlib's config loader for every p
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import zipfile
 from collections.abc import Mapping
@@ -33,13 +34,29 @@ def bundle_files() -> tuple[dict[str, Any], dict[str, Any]]:
     """``databricks.yml`` and the merged ``resources`` of every included file."""
     root = yaml.safe_load((ROOT / "databricks.yml").read_text())
     resources: dict[str, Any] = {}
+    for path in resource_files(root):
+        for kind, items in yaml.safe_load(path.read_text())["resources"].items():
+            resources.setdefault(kind, {}).update(items)
+    return root, resources
+
+
+def resource_files(root: Mapping[str, Any]) -> list[Path]:
+    """The files ``include`` names, in order."""
+    found = []
     for pattern in root["include"]:
         files = sorted(ROOT.glob(pattern))
         assert files, f"include {pattern} matches no file"
-        for path in files:
-            for kind, items in yaml.safe_load(path.read_text())["resources"].items():
-                resources.setdefault(kind, {}).update(items)
-    return root, resources
+        found += files
+    return found
+
+
+def wheel_paths(job: Mapping[str, Any]) -> list[str]:
+    """Every local wheel a job installs: its tasks' ``libraries`` and its serverless environments'
+    ``dependencies``."""
+    paths = [lib["whl"] for task in job["tasks"] for lib in task.get("libraries", []) if "whl" in lib]
+    paths += [dep for env in job.get("environments", []) for dep in env["spec"].get("dependencies", [])
+              if dep.endswith(".whl")]
+    return paths
 
 
 def resolver(root: Mapping[str, Any], target: str):  # type: ignore[no-untyped-def]
@@ -135,7 +152,7 @@ def test_bundle_job_fits_the_schema_the_wheel_and_the_config(wheel: Path, target
     artifact = root["artifacts"]["embedlib_wheel"]
     assert artifact["type"] == "whl" and artifact["build"] == "python -m build --wheel"
 
-    assert set(resources["jobs"]) == {"embedlib", "embedlib_stream"}
+    assert set(resources["jobs"]) == {"embedlib", "embedlib_serverless", "embedlib_stream"}
     job_dict = resolve(resources["jobs"]["embedlib"])
     assert "${" not in yaml.safe_dump(job_dict)
     job = Job.from_dict(job_dict)  # Databricks' schema: unknown or mistyped fields raise
@@ -156,7 +173,7 @@ def test_bundle_job_fits_the_schema_the_wheel_and_the_config(wheel: Path, target
         entry = wheel_task["entry_point"]
         assert entry in scripts, f"task {key}: entry point {entry} is not in the wheel ({sorted(scripts)})"
         assert entry == f"embedlib-{key}" and key in COMMANDS
-        assert task["libraries"] == [{"whl": "./dist/*.whl"}]  # what the artifact's build writes
+        assert task["libraries"] == [{"whl": "../dist/*.whl"}]  # what the artifact's build writes (see below)
         assert task["job_cluster_key"] in clusters
         cfg = task_config(task)
         configs[key] = cfg
@@ -234,3 +251,70 @@ def test_auto_backend(spark, monkeypatch) -> None:  # type: ignore[no-untyped-de
     assert (distributed.name, distributed.workers, distributed.on_driver) == ("torch_distributor", 2, True)
     explicit = load_config([], ["source.path=x.csv", "train.backend=horovod"]).train
     assert backend_name(explicit) == "horovod"  # an explicit backend is kept
+
+
+def test_every_wheel_path_resolves_from_its_own_file_to_the_built_wheel(wheel: Path) -> None:
+    """A path in a resource file is relative to that file (as the CLI resolves it): each job's wheel
+    must name ``<repo>/dist/*.whl``, where the artifact's build (``python -m build --wheel`` in
+    ``artifacts.embedlib_wheel.path``) writes, and its pattern must match the wheel just built."""
+    root, _ = bundle_files()
+    dist = (ROOT / root["artifacts"]["embedlib_wheel"]["path"] / "dist").resolve()
+    seen = 0
+    for path in resource_files(root):
+        for name, job in yaml.safe_load(path.read_text())["resources"]["jobs"].items():
+            found = wheel_paths(job)
+            assert found, f"job {name} in {path.name} installs no wheel"
+            for pattern in found:
+                resolved = (path.parent / pattern).resolve()
+                assert resolved.parent == dist, f"{path.name}: {pattern} resolves to {resolved.parent}, not {dist}"
+                assert fnmatch.fnmatch(wheel.name, resolved.name), (pattern, wheel.name)
+                seen += 1
+    assert seen >= 6  # 4 tasks' libraries, the stream's, the serverless environment
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_serverless_job_runs_the_same_run_on_its_environment(wheel: Path, target: str) -> None:
+    """The serverless variant: no cluster, each task on the environment that installs the wheel,
+    training in the task's process; the same run (names, paths, columns) as the classic job's."""
+    from databricks.bundles.jobs import Job
+
+    root, resources = bundle_files()
+    resolve = resolver(root, target)
+    package, scripts, _ = wheel_metadata(wheel)
+    job_dict = resolve(resources["jobs"]["embedlib_serverless"])
+    job = Job.from_dict(job_dict)
+    assert getattr(getattr(job.schedule, "pause_status", None), "value", None) == "PAUSED"
+    assert "job_clusters" not in job_dict
+    (env,) = job_dict["environments"]
+    assert env["spec"]["dependencies"] == ["../dist/*.whl"]
+    classic = {t["task_key"]: task_config(t) for t in resolve(resources["jobs"]["embedlib"])["tasks"]}
+    tasks = {t["task_key"]: t for t in job_dict["tasks"]}
+    assert set(tasks) == set(classic)
+    for key, task in tasks.items():
+        assert task["environment_key"] == env["environment_key"]
+        assert not {"job_cluster_key", "new_cluster", "existing_cluster_id", "libraries"} & set(task)
+        assert task["python_wheel_task"]["package_name"] == package
+        assert task["python_wheel_task"]["entry_point"] in scripts
+        cfg = task_config(task)
+        assert (cfg.name, cfg.output_dir, cfg.output_schema, cfg.columns, cfg.source) == \
+            (classic[key].name, classic[key].output_dir, classic[key].output_schema, classic[key].columns,
+             classic[key].source)
+    train = task_config(tasks["train"]).train
+    assert (train.backend, train.use_gpu) == ("local", False)  # serverless: no TorchDistributor, no GPU
+
+
+def test_prod_runs_as_a_service_principal_with_permissions() -> None:
+    """prod's jobs run as a service principal and carry permissions (checked against the jobs
+    schema, as the CLI applies them to every job); dev runs as whoever deploys."""
+    from databricks.bundles.jobs import Job
+
+    root, resources = bundle_files()
+    prod, dev = root["targets"]["prod"], root["targets"]["dev"]
+    assert "run_as" not in dev and "permissions" not in dev
+    resolve = resolver(root, "prod")
+    run_as, permissions = resolve(prod["run_as"]), resolve(prod["permissions"])
+    assert run_as["service_principal_name"]
+    assert {p["level"] for p in permissions} >= {"CAN_MANAGE", "CAN_VIEW"}
+    for name, job in resources["jobs"].items():
+        job = Job.from_dict({**resolve(job), "run_as": run_as, "permissions": permissions})
+        assert job.run_as is not None, name
