@@ -9,19 +9,25 @@ job's table. ``save``/``load`` go through Spark ML's writer and reader: the para
 metadata, the bundle copied beside them — so the model is a stage a ``Pipeline`` saves and loads.
 
 Params: ``categoricalCols``, ``numericCols``, ``idCols`` (pyspark's naming), ``outputDir``, ``name``,
-``configOverrides`` (any other config key, as ``key=value`` strings), and every setting of the
+``configOverrides`` (any other config key, as ``key=value`` strings), ``thresholdQuantile``
+(``score.threshold_quantile``: the share of training rows below the bundle's threshold), the output
+columns' names (``scoreCol``, ``flagCol``, ``calibratedScoreCol``, ``contributionsCol``,
+``calibratedContributionsCol``, ``reasonsCol``; today's names by default), and every setting of the
 config's ``model`` and ``train`` sections under its config name in camelCase (``learningRate`` is
-``train.learning_rate``); unset ones keep the config's defaults.
+``train.learning_rate``); unset ones keep the config's defaults. The model adds ``bundlePath``,
+``rankBy``, ``topReasons`` and ``threshold`` (a fixed threshold for ``transform``'s flag). Every Param
+has a setter and a getter as pyspark's stages do (``setCategoricalCols``/``getCategoricalCols``;
+those of the config settings are generated, ``setLearningRate`` … ``getLazyAbove``).
+
+``outputDir`` is where ``fit`` writes the run: storage every executor reads. Unset, a local session
+uses a new temporary folder; any other session (a cluster, Spark Connect without a local master) is
+refused, since executors cannot read the driver's temporary folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import tempfile
-import types
-import typing
 from typing import TYPE_CHECKING, Any
 
 from pyspark.ml import Estimator, Model
@@ -37,8 +43,7 @@ from pyspark.ml.util import (
     MLWriter,
 )
 
-from embedlib.core.config import Config, load_config
-from embedlib.core.config.schema import ModelConfig, TrainConfig
+from embedlib.ml_params import CONFIG_PARAMS, OUTPUT_COLS, EmbedlibParams
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -46,97 +51,11 @@ if TYPE_CHECKING:
 
     from embedlib.core.bundle import Bundle
 
-__all__ = ["EmbeddingAnomalyDetector", "EmbeddingAnomalyModel"]
+__all__ = ["CONFIG_PARAMS", "OUTPUT_COLS", "EmbeddingAnomalyDetector", "EmbeddingAnomalyModel"]
 
 log = logging.getLogger(__name__)
 
-#: Config sections whose settings are Params, and the settings left to ``configOverrides``.
-SECTIONS = {"model": ModelConfig, "train": TrainConfig}
-NOT_PARAMS = {"embedding_dims"}  # a mapping: configOverrides=["model.embedding_dims.city=8"]
-
-
-def camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-def _converter(hint: Any) -> Any:
-    """The pyspark type converter of a config type; a union of two kinds (``bool | "auto"``) is
-    passed as given and checked by the config loader, which names the key."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if len(args) != 1:
-            return TypeConverters.identity
-        hint = args[0]
-    if hint is int:
-        return TypeConverters.toInt
-    if hint is float:
-        return TypeConverters.toFloat
-    if hint is bool:
-        return TypeConverters.toBoolean
-    if hint is str or typing.get_origin(hint) is typing.Literal:
-        return TypeConverters.toString
-    if typing.get_origin(hint) is tuple:
-        return TypeConverters.toListInt
-    return TypeConverters.identity
-
-
-def _config_params() -> dict[str, tuple[str, Param[Any]]]:
-    """``{param name: (config key, Param)}`` for every model and train setting."""
-    out: dict[str, tuple[str, Param[Any]]] = {}
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            if f.name in NOT_PARAMS:
-                continue
-            key = f"{section}.{f.name}"
-            name = camel(f.name)
-            assert name not in out, f"{key} and {out[name][0]} would share the Param {name}"
-            out[name] = (key, Param(Params._dummy(), name, f"config key {key} (README, configuration reference)",
-                                    _converter(hints[f.name])))
-    return out
-
-
-CONFIG_PARAMS = _config_params()
-
-
-class _EmbedlibParams(Params):
-    categoricalCols: Param[list[str]] = Param(Params._dummy(), "categoricalCols", "categorical columns (columns.categorical)",
-                                              TypeConverters.toListString)
-    numericCols: Param[list[str]] = Param(Params._dummy(), "numericCols", "numeric columns (columns.numeric)",
-                                          TypeConverters.toListString)
-    idCols: Param[list[str]] = Param(Params._dummy(), "idCols", "id columns passed through (columns.id)",
-                                     TypeConverters.toListString)
-    outputDir: Param[str] = Param(Params._dummy(), "outputDir", "where fit writes its run (output_dir): storage "
-                                  "every executor reaches on a cluster; default: a new local temporary folder",
-                                  TypeConverters.toString)
-    name: Param[str] = Param(Params._dummy(), "name", "the run's name (name)", TypeConverters.toString)
-    configOverrides: Param[list[str]] = Param(Params._dummy(), "configOverrides",
-                                              "other config keys as key=value (as --set)", TypeConverters.toListString)
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._setDefault(categoricalCols=[], numericCols=[], idCols=[], name="embedlib", configOverrides=[])
-
-    def config(self, output_dir: str, source_path: str) -> Config:
-        """The run's configuration (the CLI's loader and rules) for a fit's source copy."""
-        sets = [f"output_dir={output_dir}", f"name={self.getOrDefault(self.name)}",
-                f"source.path={source_path}", "source.format=parquet",
-                f"columns.categorical={json.dumps(self.getOrDefault(self.categoricalCols))}",
-                f"columns.numeric={json.dumps(self.getOrDefault(self.numericCols))}",
-                f"columns.id={json.dumps(self.getOrDefault(self.idCols))}"]
-        for name, (key, _) in CONFIG_PARAMS.items():
-            param = self.getParam(name)
-            if self.isSet(param):
-                sets.append(f"{key}={json.dumps(self.getOrDefault(param))}")
-        return load_config([], [*sets, *self.getOrDefault(self.configOverrides)])
-
-
-for _name, (_, _param) in CONFIG_PARAMS.items():  # model and train settings: class-level Params, as pyspark's
-    setattr(_EmbedlibParams, _name, _param)
-
-
-class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], _EmbedlibParams, DefaultParamsReadable["EmbeddingAnomalyDetector"],
+class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], EmbedlibParams, DefaultParamsReadable["EmbeddingAnomalyDetector"],
                                DefaultParamsWritable):
     """Learns the vocabulary and the embedding model of a DataFrame: ``fit(df)`` → :class:`EmbeddingAnomalyModel`."""
 
@@ -146,6 +65,21 @@ class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], _EmbedlibPara
 
     def setParams(self, **params: Any) -> EmbeddingAnomalyDetector:
         return self._set(**params)
+
+    def _output_dir(self, spark: Any) -> str:
+        """``outputDir``, or on a local session a new temporary folder; elsewhere an unset outputDir is
+        refused (the executors would not read the driver's temporary folder)."""
+        if self.isDefined(self.outputDir):
+            return str(self.getOrDefault(self.outputDir))
+        master = str(spark.conf.get("spark.master", "") or "")
+        if not master.startswith("local"):
+            from embedlib.core.config import ConfigError
+
+            raise ConfigError(f"EmbeddingAnomalyDetector: outputDir is not set and the session's master is "
+                              f"{master or 'not local (Spark Connect)'}: set outputDir to storage every executor "
+                              "reads (a Unity Catalog volume, dbfs:/..., s3://...); only a local session may use a "
+                              "temporary folder of the driver's")
+        return tempfile.mkdtemp(prefix="embedlib-")
 
     def _fit(self, dataset: DataFrame) -> EmbeddingAnomalyModel:
         from embedlib.core.layout import RunLayout
@@ -159,7 +93,7 @@ class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], _EmbedlibPara
         if missing:
             raise SchemaError(f"EmbeddingAnomalyDetector: the DataFrame lacks column(s) {', '.join(missing)} "
                               f"(declared in idCols/categoricalCols/numericCols); it has {', '.join(dataset.columns)}")
-        output = self.getOrDefault(self.outputDir) if self.isDefined(self.outputDir) else tempfile.mkdtemp(prefix="embedlib-")
+        output = self._output_dir(dataset.sparkSession)
         source = RunLayout(output, self.getOrDefault(self.name)).fit_source
         cfg = self.config(output, source)  # bad settings fail here, before any work
         dataset.select(*[f"`{c}`" for c in dict.fromkeys(declared)]).write.mode("overwrite").parquet(source)
@@ -170,7 +104,7 @@ class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], _EmbedlibPara
         return self._copyValues(model)
 
 
-class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomalyModel"], MLWritable):
+class EmbeddingAnomalyModel(Model, EmbedlibParams, MLReadable["EmbeddingAnomalyModel"], MLWritable):
     """Scores rows with a bundle: ``transform(df)`` adds the score job's columns to ``df``'s."""
 
     bundlePath: Param[str] = Param(Params._dummy(), "bundlePath", "the model bundle this model scores with",
@@ -178,12 +112,47 @@ class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomaly
     rankBy: Param[str] = Param(Params._dummy(), "rankBy", "score.rank_by of transform (default: the bundle's)",
                                TypeConverters.toString)
     topReasons: Param[int] = Param(Params._dummy(), "topReasons", "score.top_reasons of transform", TypeConverters.toInt)
+    threshold: Param[float] = Param(Params._dummy(), "threshold", "score.threshold of transform: flag rows above "
+                                    "this (default: the bundle's, at thresholdQuantile)", TypeConverters.toFloat)
 
     def __init__(self, **params: Any) -> None:
         super().__init__()
         self._bundle: Bundle | None = None
         self._setDefault(topReasons=3)
         self._set(**params)
+
+    def setBundlePath(self, value: str) -> EmbeddingAnomalyModel:
+        """Sets ``bundlePath``."""
+        return self._set(bundlePath=value)
+
+    def getBundlePath(self) -> str:
+        """``bundlePath``: the model bundle this model scores with."""
+        return str(self.getOrDefault(self.bundlePath))
+
+    def setRankBy(self, value: str) -> EmbeddingAnomalyModel:
+        """Sets ``rankBy`` (calibrated | nats)."""
+        return self._set(rankBy=value)
+
+    def getRankBy(self) -> str:
+        """``rankBy`` (unset: the bundle's)."""
+        return str(self.getOrDefault(self.rankBy)) if self.isDefined(self.rankBy) else self.bundle.rank_by
+
+    def setTopReasons(self, value: int) -> EmbeddingAnomalyModel:
+        """Sets ``topReasons``."""
+        return self._set(topReasons=value)
+
+    def getTopReasons(self) -> int:
+        """``topReasons`` (default 3)."""
+        return int(self.getOrDefault(self.topReasons))
+
+    def setThreshold(self, value: float) -> EmbeddingAnomalyModel:
+        """Sets ``threshold``: transform flags rows whose ranking is above it."""
+        return self._set(threshold=value)
+
+    def getThreshold(self) -> float:
+        """``threshold`` (unset: the bundle's, for the ranking)."""
+        return float(self.getOrDefault(self.threshold)) if self.isDefined(self.threshold) \
+            else self.bundle.threshold_for(self.getRankBy())
 
     @property
     def bundle(self) -> Bundle:
@@ -200,10 +169,20 @@ class EmbeddingAnomalyModel(Model, _EmbedlibParams, MLReadable["EmbeddingAnomaly
         from embedlib.spark.score import score_frame
         from embedlib.spark.workers import passthrough_columns
 
+        names = self.output_names()
+        taken = [new for old, new in names.items() if new != old and new in dataset.columns]
+        if taken:
+            from embedlib.core.vocab import SchemaError
+
+            raise SchemaError(f"transform: output column(s) {', '.join(taken)} (set by the *Col Params) are "
+                              "columns of the DataFrame already; choose other names")
         keep = passthrough_columns("all", (), dataset.columns, output_names(), "transform")
         rank_by = self.getOrDefault(self.rankBy) if self.isDefined(self.rankBy) else None
-        return score_frame(dataset.sparkSession, dataset, self.bundle, ids=keep, rank_by=rank_by,
-                           top_reasons=self.getOrDefault(self.topReasons), table="the DataFrame")
+        threshold = self.getOrDefault(self.threshold) if self.isDefined(self.threshold) else None
+        scored = score_frame(dataset.sparkSession, dataset, self.bundle, ids=keep, rank_by=rank_by,
+                             threshold=threshold, top_reasons=self.getOrDefault(self.topReasons), table="the DataFrame")
+        renamed = {old: new for old, new in names.items() if new != old}
+        return scored.withColumnsRenamed(renamed) if renamed else scored
 
     def features(self, dataset: DataFrame, flatten: bool = False) -> DataFrame:
         """The design matrix of ``dataset`` (the features job's), its columns kept beside it."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +42,12 @@ def _detector(out: Path):  # type: ignore[no-untyped-def]
 def test_pipeline_fit_save_load_transform_equals_the_score_job(spark, adult_frames, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from pyspark.ml import Pipeline, PipelineModel
 
+    from embedlib.core.vocab import SchemaError
     from embedlib.ml import EmbeddingAnomalyModel
     from embedlib.spark.score import run_score_job
 
     train, test, test_file = adult_frames
-    fitted = Pipeline(stages=[_detector(tmp_path / "runs")]).fit(train)
+    fitted = Pipeline(stages=[_detector(tmp_path / "runs").setThresholdQuantile(0.95)]).fit(train)
     fitted.write().overwrite().save(str(tmp_path / "pipeline"))
     loaded = PipelineModel.load(str(tmp_path / "pipeline"))
     model = loaded.stages[0]
@@ -69,6 +71,15 @@ def test_pipeline_fit_save_load_transform_equals_the_score_job(spark, adult_fram
     np.testing.assert_allclose(got["anomaly_score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-6)
     np.testing.assert_allclose(got["calibrated_score"].to_numpy(), job["calibrated_score"].to_numpy(), rtol=0, atol=1e-6)
     assert got["is_anomaly"].tolist() == job["is_anomaly"].tolist()
+    assert model.bundle.manifest["threshold_quantile"] == 0.95 and 0.03 < got["is_anomaly"].mean() < 0.08
+
+    # the output columns under other names, and a fixed threshold for the flag
+    renamed = model.copy().setScoreCol("score").setFlagCol("flag").setReasonsCol("why").setThreshold(1e9)
+    out = renamed.transform(test.limit(50))
+    assert {"score", "flag", "why", "contributions"} <= set(out.columns) and "anomaly_score" not in out.columns
+    assert renamed.getThreshold() == 1e9 and not any(r["flag"] for r in out.select("flag").collect())
+    with pytest.raises(SchemaError, match="output column\\(s\\) age"):
+        model.copy().setScoreCol("age").transform(test)
 
     # the matrices and the design matrix come from the same bundle
     emb = model.embeddings().to_pandas()
@@ -76,6 +87,34 @@ def test_pipeline_fit_save_load_transform_equals_the_score_job(spark, adult_fram
     assert len(emb) == sum(len(bundle.vocab[c].values) + 2 for c in bundle.spec.categorical)
     features = pd.DataFrame(model.features(test.limit(5)).toPandas())
     assert features.columns[0] == "row_id" and len(features["workclass"].iloc[0]) == bundle.spec.embedding_dims[0]
+
+
+def test_every_param_has_a_setter_and_a_getter_and_a_cluster_needs_an_output_dir() -> None:
+    from embedlib.ml import CONFIG_PARAMS, EmbeddingAnomalyDetector, EmbeddingAnomalyModel
+
+    det = EmbeddingAnomalyDetector().setCategoricalCols(["city"]).setNumericCols(["x"]).setLearningRate(0.01)
+    assert (det.getCategoricalCols(), det.getNumericCols(), det.getLearningRate()) == (["city"], ["x"], 0.01)
+    assert det.getScoreCol() == "anomaly_score" and str(det.getMaxSteps.__doc__).startswith("``maxSteps`` (config key train.max_steps")
+    for stage in (det, EmbeddingAnomalyModel()):
+        for param in stage.params:
+            upper = param.name[0].upper() + param.name[1:]
+            assert callable(getattr(stage, f"set{upper}", None)) and callable(getattr(stage, f"get{upper}", None)), param.name
+    det.setSeed(5).setSize("small").setIdCols(["row_id"]).setName("n")
+    # the accessors type checkers see are the generated ones, one pair per config setting
+    source = (Path(__file__).parents[1] / "embedlib" / "ml_params.py").read_text()
+    block = source.split("BEGIN generated accessors")[1].split("END generated accessors")[0]
+    declared = set(re.findall(r"def ((?:set|get)\w+)\(", block))
+    assert declared == {f"{verb}{n[0].upper()}{n[1:]}" for n in CONFIG_PARAMS for verb in ("set", "get")}
+    assert (det.getSeed(), det.getSize(), det.getIdCols(), det.getName()) == (5, "small", ["row_id"], "n")
+
+    class Session:  # what _output_dir reads of a session: its master
+        def __init__(self, master: str) -> None:
+            self.conf = {"spark.master": master}
+
+    with pytest.raises(ConfigError, match="outputDir is not set and the session's master is spark://head:7077"):
+        det._output_dir(Session("spark://head:7077"))
+    assert Path(det._output_dir(Session("local[2]"))).is_dir()  # a local session: a temporary folder
+    assert det.setOutputDir("/shared/runs")._output_dir(Session("yarn")) == "/shared/runs"
 
 
 def test_estimator_params_and_bad_input(spark, adult_frames, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -225,11 +225,8 @@ class TrainConfig:
     (killed, out of memory, its executor lost, a crash in native code); every
     launch resumes from the last checkpoint. A worker's Python error is not retried.
 
-    ``use_gpu``: ``auto`` trains on CUDA where the workers see it (the driver's device for a local
-    run, ``spark.executor.resource.gpu.amount`` for executors); ``true`` where none is seen is an
-    error. ``precision``: ``bf16`` runs each training step's forward pass under bf16 autocast
-    (:func:`embedlib.core.devices.autocast`: the matrix products in bf16, the losses in fp32; on the
-    CPU too, where torch supports it); validation and scoring stay fp32.
+    ``use_gpu``: ``auto`` trains on CUDA where the workers see it; ``true`` without one is an error.
+    ``precision: bf16``: each step's forward pass under bf16 autocast (:mod:`embedlib.core.devices`).
     """
 
     backend: Backend = "auto"
@@ -279,19 +276,11 @@ class ScoreConfig:
     (each column's nats turned into how rare they are on normal rows, summed) —
     ``nats`` by the raw negative log-likelihood. Both are written either way.
 
-    ``mode``: ``append`` (each run adds its rows; a rerun of a run id adds nothing), ``overwrite``
-    (the run's rows replace the table), ``merge`` (an upsert on ``columns.id``: a row whose ids are in
-    the table replaces that row, the others are added — the latest score of each entity; Delta
-    ``MERGE`` through the connector, ``merge`` in delta-rs; a rerun of a run id changes nothing).
-
-    ``detail``: which rows of the scores table carry ``contributions``, ``calibrated_contributions``
-    and ``reasons``: ``flagged`` (the default) the rows with ``is_anomaly`` (the others hold nulls),
-    ``all`` every row, ``none`` no row. Every row is scored in full whatever the detail; every row gets
-    its ids, the scores, ``is_anomaly``, ``bundle_id``, ``run_id`` and ``scored_at``.
-
-    ``device``: where each Python worker runs the model: ``auto`` (CUDA where the worker sees a
-    device, else the CPU), ``cpu`` or ``cuda`` (an error where none is seen). The bundle is moved
-    there once per worker; rows go through pinned memory (:mod:`embedlib.core.devices`).
+    ``mode``: ``append``, ``overwrite``, or ``merge`` (an upsert on ``columns.id``: the latest score
+    of each entity). ``detail``: which rows carry ``contributions``, ``calibrated_contributions`` and
+    ``reasons`` — ``flagged`` (the rows with ``is_anomaly``; nulls elsewhere), ``all``, ``none``;
+    every row is scored in full whatever the detail. ``device``: where each worker runs the model
+    (``auto``: CUDA where present; :mod:`embedlib.core.devices`).
     """
 
     source: str | SourceConfig | None = None
