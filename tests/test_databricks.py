@@ -90,6 +90,19 @@ def resolver(root: Mapping[str, Any], target: str):  # type: ignore[no-untyped-d
     return resolve
 
 
+def checked_job(name: str, target: str):  # type: ignore[no-untyped-def]
+    """``(databricks.yml, resources, the target's resolver, job name's dict resolved)``; the job passes
+    the jobs schema and its schedule is paused."""
+    from databricks.bundles.jobs import Job
+
+    root, resources = bundle_files()
+    resolve = resolver(root, target)
+    job_dict = resolve(resources["jobs"][name])
+    job = Job.from_dict(job_dict)  # Databricks' schema: unknown or mistyped fields raise
+    assert getattr(getattr(job.schedule, "pause_status", None), "value", None) == "PAUSED"
+    return root, resources, resolve, job_dict
+
+
 def wheel_metadata(wheel: Path) -> tuple[str, dict[str, str], str]:
     """(package name, console scripts, METADATA text) read from the built wheel."""
     with zipfile.ZipFile(wheel) as zf:
@@ -201,14 +214,8 @@ def test_bundle_job_fits_the_schema_the_wheel_and_the_config(wheel: Path, target
 
 @pytest.mark.parametrize("target", TARGETS)
 def test_stream_job_catches_up_with_the_run_s_bundle(wheel: Path, target: str) -> None:
-    from databricks.bundles.jobs import Job
-
-    root, resources = bundle_files()
-    resolve = resolver(root, target)
+    root, resources, resolve, job_dict = checked_job("embedlib_stream", target)
     package, scripts, _ = wheel_metadata(wheel)
-    job_dict = resolve(resources["jobs"]["embedlib_stream"])
-    job = Job.from_dict(job_dict)
-    assert getattr(getattr(job.schedule, "pause_status", None), "value", None) == "PAUSED"
     assert job_dict["max_concurrent_runs"] == 1  # one query per checkpoint
     (task,) = job_dict["tasks"]
     assert task["python_wheel_task"]["package_name"] == package
@@ -276,14 +283,8 @@ def test_every_wheel_path_resolves_from_its_own_file_to_the_built_wheel(wheel: P
 def test_serverless_job_runs_the_same_run_on_its_environment(wheel: Path, target: str) -> None:
     """The serverless variant: no cluster, each task on the environment that installs the wheel,
     training in the task's process; the same run (names, paths, columns) as the classic job's."""
-    from databricks.bundles.jobs import Job
-
-    root, resources = bundle_files()
-    resolve = resolver(root, target)
+    _, resources, resolve, job_dict = checked_job("embedlib_serverless", target)
     package, scripts, _ = wheel_metadata(wheel)
-    job_dict = resolve(resources["jobs"]["embedlib_serverless"])
-    job = Job.from_dict(job_dict)
-    assert getattr(getattr(job.schedule, "pause_status", None), "value", None) == "PAUSED"
     assert "job_clusters" not in job_dict
     (env,) = job_dict["environments"]
     assert env["spec"]["dependencies"] == ["../dist/*.whl"]
