@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyspark.ml import Estimator, Model
@@ -96,6 +97,7 @@ class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], EmbedlibParam
         output = self._output_dir(dataset.sparkSession)
         source = RunLayout(output, self.getOrDefault(self.name)).fit_source
         cfg = self.config(output, source)  # bad settings fail here, before any work
+        dataset = indexed_as_integers(dataset, self.getCategoricalCols())
         dataset.select(*[f"`{c}`" for c in dict.fromkeys(declared)]).write.mode("overwrite").parquet(source)
         spark = dataset.sparkSession
         run_vocab_job(spark, cfg)
@@ -176,6 +178,7 @@ class EmbeddingAnomalyModel(Model, EmbedlibParams, MLReadable["EmbeddingAnomalyM
 
             raise SchemaError(f"transform: output column(s) {', '.join(taken)} (set by the *Col Params) are "
                               "columns of the DataFrame already; choose other names")
+        dataset = indexed_as_integers(dataset, self.bundle.spec.categorical)
         keep = passthrough_columns("all", (), dataset.columns, output_names(), "transform")
         rank_by = self.getOrDefault(self.rankBy) if self.isDefined(self.rankBy) else None
         threshold = self.getOrDefault(self.threshold) if self.isDefined(self.threshold) else None
@@ -189,6 +192,7 @@ class EmbeddingAnomalyModel(Model, EmbedlibParams, MLReadable["EmbeddingAnomalyM
         from embedlib.spark.extract import features_frame, features_names
         from embedlib.spark.workers import passthrough_columns
 
+        dataset = indexed_as_integers(dataset, self.bundle.spec.categorical)
         keep = passthrough_columns("all", (), dataset.columns, features_names(self.bundle, flatten), "features")
         return features_frame(dataset.sparkSession, dataset, self.bundle, ids=keep, flatten=flatten,
                               table="the DataFrame")
@@ -206,6 +210,22 @@ class EmbeddingAnomalyModel(Model, EmbedlibParams, MLReadable["EmbeddingAnomalyM
     @classmethod
     def read(cls) -> MLReader[EmbeddingAnomalyModel]:
         return _ModelReader(cls)
+
+
+def indexed_as_integers(dataset: DataFrame, categorical: Sequence[str]) -> DataFrame:
+    """``dataset`` with each categorical column that a Spark ML indexer made (``StringIndexer``,
+    ``VectorIndexer``: a double with nominal or binary ML attributes) cast to a long, the type a
+    categorical takes (a double is refused as one): ``Pipeline([StringIndexer(...), detector])``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import DoubleType
+
+    def indexed(column: str) -> bool:
+        field = dataset.schema[column]
+        kind = (field.metadata or {}).get("ml_attr", {}).get("type")
+        return isinstance(field.dataType, DoubleType) and kind in ("nominal", "binary")
+
+    casts = {c: F.col(f"`{c}`").cast("long") for c in categorical if c in dataset.columns and indexed(c)}
+    return dataset.withColumns(casts) if casts else dataset
 
 
 BUNDLE_DIR = "bundle"
