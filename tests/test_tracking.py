@@ -124,24 +124,29 @@ def test_flattened_params_redact_secrets() -> None:
 
 @pytest.mark.timeout(900)
 def test_bundle_as_an_mlflow_model_scores_like_the_job(spark, adult_trained, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """Training logs the bundle as a pyfunc model; registered, it loads by name and scores — with
-    ``predict``, with ``spark_udf`` and as ``score.model`` of the score job — like ``embedlib score``."""
+    """Training with ``tracking.registered_model`` against a SQLite-backed tracking store and registry
+    logs the bundle as a pyfunc model (requirements pinned, input example, embedlib's code) and registers
+    it; by name it scores — with ``predict``, with ``spark_udf`` (the full struct) and as ``score.model``
+    of the score job — like ``embedlib score``, to 1e-9."""
     import mlflow
     import numpy as np
     import pandas as pd
     from deltalake import DeltaTable
 
     from embedlib.core.bundle import BundleError
+    from embedlib.core.pyfunc import RESULT_TYPE
+    from embedlib.core.version import __version__
     from embedlib.spark.score import run_score_job
     from embedlib.spark.train import run_train_job
 
     from .conftest import adult_pandas
 
-    store = tmp_path / "mlruns"
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     rows = adult_pandas(ADULT_TEST).head(400).copy()
     rows.insert(0, "row_id", np.arange(len(rows), dtype=np.int64))
     rows.to_parquet(tmp_path / "rows.parquet", index=False)
     sets = ("train.epochs=2", "tracking.mlflow=true", f"tracking.tracking_uri={store}", "score.passthrough=[row_id]",
+            "tracking.registered_model=adult-demo",
             f"score.source.path={tmp_path / 'rows.parquet'}", "score.source.format=parquet")
     cfg = train_cfg(tmp_path / "out", *sets)
     copy_vocab(adult_trained[0], cfg)  # the shared run's vocabulary: the same source and settings
@@ -149,28 +154,44 @@ def test_bundle_as_an_mlflow_model_scores_like_the_job(spark, adult_trained, tmp
     run_score_job(spark, cfg)  # the run's own bundle
     job = DeltaTable(cfg.layout.scores).to_pandas().sort_values("row_id")
 
-    mlflow.set_tracking_uri(store.as_uri())
+    mlflow.set_tracking_uri(store)
     assert result.tracking_run_id is not None
-    model_uri = mlflow.MlflowClient().get_run(result.tracking_run_id).data.tags["embedlib.model_uri"]
-    version = mlflow.register_model(model_uri, "adult-demo")
-    by_name = f"models:/adult-demo/{version.version}"
+    by_name = mlflow.MlflowClient().get_run(result.tracking_run_id).data.tags["embedlib.registered_model"]
+    assert by_name == "models:/adult-demo/1"  # registered by the training run itself
     model = mlflow.pyfunc.load_model(by_name)
     assert [c.name for c in model.metadata.get_input_schema().inputs][:2] == ["workclass", "education"]
+    local = Path(mlflow.artifacts.download_artifacts(by_name))
+    assert f"embedlib=={__version__}" in (local / "requirements.txt").read_text().split()
+    assert (local / "code" / "embedlib" / "core" / "pyfunc.py").is_file()  # the code travels with the model
+    example = model.metadata.load_input_example(str(local))
+    assert list(example.columns) == list(model.metadata.get_input_schema().input_names()) and len(example) == 1
+    assert example["workclass"].iloc[0] == "Private"  # the most frequent value
     predicted = pd.DataFrame(model.predict(rows.drop(columns=["row_id"])))
-    np.testing.assert_allclose(predicted["anomaly_score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(predicted["calibrated_score"].to_numpy(), job["calibrated_score"].to_numpy(), rtol=0,
-                               atol=1e-6)
+    for col in ("anomaly_score", "calibrated_score"):
+        np.testing.assert_allclose(predicted[col].to_numpy(), job[col].to_numpy(), rtol=0, atol=1e-9)
     assert predicted["is_anomaly"].tolist() == job["is_anomaly"].tolist()
 
-    udf = mlflow.pyfunc.spark_udf(spark, by_name, result_type="double", env_manager="local")
+    udf = mlflow.pyfunc.spark_udf(spark, by_name, result_type=RESULT_TYPE, env_manager="local")
     frame = spark.read.parquet(str(tmp_path / "rows.parquet"))
     features = model.metadata.get_input_schema().input_names()  # the udf takes the signature's columns, in order
-    by_udf = pd.DataFrame(frame.select("row_id", udf(*features).alias("score")).toPandas()).sort_values("row_id")
-    np.testing.assert_allclose(by_udf["score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-6)
+    by_udf = pd.DataFrame(frame.select("row_id", udf(*features).alias("s")).select("row_id", "s.*").toPandas())
+    by_udf = by_udf.sort_values("row_id")
+    for col in ("anomaly_score", "calibrated_score"):
+        np.testing.assert_allclose(by_udf[col].to_numpy(), job[col].to_numpy(), rtol=0, atol=1e-9)
+    assert by_udf["is_anomaly"].tolist() == job["is_anomaly"].tolist()
 
     registered = train_cfg(tmp_path / "other", *sets, f"score.model={by_name}")  # a run without a bundle of its own
     run_score_job(spark, registered)
     again = DeltaTable(registered.layout.scores).to_pandas().sort_values("row_id")
-    np.testing.assert_allclose(again["anomaly_score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(again["anomaly_score"].to_numpy(), job["anomaly_score"].to_numpy(), rtol=0, atol=1e-9)
     with pytest.raises(BundleError, match="score.model models:/adult-demo/9 cannot be read from MLflow"):
         run_score_job(spark, train_cfg(tmp_path / "other", *sets, "score.model=models:/adult-demo/9"))
+
+
+def test_a_registered_model_needs_tracking() -> None:
+    from embedlib.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="tracking.registered_model.*tracking.mlflow is false"):
+        load_config([BASE_CONF, ADULT_CONF], ["tracking.registered_model=adult-demo"])
+    cfg = load_config([BASE_CONF, ADULT_CONF], ["tracking.registered_model=main.fraud.embedlib", "tracking.mlflow=true"])
+    assert cfg.tracking.registered_model == "main.fraud.embedlib"

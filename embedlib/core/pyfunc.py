@@ -1,16 +1,22 @@
 """The bundle as an MLflow model (``mlflow.pyfunc``), and bundles read back from MLflow.
 
 Training with ``tracking.mlflow: true`` logs the bundle as a pyfunc model with a signature (the
-bundle's columns with their source types in, the scores out), so
-``mlflow.pyfunc.load_model(uri).predict(pandas_df)`` and
-``mlflow.pyfunc.spark_udf(spark, uri, result_type="double")`` score like ``embedlib score`` — the
-same :func:`embedlib.core.output.build_output`, threshold and ranking. ``score.model:
+bundle's columns in, the three score columns out), an input example (one typical row: each
+categorical's most frequent value, each numeric's mean), ``pip_requirements`` pinned to this
+embedlib's version and the package's code (``code_paths``, so the model loads where embedlib is not
+installed); with ``tracking.registered_model`` it is registered as a new version of that model (a
+``catalog.schema.model`` name under Unity Catalog). ``mlflow.pyfunc.load_model(uri).predict(pandas_df)``
+and ``mlflow.pyfunc.spark_udf(spark, uri, result_type=RESULT_TYPE)`` score like ``embedlib score`` —
+the same :func:`embedlib.core.output.build_output`, threshold and ranking. ``score.model:
 models:/<name>/<version>`` (or any MLflow model URI) scores with a registered model's bundle.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
@@ -19,12 +25,15 @@ import pandas as pd
 from embedlib.core import output
 from embedlib.core.bundle import Bundle, BundleError, load_bundle
 
-__all__ = ["BUNDLE_ARTIFACT", "BundleModel", "bundle_from_model", "log_bundle_model", "score_pandas", "signature"]
+__all__ = ["BUNDLE_ARTIFACT", "RESULT_TYPE", "BundleModel", "LoggedModel", "bundle_from_model", "input_example",
+           "log_bundle_model", "requirements", "score_pandas", "signature"]
 
 log = logging.getLogger(__name__)
 
 #: The artifact (a folder) of the pyfunc model that holds the bundle's files.
 BUNDLE_ARTIFACT = "bundle"
+#: The Spark type of the model's output, for ``mlflow.pyfunc.spark_udf(..., result_type=RESULT_TYPE)``.
+RESULT_TYPE = "anomaly_score double, calibrated_score double, is_anomaly boolean"
 
 
 def score_pandas(bundle: Bundle, frame: pd.DataFrame) -> pd.DataFrame:
@@ -60,12 +69,51 @@ def signature(bundle: Bundle) -> Any:
     return ModelSignature(inputs=Schema(inputs), outputs=Schema(outputs))
 
 
-def log_bundle_model(bundle_path: str, folder: str) -> str:
+def input_example(bundle: Bundle) -> pd.DataFrame:
+    """One typical row of the bundle's columns: each categorical's most frequent value (the vocabulary
+    numbers values by count; None for a column without one), each numeric's training mean."""
+    row: dict[str, Any] = {}
+    for column in bundle.spec.categorical:
+        values = bundle.vocab[column].values
+        row[column] = values[0] if values else None  # values are numbered most frequent first
+    for column in bundle.spec.numeric:
+        stats = bundle.vocab.numeric[column]
+        mean = float(stats.mean)  # after log1p for a log1p column: back to the column's own units
+        row[column] = math.copysign(math.expm1(abs(mean)), mean) if stats.log1p else mean
+    return pd.DataFrame([row], columns=list(bundle.spec.columns))
+
+
+def requirements() -> list[str]:
+    """What an environment that serves the model installs: this embedlib, pinned (its code also
+    travels with the model), and the MLflow client it was logged with."""
+    from embedlib.core.version import __version__
+
+    return [f"embedlib=={__version__}", f"mlflow-skinny>={mlflow.__version__.split('+')[0]}"]
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """What :func:`log_bundle_model` logged: the model's URI, and its registered name and version."""
+
+    uri: str
+    registered: str | None = None  # models:/<name>/<version>
+
+
+def log_bundle_model(bundle_path: str, folder: str, registered_model: str | None = None) -> LoggedModel:
     """Log the bundle (its files already in local ``folder``) as a pyfunc model of the active MLflow
-    run; return the model's URI."""
-    info = mlflow.pyfunc.log_model(name="model", python_model=BundleModel(), artifacts={BUNDLE_ARTIFACT: folder},
-                                   signature=signature(load_bundle(bundle_path)))
-    return str(info.model_uri)
+    run, with its signature, input example, requirements and embedlib's code; with
+    ``registered_model``, register it as a new version of that model."""
+    import embedlib
+
+    bundle = load_bundle(bundle_path)
+    info = mlflow.pyfunc.log_model(
+        name="model", python_model=BundleModel(), artifacts={BUNDLE_ARTIFACT: folder},
+        signature=signature(bundle), input_example=input_example(bundle), pip_requirements=requirements(),
+        code_paths=[str(Path(embedlib.__file__).parent)], registered_model_name=registered_model,
+    )
+    version = getattr(info, "registered_model_version", None)
+    registered = f"models:/{registered_model}/{version}" if registered_model and version is not None else None
+    return LoggedModel(str(info.model_uri), registered)
 
 
 def bundle_from_model(uri: str) -> Bundle:

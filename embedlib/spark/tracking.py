@@ -45,6 +45,7 @@ from embedlib.spark.session import on_databricks
 if TYPE_CHECKING:
     from embedlib.core.bundle import Bundle
     from embedlib.core.config import Config
+    from embedlib.core.pyfunc import LoggedModel
     from embedlib.core.summary import ScoreRun
 
 __all__ = ["TrackingError", "check_tracking", "experiment_name", "log_scoring", "log_training", "tracking_uri"]
@@ -201,15 +202,22 @@ def log_training(cfg: Config, bundle_path: str, bundle_id: str, metrics: Mapping
             for name, blob in read_bundle_files(bundle_path).items():
                 (Path(tmp) / name).write_bytes(blob)
             client.log_artifacts(run_id, tmp, artifact_path="bundle")
-            model_uri = _log_model(tracking_uri(cfg), run_id, bundle_path, tmp)
-        client.set_tag(run_id, "embedlib.model_uri", model_uri)
-        log.info("bundle %s logged as MLflow model %s (register it to score it by name: score.model)",
-                 bundle_id, model_uri)
+            logged = _log_model(tracking_uri(cfg), run_id, bundle_path, tmp, cfg.tracking.registered_model)
+        client.set_tag(run_id, "embedlib.model_uri", logged.uri)
+        if logged.registered is not None:
+            client.set_tag(run_id, "embedlib.registered_model", logged.registered)
+            log.info("bundle %s logged as MLflow model %s and registered as %s (score with score.model=%s)",
+                     bundle_id, logged.uri, logged.registered, logged.registered)
+        else:
+            log.info("bundle %s logged as MLflow model %s (register it, or set tracking.registered_model, to "
+                     "score it by name: score.model)", bundle_id, logged.uri)
     return str(run_id)
 
 
-def _log_model(uri: str | None, run_id: str, bundle_path: str, folder: str) -> str:
-    """The bundle as a pyfunc model of run ``run_id`` (:mod:`embedlib.core.pyfunc`); its model URI."""
+def _log_model(uri: str | None, run_id: str, bundle_path: str, folder: str,
+               registered_model: str | None) -> LoggedModel:
+    """The bundle as a pyfunc model of run ``run_id`` (:mod:`embedlib.core.pyfunc`), registered as a
+    new version of ``registered_model`` when set."""
     import mlflow
 
     from embedlib.core.pyfunc import log_bundle_model
@@ -219,7 +227,7 @@ def _log_model(uri: str | None, run_id: str, bundle_path: str, folder: str) -> s
         mlflow.set_tracking_uri(uri)
     try:
         with mlflow.start_run(run_id=run_id):
-            return log_bundle_model(bundle_path, folder)
+            return log_bundle_model(bundle_path, folder, registered_model)
     finally:
         mlflow.set_tracking_uri(previous)
 

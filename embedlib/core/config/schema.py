@@ -314,16 +314,16 @@ class FeaturesConfig:
 class TrackingConfig:
     """``tracking``: MLflow (``pip install 'embedlib[mlflow]'``), off by default.
 
-    With ``mlflow: true`` training logs its parameters, per-epoch metrics and the
-    bundle, and scoring its run summary. ``tracking_uri: null`` keeps MLflow's own
-    setting (``MLFLOW_TRACKING_URI``, or the workspace on Databricks) and otherwise
-    uses a ``./mlruns`` file store; ``experiment: null`` is ``embedlib-<name>``
-    (``/Shared/embedlib-<name>`` on Databricks).
+    With ``mlflow: true`` training logs its parameters, per-epoch metrics and the bundle (an MLflow
+    model), scoring its run summary. ``tracking_uri: null``: ``MLFLOW_TRACKING_URI``, the workspace on
+    Databricks, else ``./mlruns``; ``experiment: null``: ``embedlib-<name>`` (``/Shared/…`` on
+    Databricks). ``registered_model``: register each trained bundle as a new version of this model.
     """
 
     mlflow: bool = False
     tracking_uri: str | None = None
     experiment: str | None = None
+    registered_model: str | None = None
 
 
 @dataclass(frozen=True)

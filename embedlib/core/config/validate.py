@@ -140,6 +140,9 @@ def _validate_training(cfg: Config, err: Any) -> None:
         raise err("score.top_reasons", f"must be 0 or more, got {sc.top_reasons}")
     if sc.batch_size < 1:
         raise err("score.batch_size", f"must be at least 1, got {sc.batch_size}")
+    if cfg.tracking.registered_model is not None and not cfg.tracking.mlflow:
+        raise err("tracking.registered_model", "registers the MLflow model training logs, but tracking.mlflow is "
+                  "false: set tracking.mlflow: true, or unset tracking.registered_model")
     if sc.mode == "merge" and not cfg.columns.id:
         raise err("score.mode", "is merge, which keeps the latest score of each row by its id columns, but "
                   "columns.id is empty: declare the columns that identify a row (columns.id), or use append")
