@@ -103,13 +103,11 @@ def log_bundle_model(bundle_path: str, folder: str, registered_model: str | None
     """Log the bundle (its files already in local ``folder``) as a pyfunc model of the active MLflow
     run, with its signature, input example, requirements and embedlib's code; with
     ``registered_model``, register it as a new version of that model."""
-    import embedlib
-
     bundle = load_bundle(bundle_path)
     info = mlflow.pyfunc.log_model(
         name="model", python_model=BundleModel(), artifacts={BUNDLE_ARTIFACT: folder},
         signature=signature(bundle), input_example=input_example(bundle), pip_requirements=requirements(),
-        code_paths=[str(Path(embedlib.__file__).parent)], registered_model_name=registered_model,
+        code_paths=[str(Path(__file__).resolve().parents[1])], registered_model_name=registered_model,  # the package
     )
     version = getattr(info, "registered_model_version", None)
     registered = f"models:/{registered_model}/{version}" if registered_model and version is not None else None
