@@ -26,7 +26,6 @@ refused, since executors cannot read the driver's temporary folder.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -53,8 +52,6 @@ if TYPE_CHECKING:
     from embedlib.core.bundle import Bundle
 
 __all__ = ["CONFIG_PARAMS", "OUTPUT_COLS", "EmbeddingAnomalyDetector", "EmbeddingAnomalyModel"]
-
-log = logging.getLogger(__name__)
 
 class EmbeddingAnomalyDetector(Estimator["EmbeddingAnomalyModel"], EmbedlibParams, DefaultParamsReadable["EmbeddingAnomalyDetector"],
                                DefaultParamsWritable):
